@@ -1,0 +1,310 @@
+//! The child: the process the parent forks, which enters the new namespaces, sets up the
+//! network inside them, starts COMMAND and stays as its supervisor.
+//!
+//! It runs right after `fork()` of a single-threaded parent, so it may allocate and use std
+//! freely. It never returns: it exits with COMMAND's status (128+N for signal N), or with the
+//! code of a setup failure after telling the parent why. As a child subreaper it also cleans
+//! up whatever COMMAND left running, so nothing outlives the run.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Gid, Pid, Uid, getpid, getppid};
+
+use super::Failure;
+use super::channel::{Channel, Msg};
+use super::signals::{Signals, wait_readable};
+use crate::cli::NetMode;
+use crate::net::VirtualNetwork;
+use crate::netconf::{LinkSettings, Netlink};
+use crate::tap;
+
+/// Everything the child needs, decided by the parent before the fork.
+pub struct ChildConfig {
+    pub net_mode: NetMode,
+    pub ifname: String,
+    pub mtu: u32,
+    pub txqueuelen: u32,
+    pub net: VirtualNetwork,
+    /// A generated resolv.conf to bind over /etc/resolv.conf (builtin mode).
+    pub resolv_conf: Option<PathBuf>,
+    pub command: Vec<OsString>,
+    pub parent: Pid,
+}
+
+/// The child's whole life.
+pub fn main(chan: Channel, cfg: ChildConfig) -> ! {
+    let code = match run(&chan, &cfg) {
+        Ok(code) => code,
+        Err(f) => {
+            let _ = chan.send(&Msg::Failed {
+                code: f.code,
+                message: f.message,
+            });
+            f.code
+        }
+    };
+    std::process::exit(code)
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
+}
+
+fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
+    // Die with the parent: without it there is no network and nobody to report to.
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if getppid() != cfg.parent {
+        return Err(fail("usernet exited during setup"));
+    }
+
+    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS;
+    if cfg.net_mode != NetMode::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| {
+        fail(format!(
+            "cannot create a user namespace: {}; user namespaces may be disabled (check the sysctls user.max_user_namespaces, kernel.unprivileged_userns_clone and kernel.apparmor_restrict_unprivileged_userns)",
+            e.desc()
+        ))
+    })?;
+    chan.send(&Msg::Unshared)
+        .map_err(|e| fail(format!("setup channel: {e}")))?;
+    match chan.recv() {
+        Ok((Msg::MapsWritten, _)) => {}
+        Ok((other, _)) => return Err(fail(format!("unexpected setup message {other:?}"))),
+        Err(e) => return Err(fail(format!("setup channel: {e}"))),
+    }
+    // Become root of the new namespace in every id slot.
+    let _ = nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0));
+    let _ = nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0));
+
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot make the mount namespace private: {}",
+            e.desc()
+        ))
+    })?;
+
+    match cfg.net_mode {
+        NetMode::Builtin => setup_builtin(chan, cfg)?,
+        NetMode::None => {
+            let mut nl = Netlink::open().map_err(|e| fail(format!("netlink: {e}")))?;
+            nl.set_link(
+                "lo",
+                &LinkSettings {
+                    up: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        }
+        NetMode::Host => {}
+    }
+    chan.send(&Msg::Configured)
+        .map_err(|e| fail(format!("setup channel: {e}")))?;
+    match chan.recv() {
+        Ok((Msg::Go, _)) => {}
+        Ok((other, _)) => return Err(fail(format!("unexpected setup message {other:?}"))),
+        Err(e) => return Err(fail(format!("setup channel: {e}"))),
+    }
+    supervise(chan, cfg)
+}
+
+fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
+    let mut nl = Netlink::open().map_err(|e| fail(format!("netlink: {e}")))?;
+    nl.set_link(
+        "lo",
+        &LinkSettings {
+            up: true,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let tap = tap::create(&cfg.ifname).map_err(|e| fail(e.to_string()))?;
+    chan.send_with_fd(&Msg::Tap, std::os::fd::AsFd::as_fd(&tap))
+        .map_err(|e| fail(format!("cannot pass the tap fd to the parent: {e}")))?;
+    drop(tap);
+    let settings = LinkSettings {
+        up: true,
+        mtu: Some(cfg.mtu),
+        txqueuelen: Some(cfg.txqueuelen),
+        mac: None,
+    };
+    nl.set_link(&cfg.ifname, &settings)
+        .map_err(|e| fail(e.to_string()))?;
+    nl.add_ipv4_address(&cfg.ifname, cfg.net.guest, cfg.net.prefix)
+        .map_err(|e| fail(e.to_string()))?;
+    nl.add_default_ipv4_route(&cfg.ifname, cfg.net.gateway)
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(resolv) = &cfg.resolv_conf {
+        bind_over_etc_resolv_conf(resolv)?;
+    }
+    Ok(())
+}
+
+/// Make /etc/resolv.conf (or the file it links to) show our generated one, in our private
+/// mount namespace only.
+fn bind_over_etc_resolv_conf(generated: &Path) -> Result<(), Failure> {
+    let target = match fs::canonicalize("/etc/resolv.conf") {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!(
+                "/etc/resolv.conf cannot be resolved ({e}); name resolution inside will not use 10.0.2.3"
+            );
+            return Ok(());
+        }
+    };
+    mount(
+        Some(generated),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot bind-mount resolv.conf over {}: {}",
+            target.display(),
+            e.desc()
+        ))
+    })
+}
+
+/// Start COMMAND, forward signals to it, and exit with its status.
+fn supervise(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
+    // Orphans of COMMAND's process tree are re-parented to us, so we can clean them up.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
+    let mut signals = Signals::new().map_err(|e| fail(format!("signalfd: {e}")))?;
+
+    let (program, args) = cfg
+        .command
+        .split_first()
+        .ok_or_else(|| fail("no command given"))?;
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| {
+        let name = program.to_string_lossy();
+        match e.kind() {
+            std::io::ErrorKind::NotFound => Failure {
+                code: 127,
+                message: format!("{name}: command not found"),
+            },
+            _ => Failure {
+                code: 126,
+                message: format!("{name}: cannot execute: {e}"),
+            },
+        }
+    })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = chan.send(&Msg::Started);
+
+    loop {
+        wait_readable(&[std::os::fd::AsFd::as_fd(&signals)])
+            .map_err(|e| fail(format!("waiting for signals: {e}")))?;
+        while let Some(received) = signals.next().map_err(|e| fail(format!("signalfd: {e}")))? {
+            if received.signal == Signal::SIGCHLD {
+                if let Some(code) = reap(pid) {
+                    kill_leftovers();
+                    return Ok(code);
+                }
+            } else if received.from_process {
+                let _ = kill(pid, received.signal);
+            }
+        }
+    }
+}
+
+/// Reap every exited child; COMMAND's exit code once it is among them.
+fn reap(command: Pid) -> Option<i32> {
+    let mut code = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, c)) if pid == command => code = Some(c),
+            Ok(WaitStatus::Signaled(pid, s, _)) if pid == command => code = Some(128 + s as i32),
+            Ok(WaitStatus::StillAlive) => break,
+            Ok(_) => {}
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    code
+}
+
+/// Kill whatever is left of COMMAND's process tree (our children, including adopted orphans).
+fn kill_leftovers() {
+    for _ in 0..64 {
+        let children = children_of(getpid());
+        if children.is_empty() {
+            return;
+        }
+        for &c in &children {
+            let _ = kill(c, Signal::SIGKILL);
+        }
+        for c in children {
+            while let Err(Errno::EINTR) = waitpid(c, None) {}
+        }
+    }
+}
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| parse_ppid(&s))
+                .is_some_and(|ppid| ppid == parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// The parent pid field of /proc/PID/stat (after the command name, which may hold anything).
+fn parse_ppid(stat: &str) -> Option<i32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ppid;
+
+    #[test]
+    fn ppid_survives_odd_command_names() {
+        assert_eq!(parse_ppid("123 (a) b) c) S 45 123 123 0"), Some(45));
+        assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+}

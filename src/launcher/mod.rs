@@ -1,0 +1,346 @@
+//! `usernet run`: the parent's side of the launch, from the command line to the exit code.
+//!
+//! The parent forks a [child](child) that enters new user, network and mount namespaces, and
+//! talks it through setup over a [channel]: write the uid/gid maps ([idmap]), receive the TAP
+//! fd, start the [stack](crate::stack), record `child_pid` in the [state dir](statedir), and
+//! let COMMAND start. Then the parent runs the stack until the child exits, forwarding
+//! SIGINT/SIGTERM/SIGHUP (and friends) to it, and exits with COMMAND's status.
+//!
+//! Every failure is one line and a non-zero exit, and the guards here make sure nothing is
+//! left behind: the child is killed and reaped, the state dir removed.
+
+mod channel;
+mod child;
+mod idmap;
+mod signals;
+mod statedir;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, getpid};
+
+use crate::cli::{NetMode, RunArgs};
+use crate::net::VirtualNetwork;
+use crate::stack::tcp::TcpConfig;
+use crate::stack::{Stack, StackConfig};
+use channel::{Channel, Msg};
+use child::ChildConfig;
+use signals::Signals;
+use statedir::StateDir;
+
+pub use idmap::Mapping;
+
+/// An error that carries the exit code usernet should end with.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// What `usernet run` was asked to do, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub net_mode: NetMode,
+    pub mtu: u32,
+    pub ifname: String,
+    pub net: VirtualNetwork,
+    pub disable_host_loopback: bool,
+    pub state_dir: Option<PathBuf>,
+    pub command: Vec<OsString>,
+    pub tcp: TcpConfig,
+}
+
+impl From<RunArgs> for RunConfig {
+    fn from(a: RunArgs) -> Self {
+        RunConfig {
+            net_mode: a.net,
+            mtu: a.mtu,
+            ifname: a.ifname,
+            net: VirtualNetwork::default(),
+            disable_host_loopback: a.disable_host_loopback,
+            state_dir: a.state_dir,
+            command: a.command,
+            tcp: TcpConfig::default(),
+        }
+    }
+}
+
+const SIGNALS_TOKEN: Token = Token(1);
+
+/// Run COMMAND as configured; returns the exit code usernet should end with.
+pub fn run(cfg: RunConfig) -> Result<i32> {
+    let state = StateDir::create(cfg.state_dir.as_deref())?;
+    let resolv_conf = if cfg.net_mode == NetMode::Builtin {
+        let text = format!("nameserver {}\n", cfg.net.dns);
+        state.write_file("resolv.conf", text.as_bytes(), 0o644)?;
+        Some(state.path().join("resolv.conf"))
+    } else {
+        None
+    };
+    let child_cfg = ChildConfig {
+        net_mode: cfg.net_mode,
+        ifname: cfg.ifname.clone(),
+        mtu: cfg.mtu,
+        txqueuelen: txqueuelen(cfg.tcp.rx_ring, cfg.mtu),
+        net: cfg.net,
+        resolv_conf,
+        command: cfg.command.clone(),
+        parent: getpid(),
+    };
+
+    // Block the handled signals before forking, so none is lost in between; both processes
+    // then read them from a signalfd.
+    signals::block().context("cannot block signals")?;
+    let (parent_end, child_end) = Channel::pair().context("cannot create the setup channel")?;
+    // SAFETY: usernet is single-threaded here (no thread has been spawned), so the child may
+    // keep running Rust code after fork.
+    let pid = match unsafe { fork() }.context("fork failed")? {
+        ForkResult::Child => {
+            drop(parent_end);
+            child::main(child_end, child_cfg);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(child_end);
+    let mut guard = ChildGuard { pid, reaped: false };
+    let mut signals = Signals::new().context("cannot create a signalfd")?;
+    raise_fd_limit();
+
+    expect(&parent_end, &mut signals, &mut guard, Msg::Unshared)?;
+    let mapping = idmap::write_maps(pid).context("cannot set up the user namespace's id maps")?;
+    log::debug!("id mapping: {mapping:?}");
+    parent_end
+        .send(&Msg::MapsWritten)
+        .context("setup channel")?;
+
+    let mut stack = None;
+    if cfg.net_mode == NetMode::Builtin {
+        let tap = expect(&parent_end, &mut signals, &mut guard, Msg::Tap)?
+            .ok_or_else(|| anyhow!("the child sent no tap fd"))?;
+        tune_malloc();
+        let config = StackConfig {
+            net: cfg.net,
+            mtu: cfg.mtu,
+            disable_host_loopback: cfg.disable_host_loopback,
+            tcp: cfg.tcp,
+        };
+        stack = Some(Stack::new(tap, config).context("cannot start the network stack")?);
+    }
+    expect(&parent_end, &mut signals, &mut guard, Msg::Configured)?;
+    state.write_child_pid(pid.as_raw())?;
+    parent_end.send(&Msg::Go).context("setup channel")?;
+    expect(&parent_end, &mut signals, &mut guard, Msg::Started)?;
+
+    let code = match &mut stack {
+        Some(stack) => {
+            stack
+                .registry()
+                .register(
+                    &mut SourceFd(&signals.as_fd().as_raw_fd()),
+                    SIGNALS_TOKEN,
+                    Interest::READABLE,
+                )
+                .context("cannot watch signals")?;
+            let result = stack.run(|token| {
+                debug_assert_eq!(token, SIGNALS_TOKEN);
+                on_signals(&mut signals, &mut guard)
+            });
+            log::debug!("stack: {}", stack.summary());
+            match result {
+                Ok(code) => code,
+                Err(e) => {
+                    // The network is gone (the namespace died under us): COMMAND's exit status
+                    // is still the answer.
+                    log::debug!("{e}");
+                    wait_child(&mut signals, &mut guard)?
+                }
+            }
+        }
+        None => wait_child(&mut signals, &mut guard)?,
+    };
+    drop(state);
+    Ok(code)
+}
+
+/// Handle pending signals: forward the forwardable, and report the child's exit.
+fn on_signals(signals: &mut Signals, guard: &mut ChildGuard) -> ControlFlow<i32> {
+    while let Ok(Some(received)) = signals.next() {
+        if received.signal == Signal::SIGCHLD {
+            if let Some(code) = guard.try_reap() {
+                return ControlFlow::Break(code);
+            }
+        } else if received.from_process {
+            let _ = kill(guard.pid, received.signal);
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// Wait for the child's exit without a stack to run.
+fn wait_child(signals: &mut Signals, guard: &mut ChildGuard) -> Result<i32> {
+    if let Some(code) = guard.try_reap() {
+        return Ok(code);
+    }
+    loop {
+        signals::wait_readable(&[signals.as_fd()]).context("waiting for signals")?;
+        if let ControlFlow::Break(code) = on_signals(signals, guard) {
+            return Ok(code);
+        }
+    }
+}
+
+/// Wait for `want` from the child, or for the reason it will not come.
+fn expect(
+    chan: &Channel,
+    signals: &mut Signals,
+    guard: &mut ChildGuard,
+    want: Msg,
+) -> Result<Option<std::os::fd::OwnedFd>> {
+    loop {
+        let ready = signals::wait_readable(&[chan.as_fd(), signals.as_fd()])
+            .context("waiting for the child")?;
+        if ready == 1 {
+            while let Some(received) = signals.next().context("signalfd")? {
+                match received.signal {
+                    // Child exits are noticed when its end of the channel closes.
+                    Signal::SIGCHLD => {}
+                    s => {
+                        return Err(Failure {
+                            code: 128 + s as i32,
+                            message: format!("interrupted by {s} during setup"),
+                        }
+                        .into());
+                    }
+                }
+            }
+            continue;
+        }
+        return match chan.recv() {
+            Ok((msg, fd)) if msg == want => Ok(fd),
+            Ok((Msg::Failed { code, message }, _)) => Err(Failure { code, message }.into()),
+            Ok((other, _)) => Err(anyhow!(
+                "unexpected setup message {other:?} (wanted {want:?})"
+            )),
+            Err(_) => {
+                let how = match guard.wait_blocking() {
+                    Some(code) => format!("exit status {code}"),
+                    None => "unknown status".into(),
+                };
+                Err(anyhow!("the namespace child died during setup ({how})"))
+            }
+        };
+    }
+}
+
+/// Kills and reaps the child unless it was already reaped, so an error path leaves no process.
+struct ChildGuard {
+    pid: Pid,
+    reaped: bool,
+}
+
+impl ChildGuard {
+    fn try_reap(&mut self) -> Option<i32> {
+        if self.reaped {
+            return None;
+        }
+        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                self.reaped = true;
+                Some(code)
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                self.reaped = true;
+                Some(128 + sig as i32)
+            }
+            _ => None,
+        }
+    }
+
+    fn wait_blocking(&mut self) -> Option<i32> {
+        if self.reaped {
+            return None;
+        }
+        loop {
+            match waitpid(self.pid, None) {
+                Ok(WaitStatus::Exited(_, code)) => {
+                    self.reaped = true;
+                    return Some(code);
+                }
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    self.reaped = true;
+                    return Some(128 + sig as i32);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            self.wait_blocking();
+        }
+    }
+}
+
+/// tap0's queue length: enough frames for several full windows at this MTU, so a burst the
+/// guest is allowed to send never overflows the queue we read from.
+fn txqueuelen(window: usize, mtu: u32) -> u32 {
+    let mss = (mtu as usize).saturating_sub(40).max(536);
+    (4 * window / mss).clamp(1000, 65536) as u32
+}
+
+/// Flows need one fd each; the default soft limit of 1024 is far too low for a container.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::debug!("cannot raise the open file limit: {e}");
+    }
+}
+
+/// Keep large allocations (the per-flow TCP rings) on fresh mmap'd pages: they cost no RSS and
+/// no zeroing until used, and go back to the system when the flow ends. glibc would otherwise
+/// raise its mmap threshold after the first free and start recycling (and zeroing) heap memory.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::txqueuelen;
+
+    #[test]
+    fn txqueuelen_fits_the_window() {
+        assert_eq!(txqueuelen(2 << 20, 65520), 1000);
+        assert!(txqueuelen(2 << 20, 1500) >= 4 * (2 << 20) / 1460);
+        assert_eq!(txqueuelen(usize::MAX / 8, 1500), 65536);
+    }
+}

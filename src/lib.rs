@@ -1,0 +1,22 @@
+//! usernet: rootless networking for Linux namespaces.
+//!
+//! `usernet run -- COMMAND` gives COMMAND its own user, network and mount namespaces with
+//! outbound connectivity through a userspace TCP/IP stack that runs in this process, on the
+//! host side of a TAP device. No helper process, no root.
+//!
+//! Where things live:
+//! - [`launcher`]: namespaces, uid/gid maps, the child's network setup, state dir, signals
+//!   and exit codes (setup code, runs once);
+//! - [`stack`]: the event loop and the datapath (runs per frame). A guest SYN goes to
+//!   [`stack::frame::classify`] and then [`stack::tcp`];
+//! - [`tap`], [`netconf`], [`fdpass`]: the TAP device, rtnetlink configuration and fd passing;
+//! - [`net`]: the virtual network's addresses;
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod fdpass;
+pub mod launcher;
+pub mod net;
+pub mod netconf;
+pub mod stack;
+pub mod tap;

@@ -1,0 +1,76 @@
+//! The `usernet` binary: parse the command line, set up logging, dispatch, and turn the outcome
+//! into an exit code and at most one line on stderr.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+use usernet::cli::{Cli, Command};
+use usernet::launcher::{self, Failure};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(cli.debug);
+    let result = match cli.command {
+        Command::Run(args) => launcher::run(args.into()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+            eprintln!("usernet: {e:#}");
+            ExitCode::from(code.clamp(1, 255) as u8)
+        }
+    }
+}
+
+/// Help and version go to stdout with exit 0; a bad command line is one line and exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid command line")
+                .trim_start_matches("error: ");
+            eprintln!("usernet: {line} (see 'usernet --help')");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format(move |buf, record| {
+            if debug {
+                writeln!(
+                    buf,
+                    "usernet[{}] {} {}: {}",
+                    std::process::id(),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
+            } else {
+                writeln!(buf, "usernet: {}", record.args())
+            }
+        })
+        .init();
+}

@@ -1,0 +1,193 @@
+//! Interface configuration inside a network namespace, over rtnetlink: bring links up, set MTU,
+//! txqueuelen and MAC, add addresses and routes.
+//!
+//! This is what `ip link`/`ip addr`/`ip route` would do, done in-process so the launcher needs
+//! no iproute2 and no extra process. It runs in whatever network namespace the calling thread
+//! is in (the child's, for `usernet run`). Message encoding is left to `netlink-packet-route`;
+//! this module only builds requests and turns the kernel's answer into an `io::Error` that
+//! says what was being done.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// Settings applied to one link in a single RTM_SETLINK request.
+#[derive(Debug, Default, Clone)]
+pub struct LinkSettings {
+    pub up: bool,
+    pub mtu: Option<u32>,
+    pub txqueuelen: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An rtnetlink connection in the current network namespace.
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: vec![0; 8192],
+        })
+    }
+
+    /// Apply `settings` to the link called `name`.
+    pub fn set_link(&mut self, name: &str, settings: &LinkSettings) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = ifindex(name)?;
+        if settings.up {
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+        }
+        if let Some(mtu) = settings.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(q) = settings.txqueuelen {
+            msg.attributes.push(LinkAttribute::TxQueueLen(q));
+        }
+        if let Some(mac) = settings.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map_err(|e| annotate(e, format!("configuring link {name}")))
+    }
+
+    /// Add `addr/prefix` to the link called `name` (with the subnet's broadcast address).
+    pub fn add_ipv4_address(&mut self, name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = ifindex(name)?;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr)));
+        if prefix < 31 {
+            let host_mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+            let bcast = Ipv4Addr::from(u32::from(addr) | host_mask);
+            msg.attributes.push(AddressAttribute::Broadcast(bcast));
+        }
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|e| annotate(e, format!("adding address {addr}/{prefix} to {name}")))
+    }
+
+    /// Add `default via gateway dev name` to the main table.
+    pub fn add_default_ipv4_route(&mut self, name: &str, gateway: Ipv4Addr) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 0;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        msg.attributes.push(RouteAttribute::Oif(ifindex(name)?));
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|e| annotate(e, format!("adding default route via {gateway} on {name}")))
+    }
+
+    /// Send one request and wait for its acknowledgement.
+    fn request(&mut self, payload: RouteNetlinkMessage, extra_flags: u16) -> io::Result<()> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | extra_flags;
+        header.sequence_number = self.seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        msg.finalize();
+        let len = msg.buffer_len();
+        if len > self.buf.len() {
+            return Err(io::Error::other("netlink request too large"));
+        }
+        msg.serialize(&mut self.buf[..len]);
+        self.socket.send(&self.buf[..len], 0)?;
+        loop {
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
+                        .map_err(|e| io::Error::other(format!("bad netlink reply: {e}")))?;
+                let step = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq
+                    && let NetlinkPayload::Error(err) = &reply.payload
+                {
+                    return match err.code {
+                        None => Ok(()),
+                        Some(_) => Err(err.to_io()),
+                    };
+                }
+                if step == 0 {
+                    break;
+                }
+                offset += step;
+            }
+        }
+    }
+}
+
+/// The index of the link called `name` in the current network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    nix::net::if_::if_nametoindex(name).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("no network interface {name}"),
+        )
+    })
+}
+
+fn annotate(e: io::Error, what: String) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Validate a Linux interface name: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_ifname;
+
+    #[test]
+    fn interface_names_follow_kernel_rules() {
+        assert!(valid_ifname("tap0"));
+        assert!(valid_ifname("a-long-name-15c"));
+        assert!(!valid_ifname("a-long-name-16ch"));
+        assert!(!valid_ifname(""));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a b"));
+        assert!(!valid_ifname(".."));
+    }
+}

@@ -1,0 +1,988 @@
+//! TCP: where a guest SYN goes, and how bytes cross between the guest and host sockets.
+//!
+//! # Theory of operation
+//!
+//! Every guest TCP connection is terminated here and re-originated as an ordinary host socket
+//! in the parent's network namespace. A flow is one guest 4-tuple, found in O(1) through our
+//! own table; each open flow owns a private smoltcp `Interface` with a one-socket `SocketSet`,
+//! so smoltcp's linear socket scans only ever see one socket and idle flows cost nothing.
+//!
+//! | event | what happens |
+//! |---|---|
+//! | guest SYN, unknown 4-tuple | the [policy](super::policy) picks a host address; a non-blocking `connect()` starts; the SYN is stored and nothing is answered yet |
+//! | guest SYN again while connecting | dropped: the stored SYN answers for it |
+//! | host connect succeeds | a smoltcp socket listens on the original destination, the stored SYN is replayed into it, the SYN-ACK goes out |
+//! | host connect refused | RST to the guest, which sees `ECONNREFUSED` at once; never a SYN-ACK then a reset |
+//! | host unreachable or timed out | ICMP destination unreachable quoting the SYN |
+//! | guest data | lands in smoltcp's rx ring, then `write()` to the host socket; when the host socket is full the ring fills and the advertised window closes |
+//! | host data | `read()` straight into smoltcp's tx ring; when the ring is full we stop reading, remember the socket is readable, and resume when the guest ACKs |
+//! | guest FIN | once the rx ring is drained to the host: `shutdown(SHUT_WR)`; data keeps flowing the other way |
+//! | host EOF | `close()`: smoltcp sends FIN after the tx ring drains |
+//! | guest RST | host socket closed with `SO_LINGER` 0, so the host peer sees a reset |
+//! | host error (`ECONNRESET`…) | `abort()`: RST to the guest |
+//! | both directions done | flow removed at once (no TIME-WAIT), so a reused guest port connects at once |
+//! | segment for no flow | RST, as a closed port would answer |
+//!
+//! Ingress is per frame (`poll_ingress_single`); egress happens once per flow per event-loop
+//! pass, after host I/O, so one ACK with a fresh window covers a whole batch of frames. Output
+//! goes through the shared [`TapWriter`]; when its backlog is full the flow stops emitting and
+//! waits for the TAP instead of dropping anything. Timers are our own ordered set of per-flow
+//! `poll_at` deadlines.
+
+mod device;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::Duration as StdDuration;
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp::{self, CongestionControl, RecvError, State};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, Icmpv4DstUnreachable, IpAddress, IpCidr, IpListenEndpoint,
+};
+
+use device::FlowDevice;
+pub use device::Link;
+
+use super::emit;
+use super::frame::GuestTcp;
+use super::policy::{HostPolicy, Verdict};
+use super::slab::{Id, Slab};
+use super::tx::TapWriter;
+
+/// Token kind for TCP flows' host sockets (see [`Id::token`]).
+pub const TOKEN_KIND: u8 = 1;
+
+/// Segments one flow may emit per pass before others get a turn.
+const MAX_SEGMENTS_PER_PASS: usize = 512;
+/// How long a flow waits for the guest to acknowledge our FIN before giving up on it.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Sizes and bounds of the TCP relay.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConfig {
+    /// Bytes buffered guest → host (also the largest window we advertise).
+    pub rx_ring: usize,
+    /// Bytes buffered host → guest.
+    pub tx_ring: usize,
+    /// Most flows at once, connecting or open.
+    pub max_flows: usize,
+    /// Most host connects in progress at once.
+    pub max_pending_connects: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            rx_ring: 2 << 20,
+            tx_ring: 2 << 20,
+            max_flows: 65536,
+            max_pending_connects: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpStats {
+    pub opened: u64,
+    pub refused: u64,
+    pub unreachable: u64,
+    pub reset_unknown: u64,
+    pub refused_over_limit: u64,
+    pub closed_graceful: u64,
+    pub closed_reset: u64,
+}
+
+/// What a call into the flow table needs from the rest of the stack.
+pub struct TcpContext<'a> {
+    pub now: Instant,
+    pub tap: &'a mut TapWriter,
+    pub registry: &'a Registry,
+    pub policy: &'a HostPolicy,
+    pub link: Link,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    guest: SocketAddr,
+    remote: SocketAddr,
+}
+
+struct HostSide {
+    stream: TcpStream,
+    /// Readiness seen but not yet consumed (mio is edge-triggered).
+    readable: bool,
+    writable: bool,
+    /// The host peer sent FIN.
+    eof: bool,
+    /// We relayed the guest's FIN with `shutdown(SHUT_WR)`.
+    write_shut: bool,
+    /// A read or write failed: the connection is dead on the host side.
+    failed: bool,
+}
+
+struct Conn {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+}
+
+enum Phase {
+    /// Host `connect()` in progress; the guest's SYN waits here unanswered.
+    Connecting {
+        syn: Box<[u8]>,
+        syn_end: u32,
+    },
+    Open(Box<Conn>),
+}
+
+struct Flow {
+    key: FlowKey,
+    guest_mac: EthernetAddress,
+    host: HostSide,
+    phase: Phase,
+    /// The guest has sent FIN (we saw a state after it).
+    guest_fin: bool,
+    timer: Option<Instant>,
+    queued: bool,
+}
+
+enum Outcome {
+    Keep,
+    /// The flow has output but the TAP is full.
+    WaitTap,
+    Finished {
+        graceful: bool,
+    },
+    ConnectFailed(io::Error),
+}
+
+/// All TCP flows.
+pub struct TcpFlows {
+    config: TcpConfig,
+    by_key: HashMap<FlowKey, Id>,
+    flows: Slab<Flow>,
+    timers: BTreeSet<(Instant, Id)>,
+    dirty: Vec<Id>,
+    tap_waiters: Vec<Id>,
+    pending_connects: usize,
+    seeds: SplitMix64,
+    pub stats: TcpStats,
+}
+
+impl TcpFlows {
+    pub fn new(config: TcpConfig) -> Self {
+        TcpFlows {
+            config,
+            by_key: HashMap::new(),
+            flows: Slab::default(),
+            timers: BTreeSet::new(),
+            dirty: Vec::new(),
+            tap_waiters: Vec::new(),
+            pending_connects: 0,
+            seeds: SplitMix64::from_entropy(),
+            stats: TcpStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn pending_connects(&self) -> usize {
+        self.pending_connects
+    }
+
+    /// The earliest flow deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    /// Whether some flow has work queued for this pass.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// A TCP segment from the guest: hand it to its flow, start a flow for a new SYN, or reset.
+    pub fn on_guest_segment(&mut self, seg: &GuestTcp<'_>, cx: &mut TcpContext<'_>) {
+        let key = FlowKey {
+            guest: SocketAddr::V4(seg.src),
+            remote: SocketAddr::V4(seg.dst),
+        };
+        if let Some(&id) = self.by_key.get(&key) {
+            let Some(flow) = self.flows.get_mut(id) else {
+                return;
+            };
+            match &mut flow.phase {
+                Phase::Connecting { .. } => {
+                    if seg.flags.rst {
+                        // The guest gave up before we answered; so do we.
+                        self.remove(id, cx, false);
+                    }
+                    // Anything else (usually a retransmitted SYN) waits for the connect.
+                }
+                Phase::Open(conn) => {
+                    let mut dev =
+                        FlowDevice::new(Some(seg.ip_packet), cx.tap, cx.link, flow.guest_mac);
+                    conn.iface
+                        .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
+                    mark_dirty(&mut self.dirty, flow, id);
+                }
+            }
+            return;
+        }
+        if seg.flags.rst {
+            return;
+        }
+        if !seg.flags.syn || seg.ack.is_some() {
+            self.stats.reset_unknown += 1;
+            emit::tcp_reset(cx.tap, &cx.policy.net, seg);
+            return;
+        }
+        self.start_flow(key, seg, cx);
+    }
+
+    fn start_flow(&mut self, key: FlowKey, seg: &GuestTcp<'_>, cx: &mut TcpContext<'_>) {
+        if self.flows.len() >= self.config.max_flows
+            || self.pending_connects >= self.config.max_pending_connects
+        {
+            self.stats.refused_over_limit += 1;
+            log::debug!("refusing {} -> {}: flow limit reached", seg.src, seg.dst);
+            emit::tcp_reset(cx.tap, &cx.policy.net, seg);
+            return;
+        }
+        let target = match cx.policy.tcp(seg.dst) {
+            Verdict::Connect(addr) => addr,
+            Verdict::Refuse => {
+                self.stats.refused += 1;
+                emit::tcp_reset(cx.tap, &cx.policy.net, seg);
+                return;
+            }
+            Verdict::Unreachable(reason) => {
+                self.stats.unreachable += 1;
+                let net = cx.policy.net;
+                emit::icmp_unreachable(
+                    cx.tap,
+                    &net,
+                    seg.src_mac,
+                    net.gateway,
+                    reason,
+                    seg.ip_packet,
+                );
+                return;
+            }
+        };
+        let stream = match connect_nonblocking(target) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("connect {} -> {target} failed at once: {e}", seg.src);
+                let syn_end = seg.seq.wrapping_add(seg.seq_len);
+                self.answer_failed_connect(&e, seg.src_mac, key, seg.ip_packet, syn_end, cx);
+                return;
+            }
+        };
+        let id = self.flows.insert(Flow {
+            key,
+            guest_mac: seg.src_mac,
+            host: HostSide {
+                stream,
+                readable: false,
+                writable: false,
+                eof: false,
+                write_shut: false,
+                failed: false,
+            },
+            phase: Phase::Connecting {
+                syn: seg.ip_packet.into(),
+                syn_end: seg.seq.wrapping_add(seg.seq_len),
+            },
+            guest_fin: false,
+            timer: None,
+            queued: false,
+        });
+        let flow = self.flows.get_mut(id).expect("just inserted");
+        if let Err(e) = cx.registry.register(
+            &mut flow.host.stream,
+            id.token(TOKEN_KIND),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot watch a host socket: {e}");
+            self.flows.remove(id);
+            emit::tcp_reset(cx.tap, &cx.policy.net, seg);
+            return;
+        }
+        self.by_key.insert(key, id);
+        self.pending_connects += 1;
+        log::trace!("{} -> {}: connecting to {target}", seg.src, seg.dst);
+    }
+
+    /// Readiness on a flow's host socket.
+    pub fn on_host_event(&mut self, id: Id, readable: bool, writable: bool) {
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        flow.host.readable |= readable;
+        flow.host.writable |= writable;
+        mark_dirty(&mut self.dirty, flow, id);
+    }
+
+    /// Do the host I/O and smoltcp egress for every flow touched since the last pass.
+    pub fn service_dirty(&mut self, cx: &mut TcpContext<'_>) {
+        while let Some(id) = self.dirty.pop() {
+            self.service(id, cx);
+        }
+    }
+
+    /// Service flows whose deadline has passed.
+    pub fn run_timers(&mut self, cx: &mut TcpContext<'_>) {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > cx.now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(flow) = self.flows.get_mut(id) {
+                flow.timer = None;
+                self.service(id, cx);
+            }
+        }
+    }
+
+    /// The TAP drained: let flows that were holding output go again.
+    pub fn on_tap_writable(&mut self, cx: &mut TcpContext<'_>) {
+        let waiters = std::mem::take(&mut self.tap_waiters);
+        for id in waiters {
+            if cx.tap.is_blocked() {
+                self.tap_waiters.push(id);
+            } else {
+                self.service(id, cx);
+            }
+        }
+    }
+
+    fn service(&mut self, id: Id, cx: &mut TcpContext<'_>) {
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        flow.queued = false;
+        let outcome = match &flow.phase {
+            Phase::Connecting { .. } => match connect_state(&flow.host.stream) {
+                ConnectState::Pending => return,
+                ConnectState::Failed(e) => Outcome::ConnectFailed(e),
+                ConnectState::Connected => {
+                    self.pending_connects -= 1;
+                    self.stats.opened += 1;
+                    open(flow, cx, &self.config, self.seeds.next());
+                    relay(flow, cx)
+                }
+            },
+            Phase::Open(_) => relay(flow, cx),
+        };
+        match outcome {
+            Outcome::Keep => {
+                let at = match &mut flow.phase {
+                    Phase::Open(conn) => conn.iface.poll_at(cx.now, &conn.sockets),
+                    Phase::Connecting { .. } => None,
+                };
+                self.set_timer(id, at);
+            }
+            Outcome::WaitTap => {
+                self.set_timer(id, None);
+                self.tap_waiters.push(id);
+            }
+            Outcome::Finished { graceful } => {
+                if graceful {
+                    self.stats.closed_graceful += 1;
+                } else {
+                    self.stats.closed_reset += 1;
+                }
+                self.remove(id, cx, graceful);
+            }
+            Outcome::ConnectFailed(e) => {
+                let flow = self.flows.get(id).expect("still present");
+                let key = flow.key;
+                let mac = flow.guest_mac;
+                if let Phase::Connecting { syn, syn_end } = &flow.phase {
+                    let (syn, syn_end) = (syn.clone(), *syn_end);
+                    log::debug!("connect for {} -> {} failed: {e}", key.guest, key.remote);
+                    self.answer_failed_connect(&e, mac, key, &syn, syn_end, cx);
+                }
+                self.remove(id, cx, true);
+            }
+        }
+    }
+
+    /// Tell the guest its connection attempt failed: RST for a refusal, ICMP for a network
+    /// failure, so it sees the same error it would see on a real network.
+    fn answer_failed_connect(
+        &mut self,
+        err: &io::Error,
+        guest_mac: EthernetAddress,
+        key: FlowKey,
+        syn: &[u8],
+        syn_end: u32,
+        cx: &mut TcpContext<'_>,
+    ) {
+        let net = cx.policy.net;
+        let reason = match err.raw_os_error() {
+            Some(libc::ENETUNREACH) => Some(Icmpv4DstUnreachable::NetUnreachable),
+            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) | Some(libc::EHOSTDOWN) => {
+                Some(Icmpv4DstUnreachable::HostUnreachable)
+            }
+            Some(libc::EACCES) | Some(libc::EPERM) => Some(Icmpv4DstUnreachable::CommProhibited),
+            _ => None,
+        };
+        match (reason, key.guest, key.remote) {
+            (Some(reason), _, _) => {
+                self.stats.unreachable += 1;
+                emit::icmp_unreachable(cx.tap, &net, guest_mac, net.gateway, reason, syn);
+            }
+            (None, SocketAddr::V4(guest), SocketAddr::V4(remote)) => {
+                self.stats.refused += 1;
+                emit::tcp_refuse(cx.tap, &net, guest_mac, remote, guest, syn_end);
+            }
+            _ => {}
+        }
+    }
+
+    fn set_timer(&mut self, id: Id, at: Option<Instant>) {
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        if flow.timer == at {
+            return;
+        }
+        if let Some(old) = flow.timer.take() {
+            self.timers.remove(&(old, id));
+        }
+        if let Some(at) = at {
+            self.timers.insert((at, id));
+            flow.timer = Some(at);
+        }
+    }
+
+    fn remove(&mut self, id: Id, cx: &mut TcpContext<'_>, graceful: bool) {
+        let Some(mut flow) = self.flows.remove(id) else {
+            return;
+        };
+        self.by_key.remove(&flow.key);
+        if let Some(at) = flow.timer {
+            self.timers.remove(&(at, id));
+        }
+        if matches!(flow.phase, Phase::Connecting { .. }) {
+            self.pending_connects -= 1;
+        }
+        let _ = cx.registry.deregister(&mut flow.host.stream);
+        if !graceful {
+            // Close with a reset so the host peer learns the guest side is gone.
+            let _ = socket2::SockRef::from(&flow.host.stream).set_linger(Some(StdDuration::ZERO));
+        }
+        log::trace!(
+            "{} -> {}: removed ({})",
+            flow.key.guest,
+            flow.key.remote,
+            if graceful { "closed" } else { "reset" }
+        );
+    }
+}
+
+fn mark_dirty(dirty: &mut Vec<Id>, flow: &mut Flow, id: Id) {
+    if !flow.queued {
+        flow.queued = true;
+        dirty.push(id);
+    }
+}
+
+/// Create the flow's smoltcp interface and socket, and replay the stored SYN into it.
+fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64) {
+    let Phase::Connecting { syn, .. } = &flow.phase else {
+        return;
+    };
+    let net = cx.policy.net;
+    let local = flow.key.remote;
+
+    let mut dev = FlowDevice::new(None, cx.tap, cx.link, flow.guest_mac);
+    let mut iface_config = Config::new(HardwareAddress::Ip);
+    iface_config.random_seed = seed;
+    let mut iface = Interface::new(iface_config, &mut dev, cx.now);
+    iface.set_any_ip(true);
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(net.gateway), net.prefix));
+    });
+    // Lets smoltcp reach a guest source outside the subnet, if the guest uses one.
+    let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
+
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; config.rx_ring]),
+        tcp::SocketBuffer::new(vec![0u8; config.tx_ring]),
+    );
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket.set_congestion_control(CongestionControl::None);
+    let endpoint = IpListenEndpoint {
+        addr: Some(local.ip().into()),
+        port: local.port(),
+    };
+    if socket.listen(endpoint).is_err() {
+        return;
+    }
+    let mut sockets = SocketSet::new(Vec::with_capacity(1));
+    let handle = sockets.add(socket);
+
+    let mut dev = FlowDevice::new(Some(syn), cx.tap, cx.link, flow.guest_mac);
+    iface.poll_ingress_single(cx.now, &mut dev, &mut sockets);
+    flow.phase = Phase::Open(Box::new(Conn {
+        iface,
+        sockets,
+        handle,
+    }));
+    // A just-connected socket is writable; reads are attempted optimistically.
+    flow.host.writable = true;
+    flow.host.readable = true;
+}
+
+/// Move bytes both ways, emit what smoltcp wants to send, and decide whether the flow is done.
+fn relay(flow: &mut Flow, cx: &mut TcpContext<'_>) -> Outcome {
+    let Flow {
+        phase,
+        host,
+        guest_mac,
+        guest_fin,
+        ..
+    } = flow;
+    let Phase::Open(conn) = phase else {
+        return Outcome::Keep;
+    };
+    let conn = &mut **conn;
+    let sock = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+
+    guest_to_host(sock, host);
+    if !host.write_shut
+        && !host.failed
+        && matches!(sock.recv(|_| (0, ())), Err(RecvError::Finished))
+    {
+        // The guest's FIN and everything before it reached the host: pass the FIN on.
+        let _ = host.stream.shutdown(Shutdown::Write);
+        host.write_shut = true;
+    }
+    host_to_guest(sock, host);
+    if host.failed && sock.state() != State::Closed {
+        sock.abort();
+    }
+    let state = sock.state();
+    if matches!(
+        state,
+        State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+    ) {
+        *guest_fin = true;
+    }
+    if host.eof && sock.timeout().is_none() {
+        // We sent (or will send) FIN: don't wait forever for a guest that never answers.
+        sock.set_timeout(Some(CLOSING_TIMEOUT));
+    }
+
+    // Emit ACKs with fresh windows, data, FIN or RST. Nothing is sent in TIME-WAIT, and a
+    // closed socket without a peer has nothing left to say.
+    let rst_pending = state == State::Closed && sock.remote_endpoint().is_some();
+    if state != State::TimeWait && (state != State::Closed || rst_pending) {
+        let mut sent = 0;
+        loop {
+            if cx.tap.is_blocked() {
+                return Outcome::WaitTap;
+            }
+            if sent >= MAX_SEGMENTS_PER_PASS {
+                break;
+            }
+            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac);
+            match conn.iface.poll_egress(cx.now, &mut dev, &mut conn.sockets) {
+                PollResult::None => break,
+                PollResult::SocketStateChanged => sent += 1,
+            }
+        }
+    }
+
+    let sock = conn.sockets.get::<tcp::Socket>(conn.handle);
+    match sock.state() {
+        State::Closed if sock.remote_endpoint().is_some() => Outcome::WaitTap,
+        State::Closed | State::Listen | State::TimeWait => {
+            if *guest_fin && sock.can_recv() && !host.failed {
+                // Graceful close with guest data still on its way to the host; the host
+                // socket's writability brings us back here.
+                return Outcome::Keep;
+            }
+            Outcome::Finished {
+                graceful: host.write_shut && host.eof && !host.failed,
+            }
+        }
+        _ => Outcome::Keep,
+    }
+}
+
+/// Move what the guest sent from smoltcp's rx ring into the host socket.
+fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
+    while host.writable && !host.failed && sock.can_recv() {
+        let r = sock.recv(|buf| match (&host.stream).write(buf) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        });
+        match r {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => match e.kind() {
+                io::ErrorKind::WouldBlock => host.writable = false,
+                io::ErrorKind::Interrupted => {}
+                _ => {
+                    log::debug!("host write failed: {e}");
+                    host.failed = true;
+                }
+            },
+        }
+    }
+}
+
+enum HostRead {
+    Data,
+    RingFull,
+    Eof,
+    Error(io::Error),
+}
+
+/// Read from the host socket straight into smoltcp's tx ring, until the socket is empty or
+/// the ring is full.
+fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
+    while host.readable && !host.eof && !host.failed && sock.can_send() {
+        let r = sock.send(|buf| {
+            if buf.is_empty() {
+                return (0, HostRead::RingFull);
+            }
+            match (&host.stream).read(buf) {
+                Ok(0) => (0, HostRead::Eof),
+                Ok(n) => (n, HostRead::Data),
+                Err(e) => (0, HostRead::Error(e)),
+            }
+        });
+        match r {
+            Ok(HostRead::Data) => {}
+            Ok(HostRead::RingFull) | Err(_) => break,
+            Ok(HostRead::Eof) => {
+                host.eof = true;
+                sock.close();
+            }
+            Ok(HostRead::Error(e)) => match e.kind() {
+                io::ErrorKind::WouldBlock => host.readable = false,
+                io::ErrorKind::Interrupted => {}
+                _ => {
+                    log::debug!("host read failed: {e}");
+                    host.failed = true;
+                }
+            },
+        }
+    }
+}
+
+enum ConnectState {
+    Pending,
+    Connected,
+    Failed(io::Error),
+}
+
+fn connect_state(stream: &TcpStream) -> ConnectState {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => ConnectState::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectState::Pending,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => ConnectState::Pending,
+        Err(e) => ConnectState::Failed(e),
+    }
+}
+
+fn connect_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+/// A small, fast generator for per-flow smoltcp seeds (ISNs). Not for secrets.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn from_entropy() -> Self {
+        let mut b = [0u8; 8];
+        // SAFETY: b is a valid 8-byte buffer.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let seed = if n == 8 {
+            u64::from_ne_bytes(b)
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15)
+                ^ u64::from(std::process::id())
+        };
+        SplitMix64(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl std::fmt::Debug for TcpFlows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpFlows")
+            .field("flows", &self.flows.len())
+            .field("pending_connects", &self.pending_connects)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::VirtualNetwork;
+    use crate::stack::frame::{Classified, classify};
+    use mio::{Events, Poll};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl,
+        TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+    use std::os::fd::{AsFd, OwnedFd};
+
+    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+
+    /// A flow table whose "TAP" is one end of a seqpacket socketpair; the test reads the
+    /// frames the stack writes from the other end.
+    struct Harness {
+        flows: TcpFlows,
+        tap: TapWriter,
+        guest: OwnedFd,
+        poll: Poll,
+        policy: HostPolicy,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let (a, b) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_NONBLOCK,
+            )
+            .unwrap();
+            Harness {
+                flows: TcpFlows::new(TcpConfig::default()),
+                tap: TapWriter::new(a),
+                guest: b,
+                poll: Poll::new().unwrap(),
+                policy: HostPolicy {
+                    net: VirtualNetwork::default(),
+                    disable_host_loopback: false,
+                },
+            }
+        }
+
+        fn cx(&mut self) -> TcpContext<'_> {
+            TcpContext {
+                now: Instant::from_millis(0),
+                tap: &mut self.tap,
+                registry: self.poll.registry(),
+                policy: &self.policy,
+                link: Link {
+                    our_mac: self.policy.net.gateway_mac(),
+                    mtu: 65520,
+                },
+            }
+        }
+
+        fn guest_sends(&mut self, frame: &[u8]) {
+            let Classified::Tcp(seg) = classify(frame, &self.policy.net) else {
+                panic!("not a TCP frame")
+            };
+            let mut flows = std::mem::replace(&mut self.flows, TcpFlows::new(TcpConfig::default()));
+            flows.on_guest_segment(&seg, &mut self.cx());
+            self.flows = flows;
+        }
+
+        /// Run the event loop until a frame reaches the guest or a second passes.
+        fn next_frame(&mut self) -> Option<Vec<u8>> {
+            let mut events = Events::with_capacity(16);
+            for _ in 0..100 {
+                let mut buf = vec![0u8; 70000];
+                if let Ok(n) = crate::tap::read_frame(self.guest.as_fd(), &mut buf) {
+                    buf.truncate(n);
+                    return Some(buf);
+                }
+                self.poll
+                    .poll(&mut events, Some(StdDuration::from_millis(10)))
+                    .unwrap();
+                let mut flows =
+                    std::mem::replace(&mut self.flows, TcpFlows::new(TcpConfig::default()));
+                for e in events.iter() {
+                    let (_, id) = Id::from_token(e.token());
+                    flows.on_host_event(id, e.is_readable(), e.is_writable() || e.is_error());
+                }
+                flows.service_dirty(&mut self.cx());
+                self.flows = flows;
+            }
+            None
+        }
+    }
+
+    fn syn_frame(dst: SocketAddrV4, src_port: u16) -> Vec<u8> {
+        let net = VirtualNetwork::default();
+        let tcp = TcpRepr {
+            src_port,
+            dst_port: dst.port(),
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(5000),
+            ack_number: None,
+            window_len: 64000,
+            window_scale: Some(7),
+            max_seg_size: Some(1460),
+            sack_permitted: true,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: net.guest,
+            dst_addr: *dst.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.set_src_addr(GUEST_MAC);
+        eth.set_dst_addr(net.gateway_mac());
+        eth.set_ethertype(EthernetProtocol::Ipv4);
+        let caps = ChecksumCapabilities::default();
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut buf[34..]),
+            &net.guest.into(),
+            &(*dst.ip()).into(),
+            &caps,
+        );
+        buf
+    }
+
+    fn parse_tcp(frame: &[u8]) -> (Ipv4Addr, TcpRepr<'_>) {
+        let caps = ChecksumCapabilities::default();
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        let src = ip.src_addr();
+        let tcp = TcpPacket::new_checked(&frame[34..]).unwrap();
+        let repr = TcpRepr::parse(&tcp, &src.into(), &ip.dst_addr().into(), &caps).unwrap();
+        (src, repr)
+    }
+
+    #[test]
+    fn refused_connect_answers_the_syn_with_rst_ack() {
+        let closed_port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut h = Harness::new();
+        let gw = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), closed_port);
+        h.guest_sends(&syn_frame(gw, 40001));
+        let frame = h.next_frame().expect("an answer to the SYN");
+        let (src, tcp) = parse_tcp(&frame);
+        assert_eq!(src, *gw.ip());
+        assert_eq!(tcp.control, TcpControl::Rst);
+        assert_eq!(tcp.ack_number, Some(TcpSeqNumber(5001)));
+        assert_eq!(tcp.dst_port, 40001);
+        assert!(h.flows.is_empty(), "a refused flow is forgotten");
+        assert_eq!(h.flows.pending_connects(), 0);
+    }
+
+    #[test]
+    fn accepted_connect_answers_with_syn_ack_only_after_connecting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut h = Harness::new();
+        let gw = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port);
+        h.guest_sends(&syn_frame(gw, 40002));
+        // Retransmitted SYN while connecting: no second flow, no extra answer.
+        h.guest_sends(&syn_frame(gw, 40002));
+        assert_eq!(h.flows.len(), 1);
+        let frame = h.next_frame().expect("a SYN-ACK");
+        let (_, tcp) = parse_tcp(&frame);
+        assert_eq!(tcp.control, TcpControl::Syn);
+        assert_eq!(tcp.ack_number, Some(TcpSeqNumber(5001)));
+        assert!(tcp.max_seg_size.is_some());
+        assert!(h.next_frame().is_none(), "exactly one SYN-ACK");
+        let (_conn, peer) = listener.accept().unwrap();
+        assert!(peer.ip().is_loopback());
+    }
+
+    #[test]
+    fn subnet_neighbour_gets_icmp_host_unreachable_quoting_the_syn() {
+        let mut h = Harness::new();
+        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 50), 80);
+        let syn = syn_frame(dst, 40003);
+        h.guest_sends(&syn);
+        let frame = h.next_frame().expect("an ICMP error");
+        let (ip, icmp) = crate::stack::emit::parse_icmp(&frame).expect("valid ICMP");
+        assert_eq!(ip.dst_addr, VirtualNetwork::default().guest);
+        match icmp {
+            Icmpv4Repr::DstUnreachable {
+                reason,
+                header,
+                data,
+            } => {
+                assert_eq!(reason, Icmpv4DstUnreachable::HostUnreachable);
+                assert_eq!(header.dst_addr, *dst.ip());
+                assert_eq!(&data[..4], &syn[34..38], "quotes the ports");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(h.flows.is_empty());
+    }
+
+    #[test]
+    fn segment_for_unknown_flow_is_reset() {
+        let mut h = Harness::new();
+        let mut frame = syn_frame(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80), 40004);
+        // Turn the SYN into a bare ACK.
+        {
+            let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
+            tcp.set_syn(false);
+            tcp.set_ack(true);
+            tcp.set_ack_number(TcpSeqNumber(777));
+        }
+        h.guest_sends(&frame);
+        let out = h.next_frame().expect("a reset");
+        let (_, tcp) = parse_tcp(&out);
+        assert_eq!(tcp.control, TcpControl::Rst);
+        assert_eq!(tcp.seq_number, TcpSeqNumber(777));
+        assert!(h.flows.is_empty());
+    }
+}

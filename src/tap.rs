@@ -1,0 +1,102 @@
+//! The TAP device that carries the guest's Ethernet frames.
+//!
+//! The child creates it inside the new network namespace (with the `tun-tap` crate) and hands
+//! the fd to the parent, which reads and writes frames on it for the rest of the run. This
+//! module owns both halves: creation with errors a user can act on, and the non-blocking
+//! one-frame-per-syscall I/O the stack uses.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
+
+const TUN_PATH: &str = "/dev/net/tun";
+
+/// Why the TAP device could not be created, phrased for the user.
+#[derive(Debug)]
+pub enum TapError {
+    Missing,
+    Denied(io::Error),
+    NotPermitted(String),
+    Busy(String),
+    Other(String, io::Error),
+}
+
+impl fmt::Display for TapError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            TapError::Missing => write!(
+                f,
+                "{TUN_PATH} is missing: load the tun module (modprobe tun) or create the device node (mknod {TUN_PATH} c 10 200)"
+            ),
+            TapError::Denied(e) => write!(
+                f,
+                "cannot open {TUN_PATH}: {e}; it must be readable and writable by your user (normally mode 0666)"
+            ),
+            TapError::NotPermitted(name) => write!(
+                f,
+                "not permitted to create TAP device {name}: the kernel refused TUNSETIFF (a container or security policy may forbid TUN/TAP)"
+            ),
+            TapError::Busy(name) => {
+                write!(
+                    f,
+                    "TAP device {name} already exists and is in use by another process"
+                )
+            }
+            TapError::Other(name, e) => write!(f, "cannot create TAP device {name}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TapError {}
+
+/// Create (or attach to a persistent, unattached) TAP device `name` in the current network
+/// namespace. The returned fd is blocking; the parent makes it non-blocking.
+pub fn create(name: &str) -> Result<OwnedFd, TapError> {
+    if !Path::new(TUN_PATH).exists() {
+        return Err(TapError::Missing);
+    }
+    match tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tap) {
+        // SAFETY: into_raw_fd hands us sole ownership of the descriptor.
+        Ok(iface) => Ok(unsafe { OwnedFd::from_raw_fd(iface.into_raw_fd()) }),
+        Err(e) => Err(match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => TapError::Missing,
+            Some(libc::EACCES) => TapError::Denied(e),
+            Some(libc::EPERM) => TapError::NotPermitted(name.to_string()),
+            Some(libc::EBUSY) => TapError::Busy(name.to_string()),
+            _ => TapError::Other(name.to_string(), e),
+        }),
+    }
+}
+
+/// Put `fd` in non-blocking mode.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Read one frame. `WouldBlock` when the queue is empty.
+#[inline]
+pub fn read_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a valid, writable region of buf.len() bytes for the duration of the call.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Write one frame. `WouldBlock` when the device cannot take it now.
+#[inline]
+pub fn write_frame(fd: BorrowedFd<'_>, frame: &[u8]) -> io::Result<usize> {
+    // SAFETY: frame is a valid, readable region of frame.len() bytes for the duration of the call.
+    let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
