@@ -38,6 +38,7 @@ pub struct ChildConfig {
     pub resolv_conf: Option<PathBuf>,
     pub command: Vec<OsString>,
     pub parent: Pid,
+    pub state_dir: PathBuf,
 }
 
 /// The child's whole life.
@@ -105,6 +106,9 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         ))
     })?;
 
+    if cfg.net_mode != NetMode::Host {
+        remount_sysfs(&cfg.state_dir);
+    }
     match cfg.net_mode {
         NetMode::Builtin => setup_builtin(chan, cfg)?,
         NetMode::None => {
@@ -162,6 +166,61 @@ fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Mount a sysfs of the new network namespace on /sys, so /sys/class/net lists its own
+/// interfaces, keeping the host's /sys/fs/cgroup (parked in the state dir meanwhile). On
+/// failure /sys keeps showing the host's interfaces, which is survivable: warn and go on.
+fn remount_sysfs(state_dir: &Path) {
+    let cgroup = Path::new("/sys/fs/cgroup");
+    let park = state_dir.join(".cgroup-park");
+    let parked = cgroup.is_dir()
+        && fs::create_dir(&park).is_ok()
+        && mount(
+            Some(cgroup),
+            &park,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .is_ok();
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounted = mount(Some("sysfs"), "/sys", Some("sysfs"), flags, None::<&str>).or_else(|_| {
+        mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            flags | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    });
+    match mounted {
+        Ok(()) if parked => {
+            if let Err(e) = mount(
+                Some(&park),
+                cgroup,
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            ) {
+                log::warn!(
+                    "cannot keep /sys/fs/cgroup over the namespace's sysfs: {}",
+                    e.desc()
+                );
+            }
+        }
+        Ok(()) => {}
+        Err(e) => {
+            log::warn!(
+                "cannot mount a sysfs for the new network namespace ({}); /sys/class/net shows the host's interfaces",
+                e.desc()
+            );
+            if parked {
+                let _ = nix::mount::umount2(&park, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+    let _ = fs::remove_dir(&park);
+}
+
 /// Make /etc/resolv.conf (or the file it links to) show our generated one, in our private
 /// mount namespace only.
 fn bind_over_etc_resolv_conf(generated: &Path) -> Result<(), Failure> {
@@ -203,10 +262,18 @@ fn supervise(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         .ok_or_else(|| fail("no command given"))?;
     let mut command = Command::new(program);
     command.args(args);
-    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    // SAFETY: the closure only calls prctl, sigemptyset and sigprocmask, which are
+    // async-signal-safe, on memory it owns.
     unsafe {
         command.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            // We block the forwarded signals to read them from a signalfd; COMMAND must
+            // start with none blocked.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }

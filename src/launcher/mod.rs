@@ -103,6 +103,7 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
         resolv_conf,
         command: cfg.command.clone(),
         parent: getpid(),
+        state_dir: state.path().to_path_buf(),
     };
 
     // Block the handled signals before forking, so none is lost in between; both processes

@@ -1,0 +1,265 @@
+//! The launcher's promises: exit codes and signals propagate, errors are one clear line, the
+//! namespaces look as documented, and nothing is left behind.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::world::{World, run, wait_with_limit};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+pub fn exit_code_of_command_is_propagated() {
+    let world = World::new();
+    for code in [0, 1, 42, 255] {
+        let out = run(
+            &mut world.usernet(&["run", "--", "sh", "-c", &format!("exit {code}")]),
+            LIMIT,
+        );
+        assert_eq!(out.code(), Some(code), "{out:#?}");
+        assert_eq!(
+            out.stderr, "",
+            "a command's own exit code is not an error of ours"
+        );
+    }
+}
+
+pub fn command_killed_by_signal_gives_128_plus_signal() {
+    let world = World::new();
+    let out = run(
+        &mut world.usernet(&["run", "--", "sh", "-c", "kill -KILL $$"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(128 + 9), "{out:#?}");
+    let out = run(
+        &mut world.usernet(&["run", "--", "sh", "-c", "kill -TERM $$"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(128 + 15), "{out:#?}");
+}
+
+pub fn sigint_sigterm_sighup_are_forwarded_to_the_command() {
+    let world = World::new();
+    for (signal, name, code) in [
+        (libc::SIGTERM, "TERM", 7),
+        (libc::SIGINT, "INT", 8),
+        (libc::SIGHUP, "HUP", 9),
+    ] {
+        // The command traps the signal and exits with a code only it knows, so the exit
+        // status proves the signal reached COMMAND itself.
+        let script = format!("trap 'exit {code}' {name}; echo ready; while :; do sleep 0.05; done");
+        let mut child = world
+            .usernet(&["run", "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = wait_with_limit(&mut child, LIMIT);
+        assert_eq!(status.code(), Some(code), "SIG{name} was not forwarded");
+    }
+}
+
+pub fn command_not_found_gives_127_and_one_line() {
+    let world = World::new();
+    let out = run(
+        &mut world.usernet(&["run", "--", "no-such-command-xyz"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(127), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        "usernet: no-such-command-xyz: command not found\n"
+    );
+}
+
+pub fn bad_flag_values_are_one_line_and_nonzero() {
+    let world = World::new();
+    for args in [
+        &["run", "--mtu", "12", "--", "true"][..],
+        &["run", "--mtu", "big", "--", "true"],
+        &["run", "--ifname", "has/slash", "--", "true"],
+        &["run", "--net", "magic", "--", "true"],
+        &["run"],
+        &["fly"],
+    ] {
+        let out = run(&mut world.usernet(args), LIMIT);
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:#?}");
+        assert!(out.stderr.starts_with("usernet: "), "{args:?}: {out:#?}");
+    }
+}
+
+pub fn missing_tun_device_is_a_clear_error() {
+    let world = World::new();
+    // Hide /dev/net/tun in the world's mount namespace.
+    let script = format!(
+        "mount -t tmpfs none /dev/net && exec {} run -- true",
+        crate::world::usernet_bin()
+    );
+    let out = run(world.command("sh").args(["-c", &script]), LIMIT);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(out.stderr.contains("/dev/net/tun is missing"), "{out:#?}");
+}
+
+pub fn disabled_user_namespaces_are_a_clear_error() {
+    let world = World::new();
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} run -- true",
+        crate::world::usernet_bin()
+    );
+    let out = run(world.command("sh").args(["-c", &script]), LIMIT);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("cannot create a user namespace"),
+        "{out:#?}"
+    );
+}
+
+pub fn namespace_has_tap0_route_and_resolv_conf() {
+    let world = World::new();
+    let script = "cat /sys/class/net/tap0/mtu /sys/class/net/tap0/tx_queue_len; \
+                  ip -4 -o addr show dev tap0; ip route show default; cat /etc/resolv.conf; \
+                  cat /proc/self/uid_map";
+    let out = run(
+        &mut world.usernet(&["run", "--mtu", "9000", "--", "sh", "-c", script]),
+        LIMIT,
+    );
+    out.assert_ok();
+    let s = &out.stdout;
+    let mut lines = s.lines();
+    assert_eq!(lines.next(), Some("9000"));
+    let qlen: u32 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(qlen >= 1000, "txqueuelen {qlen}");
+    assert!(s.contains("inet 10.0.2.100/24"), "{s}");
+    assert!(s.contains("default via 10.0.2.2 dev tap0"), "{s}");
+    assert!(s.contains("nameserver 10.0.2.3"), "{s}");
+    assert!(
+        s.lines().any(|l| l.split_whitespace().next() == Some("0")),
+        "root inside: {s}"
+    );
+}
+
+pub fn net_none_has_only_loopback_and_net_host_shares_the_network() {
+    let world = World::new();
+    let out = run(
+        &mut world.usernet(&["run", "--net", "none", "--", "ls", "/sys/class/net"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert_eq!(out.stdout.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    let out = run(
+        &mut world.usernet(&["run", "--net", "host", "--", "cat", "/proc/self/net/dev"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(!out.stdout.contains("tap0"));
+    // The world's 198.18.0.1 is visible: same network namespace as the caller.
+    let out = run(
+        &mut world.usernet(&["run", "--net", "host", "--", "ip", "-4", "-o", "addr"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(out.stdout.contains("198.18.0.1"), "{out:#?}");
+}
+
+pub fn nothing_is_left_behind_after_exit() {
+    let world = World::new();
+    let tmp = tempdir();
+    let state = tmp.join("state");
+    let script = format!(
+        "sleep 1000 & echo $! > {tmp}/bg; cat {state}/child_pid > {tmp}/child; echo $$ > {tmp}/cmd",
+        tmp = tmp.display(),
+        state = state.display()
+    );
+    let out = run(
+        &mut world.usernet(&[
+            "run",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(!state.exists(), "state dir {} left behind", state.display());
+    for f in ["bg", "child", "cmd"] {
+        let pid: i32 = std::fs::read_to_string(tmp.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{f} process {pid} still exists"
+        );
+    }
+    // The resolv.conf bind mount lived only in the child's mount namespace.
+    let out = run(world.command("cat").arg("/proc/self/mountinfo"), LIMIT);
+    assert!(!out.stdout.contains("resolv.conf"), "{}", out.stdout);
+
+    // The default state dir (under $XDG_RUNTIME_DIR) is removed as well.
+    let xdg = tmp.join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let out = run(
+        world
+            .usernet(&["run", "--", "true"])
+            .env("XDG_RUNTIME_DIR", &xdg),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert_eq!(
+        std::fs::read_dir(&xdg).unwrap().count(),
+        0,
+        "default state dir left behind"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+pub fn state_dir_holds_child_pid_and_a_lock() {
+    let world = World::new();
+    let tmp = tempdir();
+    let state = tmp.join("state");
+    let script = format!(
+        "ls -a {} && cat {}/child_pid",
+        state.display(),
+        state.display()
+    );
+    let out = run(
+        &mut world.usernet(&[
+            "run",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(out.stdout.lines().any(|l| l == "child_pid"), "{out:#?}");
+    assert!(out.stdout.lines().any(|l| l == "lock"), "{out:#?}");
+    let pid: i32 = out.stdout.lines().last().unwrap().parse().unwrap();
+    assert!(pid > 1);
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+fn tempdir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("usernet-it-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

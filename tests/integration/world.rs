@@ -1,0 +1,215 @@
+//! Throwaway "world" namespaces for tests: a user + network + mount namespace that stands in
+//! for the host. usernet runs inside it; servers listen on its 127.0.0.1 and on 198.18.0.1
+//! (added to its lo). No test traffic can leave it.
+//!
+//! A holder process (this test binary in tool mode) keeps the namespaces alive; everything
+//! else enters them with setns() right before exec, so the test process itself stays outside
+//! and only orchestrates.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The "remote" server address inside every world.
+pub const REMOTE: &str = "198.18.0.1";
+
+pub fn usernet_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_usernet")
+}
+
+pub fn self_exe() -> PathBuf {
+    std::env::current_exe().expect("test binary path")
+}
+
+pub struct World {
+    holder: Child,
+    user: OwnedFd,
+    net: OwnedFd,
+    mnt: OwnedFd,
+}
+
+impl World {
+    pub fn new() -> World {
+        let mut holder = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "--mount", "--"])
+            .arg(self_exe())
+            .args(["__tool", "world-holder"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn unshare (util-linux) for the world namespace");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "world holder failed to start");
+        let pid = holder.id();
+        let open = |ns: &str| -> OwnedFd {
+            std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
+                .expect("open ns file")
+                .into()
+        };
+        World {
+            user: open("user"),
+            net: open("net"),
+            mnt: open("mnt"),
+            holder,
+        }
+    }
+
+    /// A command that runs inside the world.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        let fds = [
+            self.user.as_raw_fd(),
+            self.net.as_raw_fd(),
+            self.mnt.as_raw_fd(),
+        ];
+        let kinds = [libc::CLONE_NEWUSER, libc::CLONE_NEWNET, libc::CLONE_NEWNS];
+        // SAFETY: setns is async-signal-safe; the fds stay open until after spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (fd, kind) in fds.iter().zip(kinds) {
+                    if libc::setns(*fd, kind) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd.current_dir("/");
+        cmd
+    }
+
+    /// This test binary in tool mode, inside the world.
+    pub fn tool(&self, args: &[&str]) -> Command {
+        let mut c = self.command(self_exe());
+        c.arg("__tool").args(args);
+        c
+    }
+
+    /// usernet inside the world.
+    pub fn usernet(&self, args: &[&str]) -> Command {
+        let mut c = self.command(usernet_bin());
+        c.args(args);
+        c
+    }
+
+    /// `usernet run FLAGS -- <this binary> __tool TOOL_ARGS...` inside the world: a tool run
+    /// as the command in usernet's namespaces.
+    pub fn usernet_tool(&self, flags: &[&str], tool_args: &[&str]) -> Command {
+        let mut c = self.command(usernet_bin());
+        c.arg("run")
+            .args(flags)
+            .arg("--")
+            .arg(self_exe())
+            .arg("__tool")
+            .args(tool_args);
+        c
+    }
+
+    /// Start a tool server and wait until it prints its first line ("listening ...").
+    pub fn server(&self, args: &[&str]) -> Server {
+        let mut child = self
+            .tool(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("listening"),
+            "server did not start: {line:?}"
+        );
+        Server { child, _out: out }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A background server in a world, killed when dropped.
+pub struct Server {
+    child: Child,
+    _out: BufReader<ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished command produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Panic with everything we know unless the command exited 0.
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.status.success(), "command failed: {self:#?}");
+        self
+    }
+}
+
+/// Run `cmd` to completion, capturing output; kill it and fail after `limit`.
+pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let out = reader(child.stdout.take().unwrap());
+    let err = reader(child.stderr.take().unwrap());
+    let status = wait_with_limit(&mut child, limit);
+    Outcome {
+        status,
+        stdout: out.recv().unwrap(),
+        stderr: err.recv().unwrap(),
+    }
+}
+
+pub fn wait_with_limit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx
+}
