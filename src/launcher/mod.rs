@@ -124,7 +124,7 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
     let mut signals = Signals::new().context("cannot create a signalfd")?;
     raise_fd_limit();
 
-    expect(&parent_end, &mut signals, &mut guard, Msg::Unshared)?;
+    expect(&parent_end, &mut signals, &mut guard, Msg::Unshared, OnSignal::Abort)?;
     let mapping = idmap::write_maps(pid).context("cannot set up the user namespace's id maps")?;
     log::debug!("id mapping: {mapping:?}");
     parent_end
@@ -133,7 +133,7 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
 
     let mut stack = None;
     if cfg.net_mode == NetMode::Builtin {
-        let tap = expect(&parent_end, &mut signals, &mut guard, Msg::Tap)?
+        let tap = expect(&parent_end, &mut signals, &mut guard, Msg::Tap, OnSignal::Abort)?
             .ok_or_else(|| anyhow!("the child sent no tap fd"))?;
         tune_malloc();
         let config = StackConfig {
@@ -144,10 +144,11 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
         };
         stack = Some(Stack::new(tap, config).context("cannot start the network stack")?);
     }
-    expect(&parent_end, &mut signals, &mut guard, Msg::Configured)?;
+    expect(&parent_end, &mut signals, &mut guard, Msg::Configured, OnSignal::Abort)?;
     state.write_child_pid(pid.as_raw())?;
     parent_end.send(&Msg::Go).context("setup channel")?;
-    expect(&parent_end, &mut signals, &mut guard, Msg::Started)?;
+    // From here COMMAND may be running: signals are its business now.
+    expect(&parent_end, &mut signals, &mut guard, Msg::Started, OnSignal::Forward)?;
 
     let code = match &mut stack {
         Some(stack) => {
@@ -207,12 +208,22 @@ fn wait_child(signals: &mut Signals, guard: &mut ChildGuard) -> Result<i32> {
     }
 }
 
+/// What a signal does while the parent waits for the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnSignal {
+    /// Setup is not finished: give up (the guards clean up).
+    Abort,
+    /// COMMAND may already run: pass the signal on.
+    Forward,
+}
+
 /// Wait for `want` from the child, or for the reason it will not come.
 fn expect(
     chan: &Channel,
     signals: &mut Signals,
     guard: &mut ChildGuard,
     want: Msg,
+    on_signal: OnSignal,
 ) -> Result<Option<std::os::fd::OwnedFd>> {
     loop {
         let ready = signals::wait_readable(&[chan.as_fd(), signals.as_fd()])
@@ -222,6 +233,11 @@ fn expect(
                 match received.signal {
                     // Child exits are noticed when its end of the channel closes.
                     Signal::SIGCHLD => {}
+                    s if on_signal == OnSignal::Forward => {
+                        if received.from_process {
+                            let _ = kill(guard.pid, s);
+                        }
+                    }
                     s => {
                         return Err(Failure {
                             code: 128 + s as i32,
