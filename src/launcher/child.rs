@@ -75,12 +75,7 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     if cfg.net_mode != NetMode::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    unshare(flags).map_err(|e| {
-        fail(format!(
-            "cannot create a user namespace: {}; user namespaces may be disabled (check the sysctls user.max_user_namespaces, kernel.unprivileged_userns_clone and kernel.apparmor_restrict_unprivileged_userns)",
-            e.desc()
-        ))
-    })?;
+    unshare(flags).map_err(|e| fail(unshare_error(e)))?;
     chan.send(&Msg::Unshared)
         .map_err(|e| fail(format!("setup channel: {e}")))?;
     match chan.recv() {
@@ -132,6 +127,28 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         Err(e) => return Err(fail(format!("setup channel: {e}"))),
     }
     supervise(chan, cfg)
+}
+
+/// Why unshare() failed, and what to do about it.
+fn unshare_error(e: Errno) -> String {
+    let what = "cannot create a user namespace";
+    match e {
+        Errno::ENOSPC | Errno::EUSERS => {
+            let limit =
+                fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+            format!(
+                "{what}: the limit is reached (sysctl user.max_user_namespaces = {}); raise it",
+                limit.trim()
+            )
+        }
+        Errno::EPERM | Errno::EACCES => format!(
+            "{what}: not permitted; unprivileged user namespaces may be disabled (sysctls kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns) or blocked by a container's seccomp policy"
+        ),
+        Errno::EINVAL => {
+            format!("{what}: this kernel does not support user namespaces (CONFIG_USER_NS)")
+        }
+        e => format!("{what}: {}", e.desc()),
+    }
 }
 
 fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {

@@ -124,7 +124,13 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
     let mut signals = Signals::new().context("cannot create a signalfd")?;
     raise_fd_limit();
 
-    expect(&parent_end, &mut signals, &mut guard, Msg::Unshared, OnSignal::Abort)?;
+    expect(
+        &parent_end,
+        &mut signals,
+        &mut guard,
+        Msg::Unshared,
+        OnSignal::Abort,
+    )?;
     let mapping = idmap::write_maps(pid).context("cannot set up the user namespace's id maps")?;
     log::debug!("id mapping: {mapping:?}");
     parent_end
@@ -133,8 +139,14 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
 
     let mut stack = None;
     if cfg.net_mode == NetMode::Builtin {
-        let tap = expect(&parent_end, &mut signals, &mut guard, Msg::Tap, OnSignal::Abort)?
-            .ok_or_else(|| anyhow!("the child sent no tap fd"))?;
+        let tap = expect(
+            &parent_end,
+            &mut signals,
+            &mut guard,
+            Msg::Tap,
+            OnSignal::Abort,
+        )?
+        .ok_or_else(|| anyhow!("the child sent no tap fd"))?;
         tune_malloc();
         let config = StackConfig {
             net: cfg.net,
@@ -144,11 +156,23 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
         };
         stack = Some(Stack::new(tap, config).context("cannot start the network stack")?);
     }
-    expect(&parent_end, &mut signals, &mut guard, Msg::Configured, OnSignal::Abort)?;
+    expect(
+        &parent_end,
+        &mut signals,
+        &mut guard,
+        Msg::Configured,
+        OnSignal::Abort,
+    )?;
     state.write_child_pid(pid.as_raw())?;
     parent_end.send(&Msg::Go).context("setup channel")?;
     // From here COMMAND may be running: signals are its business now.
-    expect(&parent_end, &mut signals, &mut guard, Msg::Started, OnSignal::Forward)?;
+    expect(
+        &parent_end,
+        &mut signals,
+        &mut guard,
+        Msg::Started,
+        OnSignal::Forward,
+    )?;
 
     let code = match &mut stack {
         Some(stack) => {

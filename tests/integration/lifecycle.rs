@@ -263,3 +263,63 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Whether this process is root of the initial user namespace (as CI runs the tests), which
+/// the unprivileged-user test needs to become an arbitrary other user.
+pub fn is_real_root() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        && unsafe { libc::geteuid() } == 0
+}
+
+/// Run usernet as nobody (uid 65534, which newuidmap needs to have a name) with `subids` as /etc/subuid and /etc/subgid (in a private mount
+/// namespace of the host; `--net none`, so no packet moves) and return the namespace's maps.
+fn maps_as_unprivileged_user(subids: &str) -> String {
+    let tmp = tempdir();
+    let file = tmp.join("subids");
+    std::fs::write(&file, subids).unwrap();
+    let script = format!(
+        "mount --bind {f} /etc/subuid && mount --bind {f} /etc/subgid && \
+         exec setpriv --reuid=65534 --regid=65534 --clear-groups env -u XDG_RUNTIME_DIR \
+         {usernet} run --net none -- cat /proc/self/uid_map /proc/self/gid_map",
+        f = file.display(),
+        usernet = crate::world::usernet_bin()
+    );
+    let out = run(
+        std::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .current_dir("/"),
+        LIMIT,
+    );
+    out.assert_ok();
+    std::fs::remove_dir_all(&tmp).unwrap();
+    out.stdout
+}
+
+pub fn unprivileged_user_is_root_inside_with_or_without_subordinate_ids() {
+    let lines = |s: &str| -> Vec<Vec<String>> {
+        s.lines()
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    // No subordinate ids: the caller alone, as root.
+    let single = lines(&maps_as_unprivileged_user(""));
+    assert_eq!(
+        single,
+        vec![vec!["0", "65534", "1"]; 2],
+        "uid_map then gid_map"
+    );
+    // With subordinate ids and newuidmap/newgidmap: ids 1.. come from the ranges.
+    let sub = lines(&maps_as_unprivileged_user("nobody:300000:5000\n"));
+    let expected = [vec!["0", "65534", "1"], vec!["1", "300000", "5000"]];
+    assert_eq!(sub[..2], expected[..], "uid_map");
+    assert_eq!(sub[2..], expected[..], "gid_map");
+}

@@ -96,3 +96,46 @@ pub fn two_hundred_concurrent_connections_carry_data() {
     out.assert_ok();
     assert_eq!(out.stdout.trim(), "OK 200");
 }
+
+pub fn host_reset_reaches_the_guest_as_connection_reset() {
+    let world = World::new();
+    let _server = world.server(&["tcp-reset-server", "198.18.0.1:5006"]);
+    let out = run(
+        &mut world.usernet_tool(&[], &["tcp-read-until-end", "198.18.0.1:5006"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(out.stdout.starts_with("reset "), "{out:#?}");
+}
+
+pub fn guest_reset_reaches_the_host_as_connection_reset() {
+    let world = World::new();
+    let mut server = world.server(&["tcp-watch", "198.18.0.1:5007"]);
+    let out = run(
+        &mut world.usernet_tool(&[], &["tcp-abort", "198.18.0.1:5007"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    let line = server.next_line();
+    assert!(line.starts_with("reset "), "the host side saw {line:?}");
+}
+
+pub fn reused_source_port_connects_at_once() {
+    let world = World::new();
+    let _server = world.server(&["tcp-hello", "198.18.0.1:5008"]);
+    // The server closes first, so our side of each flow would sit in TIME-WAIT if it were
+    // kept: the next SYN from the same port must still connect at once.
+    let out = run(
+        &mut world.usernet_tool(&[], &["tcp-reuse-port", "198.18.0.1:5008", "40555", "5"]),
+        Duration::from_secs(60),
+    );
+    out.assert_ok();
+    let slowest: u64 = out
+        .stdout
+        .trim()
+        .strip_prefix("OK ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(slowest < 1000, "a reconnect took {slowest} ms");
+}

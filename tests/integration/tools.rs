@@ -33,6 +33,12 @@ pub fn main(args: &[String]) -> i32 {
         }
         ["tcp-connect", addr] => tcp_connect(addr),
         ["tcp-many", addr, n, bytes] => tcp_many(addr, parse(n), parse(bytes)),
+        ["tcp-reset-server", listen] => tcp_reset_server(listen),
+        ["tcp-read-until-end", addr] => tcp_read_until_end(addr),
+        ["tcp-watch", listen] => tcp_watch(listen),
+        ["tcp-abort", addr] => tcp_abort(addr),
+        ["tcp-hello", listen] => tcp_hello(listen),
+        ["tcp-reuse-port", addr, port, n] => tcp_reuse_port(addr, parse(port) as u16, parse(n)),
         _ => Err(io::Error::other(format!("unknown tool invocation {a:?}"))),
     };
     match result {
@@ -270,4 +276,119 @@ fn tcp_many(addr: &str, n: u64, bytes: u64) -> io::Result<()> {
             failures.join("; ")
         )))
     }
+}
+
+fn listen_announce(listen: &str) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(listen)?;
+    println!("listening {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    Ok(listener)
+}
+
+/// How a read loop ended, as one word.
+fn ending(r: io::Result<usize>) -> String {
+    match r {
+        Ok(_) => "eof".into(),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => "reset".into(),
+        Err(e) => format!("error:{:?}", e.kind()),
+    }
+}
+
+fn read_to_end_or_error(conn: &mut TcpStream) -> (u64, io::Result<usize>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return (total, Ok(0)),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (total, Err(e)),
+        }
+    }
+}
+
+/// Each connection gets 1 MiB of data, then a reset (SO_LINGER 0) instead of a FIN.
+fn tcp_reset_server(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = send_pattern(&mut conn, SERVER_SEED, 1 << 20);
+        let _ = socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+        drop(conn);
+    }
+    Ok(())
+}
+
+/// Connect and read until the stream ends; print how it ended and how much arrived.
+fn tcp_read_until_end(addr: &str) -> io::Result<()> {
+    let mut conn = TcpStream::connect(addr)?;
+    let (total, r) = read_to_end_or_error(&mut conn);
+    println!("{} {total}", ending(r));
+    Ok(())
+}
+
+/// Accept one connection, read until it ends, print how it ended.
+fn tcp_watch(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    let (mut conn, _) = listener.accept()?;
+    let (total, r) = read_to_end_or_error(&mut conn);
+    println!("{} {total}", ending(r));
+    io::stdout().flush()
+}
+
+/// Connect, send a little, then abort the connection (RST instead of FIN).
+fn tcp_abort(addr: &str) -> io::Result<()> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.write_all(b"some bytes before the reset")?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO))?;
+    drop(conn);
+    println!("aborted");
+    Ok(())
+}
+
+/// Each connection gets "hello" and is closed by the server first.
+fn tcp_hello(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.write_all(b"hello\n");
+    }
+    Ok(())
+}
+
+/// Connect `n` times in a row from the same local port, each time after the server closed
+/// the previous connection; print the slowest connect in ms.
+fn tcp_reuse_port(addr: &str, port: u16, n: u64) -> io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let mut slowest = 0;
+    for i in 0..n {
+        // Our previous socket with this 4-tuple lingers in LAST-ACK until its final ACK
+        // arrives (microseconds later); the kernel answers EADDRNOTAVAIL until then.
+        let mut tries = 0;
+        let s = loop {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+            let start = Instant::now();
+            match s.connect(&target.into()) {
+                Ok(()) => {
+                    slowest = slowest.max(start.elapsed().as_millis());
+                    break s;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(io::Error::other(format!("connect #{i}: {e}"))),
+            }
+        };
+        let mut conn: TcpStream = s.into();
+        let mut got = String::new();
+        conn.read_to_string(&mut got)?;
+        check("greeting", &got, "hello\n")?;
+    }
+    println!("OK {slowest}");
+    Ok(())
 }

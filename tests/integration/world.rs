@@ -127,7 +127,7 @@ impl World {
             line.starts_with("listening"),
             "server did not start: {line:?}"
         );
-        Server { child, _out: out }
+        Server { child, out }
     }
 }
 
@@ -141,7 +141,16 @@ impl Drop for World {
 /// A background server in a world, killed when dropped.
 pub struct Server {
     child: Child,
-    _out: BufReader<ChildStdout>,
+    out: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// The next line the server prints (blocking).
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
 }
 
 impl Drop for Server {
