@@ -168,12 +168,18 @@ fn classify_ipv4<'a>(
             let Ok(tcp) = TcpPacket::new_checked(l4) else {
                 return Classified::Drop(DropReason::TcpHeader);
             };
-            let payload_len = l4.len() - usize::from(tcp.header_len());
             let flags = TcpFlags {
                 syn: tcp.syn(),
                 fin: tcp.fin(),
                 rst: tcp.rst(),
             };
+            // Port 0 does not exist, and at most one of SYN, FIN and RST may be set (smoltcp
+            // rejects the rest too; catching them here saves a pointless host connect).
+            let controls = u8::from(flags.syn) + u8::from(flags.fin) + u8::from(flags.rst);
+            if tcp.src_port() == 0 || tcp.dst_port() == 0 || controls > 1 {
+                return Classified::Drop(DropReason::TcpHeader);
+            }
+            let payload_len = l4.len() - usize::from(tcp.header_len());
             let seq_len = payload_len as u32 + u32::from(flags.syn) + u32::from(flags.fin);
             Classified::Tcp(GuestTcp {
                 src_mac,
@@ -301,6 +307,24 @@ mod tests {
         assert!(matches!(
             classify(&f, &net),
             Classified::Drop(DropReason::Destination)
+        ));
+    }
+
+    #[test]
+    fn impossible_tcp_segments_are_dropped() {
+        let net = VirtualNetwork::default();
+        let dst = Ipv4Addr::new(198, 18, 0, 1);
+        let mut f = tcp_frame(net.guest, dst, TcpControl::Syn, b"");
+        TcpPacket::new_unchecked(&mut f[34..]).set_fin(true);
+        assert!(matches!(
+            classify(&f, &net),
+            Classified::Drop(DropReason::TcpHeader)
+        ));
+        let mut f = tcp_frame(net.guest, dst, TcpControl::Syn, b"");
+        TcpPacket::new_unchecked(&mut f[34..]).set_dst_port(0);
+        assert!(matches!(
+            classify(&f, &net),
+            Classified::Drop(DropReason::TcpHeader)
         ));
     }
 

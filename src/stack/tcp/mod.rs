@@ -149,6 +149,8 @@ struct Flow {
     guest_fin: bool,
     timer: Option<Instant>,
     queued: bool,
+    /// In the list of flows waiting for the TAP to drain.
+    waiting_tap: bool,
 }
 
 enum Outcome {
@@ -307,6 +309,7 @@ impl TcpFlows {
             guest_fin: false,
             timer: None,
             queued: false,
+            waiting_tap: false,
         });
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
@@ -342,7 +345,10 @@ impl TcpFlows {
     }
 
     /// Service flows whose deadline has passed.
+    /// A flow that asks to run again right away waits for the next pass, so one flow cannot
+    /// keep this loop spinning.
     pub fn run_timers(&mut self, cx: &mut TcpContext<'_>) {
+        let mut due = Vec::new();
         while let Some(&(at, id)) = self.timers.first() {
             if at > cx.now {
                 break;
@@ -350,8 +356,11 @@ impl TcpFlows {
             self.timers.pop_first();
             if let Some(flow) = self.flows.get_mut(id) {
                 flow.timer = None;
-                self.service(id, cx);
+                due.push(id);
             }
+        }
+        for id in due {
+            self.service(id, cx);
         }
     }
 
@@ -359,9 +368,8 @@ impl TcpFlows {
     pub fn on_tap_writable(&mut self, cx: &mut TcpContext<'_>) {
         let waiters = std::mem::take(&mut self.tap_waiters);
         for id in waiters {
-            if cx.tap.is_blocked() {
-                self.tap_waiters.push(id);
-            } else {
+            if let Some(flow) = self.flows.get_mut(id) {
+                flow.waiting_tap = false;
                 self.service(id, cx);
             }
         }
@@ -376,12 +384,14 @@ impl TcpFlows {
             Phase::Connecting { .. } => match connect_state(&flow.host.stream) {
                 ConnectState::Pending => return,
                 ConnectState::Failed(e) => Outcome::ConnectFailed(e),
-                ConnectState::Connected => {
-                    self.pending_connects -= 1;
-                    self.stats.opened += 1;
-                    open(flow, cx, &self.config, self.seeds.next());
-                    relay(flow, cx)
-                }
+                ConnectState::Connected => match open(flow, cx, &self.config, self.seeds.next()) {
+                    Ok(()) => {
+                        self.pending_connects -= 1;
+                        self.stats.opened += 1;
+                        relay(flow, cx)
+                    }
+                    Err(e) => Outcome::ConnectFailed(e),
+                },
             },
             Phase::Open(_) => relay(flow, cx),
         };
@@ -395,7 +405,12 @@ impl TcpFlows {
             }
             Outcome::WaitTap => {
                 self.set_timer(id, None);
-                self.tap_waiters.push(id);
+                if let Some(flow) = self.flows.get_mut(id)
+                    && !flow.waiting_tap
+                {
+                    flow.waiting_tap = true;
+                    self.tap_waiters.push(id);
+                }
             }
             Outcome::Finished { graceful } => {
                 if graceful {
@@ -501,9 +516,9 @@ fn mark_dirty(dirty: &mut Vec<Id>, flow: &mut Flow, id: Id) {
 }
 
 /// Create the flow's smoltcp interface and socket, and replay the stored SYN into it.
-fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64) {
+fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64) -> io::Result<()> {
     let Phase::Connecting { syn, .. } = &flow.phase else {
-        return;
+        return Ok(());
     };
     let net = cx.policy.net;
     let local = flow.key.remote;
@@ -530,9 +545,9 @@ fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64)
         addr: Some(local.ip().into()),
         port: local.port(),
     };
-    if socket.listen(endpoint).is_err() {
-        return;
-    }
+    socket
+        .listen(endpoint)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("listen: {e:?}")))?;
     let mut sockets = SocketSet::new(Vec::with_capacity(1));
     let handle = sockets.add(socket);
 
@@ -546,6 +561,7 @@ fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64)
     // A just-connected socket is writable; reads are attempted optimistically.
     flow.host.writable = true;
     flow.host.readable = true;
+    Ok(())
 }
 
 /// Move bytes both ways, emit what smoltcp wants to send, and decide whether the flow is done.
