@@ -71,6 +71,17 @@ impl Netlink {
             .map_err(|e| annotate(e, format!("configuring link {name}")))
     }
 
+    /// Bring the link called `name` up.
+    pub fn link_up(&mut self, name: &str) -> io::Result<()> {
+        self.set_link(
+            name,
+            &LinkSettings {
+                up: true,
+                ..Default::default()
+            },
+        )
+    }
+
     /// Add `addr/prefix` to the link called `name` (with the subnet's broadcast address).
     pub fn add_ipv4_address(&mut self, name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
         let mut msg = AddressMessage::default();

@@ -107,15 +107,7 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     match cfg.net_mode {
         NetMode::Builtin => setup_builtin(chan, cfg)?,
         NetMode::None => {
-            let mut nl = Netlink::open().map_err(|e| fail(format!("netlink: {e}")))?;
-            nl.set_link(
-                "lo",
-                &LinkSettings {
-                    up: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| fail(e.to_string()))?;
+            loopback_up()?;
         }
         NetMode::Host => {}
     }
@@ -151,16 +143,15 @@ fn unshare_error(e: Errno) -> String {
     }
 }
 
-fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
+/// Bring up lo in the new network namespace; returns the netlink connection for more.
+fn loopback_up() -> Result<Netlink, Failure> {
     let mut nl = Netlink::open().map_err(|e| fail(format!("netlink: {e}")))?;
-    nl.set_link(
-        "lo",
-        &LinkSettings {
-            up: true,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    nl.link_up("lo").map_err(|e| fail(e.to_string()))?;
+    Ok(nl)
+}
+
+fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
+    let mut nl = loopback_up()?;
     let tap = tap::create(&cfg.ifname).map_err(|e| fail(e.to_string()))?;
     chan.send_with_fd(&Msg::Tap, std::os::fd::AsFd::as_fd(&tap))
         .map_err(|e| fail(format!("cannot pass the tap fd to the parent: {e}")))?;

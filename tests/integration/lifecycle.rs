@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::world::{World, run, wait_with_limit};
+use crate::world::{Outcome, World, run, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -90,10 +90,16 @@ pub fn bad_flag_values_are_one_line_and_nonzero() {
         &["fly"],
     ] {
         let out = run(&mut world.usernet(args), LIMIT);
-        assert_eq!(out.code(), Some(2), "{args:?}: {out:#?}");
-        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:#?}");
-        assert!(out.stderr.starts_with("usernet: "), "{args:?}: {out:#?}");
+        assert_one_line_error(&out, 2, "");
     }
+}
+
+/// A failure that is exactly one line on stderr, with this exit code and text.
+fn assert_one_line_error(out: &Outcome, code: i32, needle: &str) {
+    assert_eq!(out.code(), Some(code), "{out:#?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(out.stderr.starts_with("usernet: "), "{out:#?}");
+    assert!(out.stderr.contains(needle), "{out:#?}");
 }
 
 pub fn missing_tun_device_is_a_clear_error() {
@@ -104,9 +110,7 @@ pub fn missing_tun_device_is_a_clear_error() {
         crate::world::usernet_bin()
     );
     let out = run(world.command("sh").args(["-c", &script]), LIMIT);
-    assert_eq!(out.code(), Some(1), "{out:#?}");
-    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
-    assert!(out.stderr.contains("/dev/net/tun is missing"), "{out:#?}");
+    assert_one_line_error(&out, 1, "/dev/net/tun is missing");
 }
 
 pub fn disabled_user_namespaces_are_a_clear_error() {
@@ -116,12 +120,7 @@ pub fn disabled_user_namespaces_are_a_clear_error() {
         crate::world::usernet_bin()
     );
     let out = run(world.command("sh").args(["-c", &script]), LIMIT);
-    assert_eq!(out.code(), Some(1), "{out:#?}");
-    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
-    assert!(
-        out.stderr.contains("cannot create a user namespace"),
-        "{out:#?}"
-    );
+    assert_one_line_error(&out, 1, "cannot create a user namespace");
 }
 
 pub fn namespace_has_tap0_route_and_resolv_conf() {

@@ -57,13 +57,7 @@ fn parse(s: &str) -> u64 {
 /// Set up the world's network and hold its namespaces until stdin closes.
 fn world_holder() -> io::Result<()> {
     let mut nl = usernet::netconf::Netlink::open()?;
-    nl.set_link(
-        "lo",
-        &usernet::netconf::LinkSettings {
-            up: true,
-            ..Default::default()
-        },
-    )?;
+    nl.link_up("lo")?;
     nl.add_ipv4_address("lo", crate::world::REMOTE.parse().unwrap(), 32)?;
     println!("ready");
     io::stdout().flush()?;
