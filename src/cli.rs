@@ -4,12 +4,14 @@
 //! bad flag fails before anything is set up, with one line naming the flag and the problem.
 
 use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::net::{DEFAULT_MTU, MAX_MTU, MIN_MTU};
+use crate::net::{DEFAULT_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
+use crate::resolv::parse_upstream;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +65,32 @@ pub struct RunArgs {
     #[arg(long)]
     pub disable_host_loopback: bool,
 
+    /// The virtual network: the gateway is host .2, the DNS forwarder .3, the command .100.
+    #[arg(long, default_value = "10.0.2.0/24", value_parser = parse_cidr)]
+    pub cidr: VirtualNetwork,
+
+    /// MAC address of the tap device (default: chosen by the kernel).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    pub macaddress: Option<[u8; 6]>,
+
+    /// Bind host-side sockets to this IPv4 address, or to the first IPv4 address of this
+    /// interface.
+    #[arg(long, value_name = "ADDR|IFNAME", value_parser = parse_outbound)]
+    pub outbound_addr: Option<Ipv4Addr>,
+
+    /// Seconds an idle UDP flow is kept.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub udp_timeout: u64,
+
+    /// Forward DNS to this resolver instead of those in /etc/resolv.conf (repeatable; ADDR,
+    /// ADDR:PORT or [IPV6]:PORT).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+
+    /// No DNS forwarder: 10.0.2.3 is an ordinary address and /etc/resolv.conf is left alone.
+    #[arg(long)]
+    pub disable_dns: bool,
+
     /// State directory (child_pid, lock). Default: a fresh directory under $XDG_RUNTIME_DIR
     /// or /tmp, removed at exit.
     #[arg(long, value_name = "DIR")]
@@ -87,6 +115,60 @@ fn parse_mtu(s: &str) -> Result<u32, String> {
         return Err(format!("{v} is outside {MIN_MTU}..={MAX_MTU}"));
     }
     Ok(v)
+}
+
+fn parse_cidr(s: &str) -> Result<VirtualNetwork, String> {
+    VirtualNetwork::parse(s).map_err(|e| e.to_string())
+}
+
+/// A unicast MAC address written as six colon-separated hex bytes.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("'{s}' is not a MAC address like 02:00:00:00:00:01");
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| {
+            if (1..=2).contains(&b.len()) {
+                u8::from_str_radix(b, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let mac: [u8; 6] = bytes.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 == 1 {
+        return Err(format!(
+            "{s} is a multicast address; a network interface needs a unicast one"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(format!("{s} is not a usable MAC address"));
+    }
+    Ok(mac)
+}
+
+/// An IPv4 address of this host, given as itself or as an interface name.
+fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
+    let addr = match s.parse::<Ipv4Addr>() {
+        Ok(a) => a,
+        Err(_) => interface_ipv4(s).ok_or_else(|| {
+            format!("'{s}' is neither an IPv4 address nor an interface with an IPv4 address")
+        })?,
+    };
+    std::net::UdpSocket::bind((addr, 0))
+        .map_err(|e| format!("{addr} is not an address of this host ({e})"))?;
+    Ok(addr)
+}
+
+/// The first IPv4 address of the interface `name`.
+fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != name {
+            return None;
+        }
+        let sin = ifa.address?.as_sockaddr_in().copied()?;
+        Some(sin.ip())
+    })
 }
 
 fn parse_ifname(s: &str) -> Result<String, String> {
@@ -126,5 +208,34 @@ mod tests {
         assert!(parse(&["run", "--ifname", "a/b", "--", "true"]).is_err());
         assert!(parse(&["run", "--net", "bogus", "--", "true"]).is_err());
         assert!(parse(&["run"]).is_err());
+        assert!(parse(&["run", "--cidr", "10.0.2.100/24", "--", "true"]).is_err());
+        assert!(parse(&["run", "--udp-timeout", "0", "--", "true"]).is_err());
+        assert!(parse(&["run", "--dns-upstream", "nowhere", "--", "true"]).is_err());
+        assert!(parse(&["run", "--outbound-addr", "no-such-if0", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn mac_addresses_are_strict_and_unicast() {
+        assert_eq!(
+            parse_mac("02:00:0a:0B:c:01").unwrap(),
+            [2, 0, 10, 11, 12, 1]
+        );
+        for bad in [
+            "01:00:00:00:00:01",
+            "00:00:00:00:00:00",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "02-00-00-00-00-01",
+            "02:00:00:00:00:100",
+            "zz:00:00:00:00:01",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn outbound_addr_takes_an_address_or_an_interface() {
+        assert_eq!(parse_outbound("127.0.0.1").unwrap(), Ipv4Addr::LOCALHOST);
+        assert_eq!(parse_outbound("lo").unwrap(), Ipv4Addr::LOCALHOST);
     }
 }

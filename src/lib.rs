@@ -18,5 +18,6 @@ pub mod fdpass;
 pub mod launcher;
 pub mod net;
 pub mod netconf;
+pub mod resolv;
 pub mod stack;
 pub mod tap;

@@ -31,6 +31,7 @@ use crate::tap;
 pub struct ChildConfig {
     pub net_mode: NetMode,
     pub ifname: String,
+    pub mac: Option<[u8; 6]>,
     pub mtu: u32,
     pub txqueuelen: u32,
     pub net: VirtualNetwork,
@@ -160,7 +161,7 @@ fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
         up: true,
         mtu: Some(cfg.mtu),
         txqueuelen: Some(cfg.txqueuelen),
-        mac: None,
+        mac: cfg.mac,
     };
     nl.set_link(&cfg.ifname, &settings)
         .map_err(|e| fail(e.to_string()))?;

@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use mio::unix::SourceFd;
@@ -29,8 +29,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 
 use crate::cli::{NetMode, RunArgs};
-use crate::net::VirtualNetwork;
-use crate::stack::tcp::TcpConfig;
+use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
 use crate::stack::{Stack, StackConfig};
 use channel::{Channel, Msg};
 use child::ChildConfig;
@@ -58,26 +57,30 @@ impl std::error::Error for Failure {}
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub net_mode: NetMode,
-    pub mtu: u32,
     pub ifname: String,
-    pub net: VirtualNetwork,
-    pub disable_host_loopback: bool,
+    /// MAC address of tap0 (`--macaddress`).
+    pub mac: Option<[u8; 6]>,
     pub state_dir: Option<PathBuf>,
     pub command: Vec<OsString>,
-    pub tcp: TcpConfig,
+    /// Addresses, policy, MTU and table bounds of the stack.
+    pub stack: StackConfig,
 }
 
 impl From<RunArgs> for RunConfig {
     fn from(a: RunArgs) -> Self {
+        let mut stack = StackConfig::new(a.cidr, a.mtu);
+        stack.policy.disable_host_loopback = a.disable_host_loopback;
+        stack.policy.disable_dns = a.disable_dns;
+        stack.policy.outbound = a.outbound_addr;
+        stack.udp.timeout = smoltcp::time::Duration::from_secs(a.udp_timeout);
+        stack.dns_upstreams = a.dns_upstream;
         RunConfig {
             net_mode: a.net,
-            mtu: a.mtu,
             ifname: a.ifname,
-            net: VirtualNetwork::default(),
-            disable_host_loopback: a.disable_host_loopback,
+            mac: a.macaddress,
             state_dir: a.state_dir,
             command: a.command,
-            tcp: TcpConfig::default(),
+            stack,
         }
     }
 }
@@ -85,10 +88,14 @@ impl From<RunArgs> for RunConfig {
 const SIGNALS_TOKEN: Token = Token(1);
 
 /// Run COMMAND as configured; returns the exit code usernet should end with.
-pub fn run(cfg: RunConfig) -> Result<i32> {
+pub fn run(mut cfg: RunConfig) -> Result<i32> {
     let state = StateDir::create(cfg.state_dir.as_deref())?;
-    let resolv_conf = if cfg.net_mode == NetMode::Builtin {
-        let text = format!("nameserver {}\n", cfg.net.dns);
+    let net = cfg.stack.policy.net;
+    // The namespace's resolver is our forwarder, with the host's search domains and options.
+    let host_resolv = ResolvConf::read(Path::new(HOST_RESOLV_CONF));
+    cfg.stack.search_domains = host_resolv.search.clone();
+    let resolv_conf = if cfg.net_mode == NetMode::Builtin && !cfg.stack.policy.disable_dns {
+        let text = host_resolv.for_guest(net.dns.into());
         state.write_file("resolv.conf", text.as_bytes(), 0o644)?;
         Some(state.path().join("resolv.conf"))
     } else {
@@ -97,9 +104,10 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
     let child_cfg = ChildConfig {
         net_mode: cfg.net_mode,
         ifname: cfg.ifname.clone(),
-        mtu: cfg.mtu,
-        txqueuelen: txqueuelen(cfg.tcp.rx_ring, cfg.mtu),
-        net: cfg.net,
+        mac: cfg.mac,
+        mtu: cfg.stack.mtu,
+        txqueuelen: txqueuelen(cfg.stack.tcp.rx_ring, cfg.stack.mtu),
+        net,
         resolv_conf,
         command: cfg.command.clone(),
         parent: getpid(),
@@ -148,13 +156,8 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
         )?
         .ok_or_else(|| anyhow!("the child sent no tap fd"))?;
         tune_malloc();
-        let config = StackConfig {
-            net: cfg.net,
-            mtu: cfg.mtu,
-            disable_host_loopback: cfg.disable_host_loopback,
-            tcp: cfg.tcp,
-        };
-        stack = Some(Stack::new(tap, config).context("cannot start the network stack")?);
+        let stack_cfg = cfg.stack.clone();
+        stack = Some(Stack::new(tap, stack_cfg).context("cannot start the network stack")?);
     }
     expect(
         &parent_end,

@@ -1,5 +1,6 @@
 //! Frames usernet writes on its own, outside any smoltcp socket: ARP replies, TCP resets for
-//! connections that do not exist or were refused, and ICMP destination-unreachable errors.
+//! connections that do not exist or were refused, UDP datagrams (NAT replies, DNS, DHCP),
+//! ICMP echo replies and ICMP errors.
 //!
 //! Each builder writes a complete Ethernet frame through the [`TapWriter`], using smoltcp's
 //! `Repr::emit` so headers and checksums are right by construction.
@@ -9,27 +10,58 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4DstUnreachable, Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber,
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 use super::frame::{ArpRequest, GuestTcp};
 use super::tx::TapWriter;
 use crate::net::VirtualNetwork;
 
-const ETH_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
+pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const UDP_LEN: usize = 8;
+const ICMP_HEADER_LEN: usize = 8;
 /// Hop limit of everything we originate.
 const HOP_LIMIT: u8 = 64;
 /// How much of the offending datagram an ICMP error quotes: as much as keeps the error within
 /// 576 bytes, as Linux does (RFC 1812 §4.3.2.3); at least its IP header and 8 bytes.
-const ICMP_QUOTE_MAX: usize = 576 - IPV4_LEN - 8;
+pub const ICMP_QUOTE_MAX: usize = 576 - IPV4_LEN - ICMP_HEADER_LEN;
 
 fn ethernet(frame: &mut [u8], src: EthernetAddress, dst: EthernetAddress, proto: EthernetProtocol) {
     let mut eth = EthernetFrame::new_unchecked(frame);
     eth.set_src_addr(src);
     eth.set_dst_addr(dst);
     eth.set_ethertype(proto);
+}
+
+/// Write Ethernet and IPv4 headers for an IP payload of `payload_len` bytes from `src` to
+/// `dst`; `fill` writes the payload.
+#[allow(clippy::too_many_arguments)]
+fn ipv4_frame(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    dst_mac: EthernetAddress,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    payload_len: usize,
+    hop_limit: u8,
+    fill: impl FnOnce(&mut [u8]),
+) {
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len,
+        hop_limit,
+    };
+    let caps = ChecksumCapabilities::default();
+    tx.send(ETH_LEN + IPV4_LEN + payload_len, |f| {
+        ethernet(f, net.gateway_mac(), dst_mac, EthernetProtocol::Ipv4);
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]), &caps);
+        fill(&mut f[ETH_LEN + IPV4_LEN..]);
+    });
 }
 
 /// Answer an ARP request for one of our addresses.
@@ -58,16 +90,7 @@ pub fn tcp_reset(tx: &mut TapWriter, net: &VirtualNetwork, seg: &GuestTcp<'_>) {
         Some(ack) => (ack, None),
         None => (0, Some(seg.seq.wrapping_add(seg.seq_len))),
     };
-    emit_tcp(
-        tx,
-        net,
-        seg.src_mac,
-        seg.dst,
-        seg.src,
-        TcpControl::Rst,
-        seq,
-        ack,
-    );
+    emit_tcp(tx, net, seg.src_mac, seg.dst, seg.src, seq, ack);
 }
 
 /// Refuse a guest SYN whose sequence space ends at `syn_end`: RST|ACK from `remote`, so the
@@ -80,33 +103,23 @@ pub fn tcp_refuse(
     guest: SocketAddrV4,
     syn_end: u32,
 ) {
-    emit_tcp(
-        tx,
-        net,
-        guest_mac,
-        remote,
-        guest,
-        TcpControl::Rst,
-        0,
-        Some(syn_end),
-    );
+    emit_tcp(tx, net, guest_mac, remote, guest, 0, Some(syn_end));
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A bare RST (with ACK when `ack` is given).
 fn emit_tcp(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
     from: SocketAddrV4,
     to: SocketAddrV4,
-    control: TcpControl,
     seq: u32,
     ack: Option<u32>,
 ) {
     let tcp = TcpRepr {
         src_port: from.port(),
         dst_port: to.port(),
-        control,
+        control: TcpControl::Rst,
         seq_number: TcpSeqNumber(seq as i32),
         ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
         window_len: 0,
@@ -117,24 +130,143 @@ fn emit_tcp(
         timestamp: None,
         payload: &[],
     };
-    let ip = Ipv4Repr {
-        src_addr: *from.ip(),
-        dst_addr: *to.ip(),
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: HOP_LIMIT,
+    let caps = ChecksumCapabilities::default();
+    let (src, dst) = (*from.ip(), *to.ip());
+    ipv4_frame(
+        tx,
+        net,
+        guest_mac,
+        src,
+        dst,
+        IpProtocol::Tcp,
+        tcp.buffer_len(),
+        HOP_LIMIT,
+        |p| {
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(p),
+                &src.into(),
+                &dst.into(),
+                &caps,
+            );
+        },
+    );
+}
+
+/// A UDP datagram to the guest.
+pub fn udp_datagram(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    dst_mac: EthernetAddress,
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: &[u8],
+) {
+    let udp = UdpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
     };
     let caps = ChecksumCapabilities::default();
-    tx.send(ETH_LEN + IPV4_LEN + tcp.buffer_len(), |f| {
-        ethernet(f, net.gateway_mac(), guest_mac, EthernetProtocol::Ipv4);
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]), &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(&mut f[ETH_LEN + IPV4_LEN..]),
-            &(*from.ip()).into(),
-            &(*to.ip()).into(),
-            &caps,
-        );
-    });
+    let (src, dst) = (*from.ip(), *to.ip());
+    let len = UDP_LEN + payload.len();
+    ipv4_frame(
+        tx,
+        net,
+        dst_mac,
+        src,
+        dst,
+        IpProtocol::Udp,
+        len,
+        HOP_LIMIT,
+        |p| {
+            udp.emit(
+                &mut UdpPacket::new_unchecked(p),
+                &src.into(),
+                &dst.into(),
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                &caps,
+            );
+        },
+    );
+}
+
+/// An ICMP echo reply to the guest, from `from`.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_echo_reply(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    guest_mac: EthernetAddress,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    ident: u16,
+    seq_no: u16,
+    data: &[u8],
+    hop_limit: u8,
+) {
+    let (msg, route) = (Icmpv4Message::EchoReply, (from, to, hop_limit));
+    icmp(tx, net, guest_mac, route, msg, 0, [ident, seq_no], data);
+}
+
+/// An ICMP error (destination unreachable, time exceeded...) from `from` to the guest at
+/// `to`, quoting `quote` (the start of the offending packet, IP header first).
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    guest_mac: EthernetAddress,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    msg_type: u8,
+    code: u8,
+    quote: &[u8],
+) {
+    let quote = &quote[..quote.len().min(ICMP_QUOTE_MAX)];
+    // The second header word is unused for these message types and must be zero.
+    let msg = Icmpv4Message::from(msg_type);
+    icmp(
+        tx,
+        net,
+        guest_mac,
+        (from, to, HOP_LIMIT),
+        msg,
+        code,
+        [0, 0],
+        quote,
+    );
+}
+
+/// One ICMP message: type, code, the header's second word (as two 16-bit halves), body.
+#[allow(clippy::too_many_arguments)]
+fn icmp(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    guest_mac: EthernetAddress,
+    (from, to, hop_limit): (Ipv4Addr, Ipv4Addr, u8),
+    msg_type: Icmpv4Message,
+    code: u8,
+    word: [u16; 2],
+    body: &[u8],
+) {
+    let len = ICMP_HEADER_LEN + body.len();
+    ipv4_frame(
+        tx,
+        net,
+        guest_mac,
+        from,
+        to,
+        IpProtocol::Icmp,
+        len,
+        hop_limit,
+        |p| {
+            let mut icmp = Icmpv4Packet::new_unchecked(p);
+            icmp.set_msg_type(msg_type);
+            icmp.set_msg_code(code);
+            icmp.set_echo_ident(word[0]);
+            icmp.set_echo_seq_no(word[1]);
+            icmp.data_mut().copy_from_slice(body);
+            icmp.fill_checksum();
+        },
+    );
 }
 
 /// Send an ICMP destination-unreachable from `from` about the IPv4 packet `offending`, which
@@ -150,29 +282,35 @@ pub fn icmp_unreachable(
     let Ok(orig) = Ipv4Packet::new_checked(offending) else {
         return;
     };
-    let quote = &offending[..offending.len().min(ICMP_QUOTE_MAX)];
-    // ICMP header (8 bytes) followed by the quote, verbatim.
-    let icmp_len = 8 + quote.len();
+    let to = orig.src_addr();
+    icmp_error(tx, net, guest_mac, from, to, 3, reason.into(), offending);
+}
+
+/// The start of an IPv4 packet the guest sent, rebuilt from what we know of it: an IPv4
+/// header and the first `l4` bytes of its transport payload (whose full length was
+/// `l4_total`). ICMP errors about packets we only have in pieces quote this.
+pub fn rebuild_quote(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    l4_total: usize,
+    l4: &[u8],
+) -> Vec<u8> {
     let ip = Ipv4Repr {
-        src_addr: from,
-        dst_addr: orig.src_addr(),
-        next_header: IpProtocol::Icmp,
-        payload_len: icmp_len,
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: l4_total,
         hop_limit: HOP_LIMIT,
     };
-    let caps = ChecksumCapabilities::default();
-    tx.send(ETH_LEN + IPV4_LEN + icmp_len, |f| {
-        ethernet(f, net.gateway_mac(), guest_mac, EthernetProtocol::Ipv4);
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]), &caps);
-        let mut icmp = Icmpv4Packet::new_unchecked(&mut f[ETH_LEN + IPV4_LEN..]);
-        icmp.set_msg_type(smoltcp::wire::Icmpv4Message::DstUnreachable);
-        icmp.set_msg_code(reason.into());
-        // Bytes 4..8 are unused for this message type and must be zero.
-        icmp.set_echo_ident(0);
-        icmp.set_echo_seq_no(0);
-        icmp.data_mut().copy_from_slice(quote);
-        icmp.fill_checksum();
-    });
+    let take = l4.len().min(ICMP_QUOTE_MAX - IPV4_LEN);
+    let mut out = vec![0u8; IPV4_LEN + take];
+    ip.emit(
+        &mut Ipv4Packet::new_unchecked(&mut out[..]),
+        &ChecksumCapabilities::default(),
+    );
+    out[IPV4_LEN..].copy_from_slice(&l4[..take]);
+    out
 }
 
 /// Parse what we emitted, for tests: the ICMP message carried by an Ethernet frame.

@@ -1,6 +1,6 @@
 //! The classifier: every frame the guest sends is parsed here, once, before anything acts on
-//! it, and sorted into what the stack handles (ARP for our addresses, TCP segments) or a
-//! counted drop.
+//! it, and sorted into what the stack handles (ARP for our addresses, TCP segments, UDP
+//! datagrams, ICMP echo requests, DHCP) or a counted drop.
 //!
 //! Every byte comes from the guest and is hostile. Parsing goes through smoltcp's
 //! `new_checked` views, so no accessor can panic afterwards, and everything a handler needs
@@ -10,8 +10,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
-    Ipv4Packet, TcpPacket,
+    ArpOperation, ArpPacket, ArpRepr, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, EthernetAddress,
+    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
+    TcpPacket, UdpPacket,
 };
 
 use crate::net::VirtualNetwork;
@@ -34,16 +35,20 @@ pub enum DropReason {
     Source,
     /// Destination that is broadcast or multicast where only unicast makes sense.
     Destination,
-    /// A TCP header that does not parse.
+    /// A TCP header that does not parse, or says something impossible.
     TcpHeader,
-    /// An IP protocol we do not relay (yet).
+    /// A UDP header that does not parse, or uses port 0.
+    UdpHeader,
+    /// ICMP that does not parse or is not an echo request (guests' own errors included).
+    Icmp,
+    /// An IP protocol we do not relay.
     Protocol,
     /// IPv6, not handled yet.
     Ipv6,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
         DropReason::EtherType,
@@ -53,6 +58,8 @@ impl DropReason {
         DropReason::Source,
         DropReason::Destination,
         DropReason::TcpHeader,
+        DropReason::UdpHeader,
+        DropReason::Icmp,
         DropReason::Protocol,
         DropReason::Ipv6,
     ];
@@ -90,10 +97,43 @@ pub struct GuestTcp<'a> {
     pub seq_len: u32,
 }
 
+/// A guest UDP datagram (unicast).
+#[derive(Debug, Clone, Copy)]
+pub struct GuestUdp<'a> {
+    pub src_mac: EthernetAddress,
+    /// The whole IPv4 packet, for quoting in ICMP errors.
+    pub ip_packet: &'a [u8],
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub payload: &'a [u8],
+}
+
+/// A guest ICMP echo request.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestEcho<'a> {
+    pub src_mac: EthernetAddress,
+    pub ip_packet: &'a [u8],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ident: u16,
+    pub seq_no: u16,
+    pub data: &'a [u8],
+}
+
+/// A DHCP message from a client (UDP 68 → 67, usually broadcast from 0.0.0.0).
+#[derive(Debug, Clone, Copy)]
+pub struct GuestDhcp<'a> {
+    pub src_mac: EthernetAddress,
+    pub payload: &'a [u8],
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Classified<'a> {
     Arp(ArpRequest),
     Tcp(GuestTcp<'a>),
+    Udp(GuestUdp<'a>),
+    Echo(GuestEcho<'a>),
+    Dhcp(GuestDhcp<'a>),
     Drop(DropReason),
 }
 
@@ -154,46 +194,117 @@ fn classify_ipv4<'a>(
         return Classified::Drop(DropReason::Fragment);
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    if !is_guest_source(src, net) {
-        return Classified::Drop(DropReason::Source);
-    }
     let total = usize::from(ip.total_len());
     let ip_packet = &bytes[..total];
     let l4 = &ip_packet[usize::from(ip.header_len())..];
-    match ip.next_header() {
-        IpProtocol::Tcp => {
-            if dst.is_multicast() || dst.is_broadcast() || dst == net.broadcast() {
-                return Classified::Drop(DropReason::Destination);
-            }
-            let Ok(tcp) = TcpPacket::new_checked(l4) else {
-                return Classified::Drop(DropReason::TcpHeader);
+    let proto = ip.next_header();
+    if proto == IpProtocol::Udp
+        && let Some(dhcp) = classify_dhcp(src_mac, dst, l4, net)
+    {
+        return dhcp;
+    }
+    if !is_guest_source(src, net) {
+        return Classified::Drop(DropReason::Source);
+    }
+    if dst.is_multicast() || dst.is_broadcast() || dst == net.broadcast() {
+        return Classified::Drop(DropReason::Destination);
+    }
+    match proto {
+        IpProtocol::Tcp => classify_tcp(src_mac, ip_packet, src, dst, l4),
+        IpProtocol::Udp => {
+            let Ok(udp) = UdpPacket::new_checked(l4) else {
+                return Classified::Drop(DropReason::UdpHeader);
             };
-            let flags = TcpFlags {
-                syn: tcp.syn(),
-                fin: tcp.fin(),
-                rst: tcp.rst(),
-            };
-            // Port 0 does not exist, and at most one of SYN, FIN and RST may be set (smoltcp
-            // rejects the rest too; catching them here saves a pointless host connect).
-            let controls = u8::from(flags.syn) + u8::from(flags.fin) + u8::from(flags.rst);
-            if tcp.src_port() == 0 || tcp.dst_port() == 0 || controls > 1 {
-                return Classified::Drop(DropReason::TcpHeader);
+            if udp.src_port() == 0 || udp.dst_port() == 0 {
+                return Classified::Drop(DropReason::UdpHeader);
             }
-            let payload_len = l4.len() - usize::from(tcp.header_len());
-            let seq_len = payload_len as u32 + u32::from(flags.syn) + u32::from(flags.fin);
-            Classified::Tcp(GuestTcp {
+            let len = usize::from(udp.len());
+            Classified::Udp(GuestUdp {
                 src_mac,
                 ip_packet,
-                src: SocketAddrV4::new(src, tcp.src_port()),
-                dst: SocketAddrV4::new(dst, tcp.dst_port()),
-                flags,
-                seq: tcp.seq_number().0 as u32,
-                ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
-                seq_len,
+                src: SocketAddrV4::new(src, udp.src_port()),
+                dst: SocketAddrV4::new(dst, udp.dst_port()),
+                payload: &l4[8..len],
+            })
+        }
+        IpProtocol::Icmp => {
+            let Ok(icmp) = Icmpv4Packet::new_checked(l4) else {
+                return Classified::Drop(DropReason::Icmp);
+            };
+            if icmp.msg_type() != Icmpv4Message::EchoRequest || icmp.msg_code() != 0 {
+                return Classified::Drop(DropReason::Icmp);
+            }
+            Classified::Echo(GuestEcho {
+                src_mac,
+                ip_packet,
+                src,
+                dst,
+                ident: icmp.echo_ident(),
+                seq_no: icmp.echo_seq_no(),
+                data: &l4[8..],
             })
         }
         _ => Classified::Drop(DropReason::Protocol),
     }
+}
+
+fn classify_tcp<'a>(
+    src_mac: EthernetAddress,
+    ip_packet: &'a [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    l4: &'a [u8],
+) -> Classified<'a> {
+    let Ok(tcp) = TcpPacket::new_checked(l4) else {
+        return Classified::Drop(DropReason::TcpHeader);
+    };
+    let flags = TcpFlags {
+        syn: tcp.syn(),
+        fin: tcp.fin(),
+        rst: tcp.rst(),
+    };
+    // Port 0 does not exist, and at most one of SYN, FIN and RST may be set (smoltcp
+    // rejects the rest too; catching them here saves a pointless host connect).
+    let controls = u8::from(flags.syn) + u8::from(flags.fin) + u8::from(flags.rst);
+    if tcp.src_port() == 0 || tcp.dst_port() == 0 || controls > 1 {
+        return Classified::Drop(DropReason::TcpHeader);
+    }
+    let payload_len = l4.len() - usize::from(tcp.header_len());
+    let seq_len = payload_len as u32 + u32::from(flags.syn) + u32::from(flags.fin);
+    Classified::Tcp(GuestTcp {
+        src_mac,
+        ip_packet,
+        src: SocketAddrV4::new(src, tcp.src_port()),
+        dst: SocketAddrV4::new(dst, tcp.dst_port()),
+        flags,
+        seq: tcp.seq_number().0 as u32,
+        ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
+        seq_len,
+    })
+}
+
+/// DHCP from a client, which may come from 0.0.0.0 and go to the broadcast address, so it is
+/// recognised before the source and destination checks that apply to everything else.
+fn classify_dhcp<'a>(
+    src_mac: EthernetAddress,
+    dst: Ipv4Addr,
+    l4: &'a [u8],
+    net: &VirtualNetwork,
+) -> Option<Classified<'a>> {
+    let udp = UdpPacket::new_checked(l4).ok()?;
+    if udp.src_port() != DHCP_CLIENT_PORT || udp.dst_port() != DHCP_SERVER_PORT {
+        return None;
+    }
+    if !(dst.is_broadcast() || dst == net.broadcast() || dst == net.gateway)
+        || !src_mac.is_unicast()
+    {
+        return None;
+    }
+    let len = usize::from(udp.len());
+    Some(Classified::Dhcp(GuestDhcp {
+        src_mac,
+        payload: &l4[8..len],
+    }))
 }
 
 /// Whether `src` can be the source of a guest packet. The stack never answers to broadcast,

@@ -1,22 +1,28 @@
 //! The userspace network stack that runs in the parent, in the host's network namespace.
 //!
 //! [`Stack`] owns the TAP fd and every host socket of the guest's flows, and runs one mio
-//! event loop over them: read a batch of frames from the TAP, [classify](frame) each one,
-//! hand it to its handler (ARP here, TCP in [`tcp`]), then do host I/O and smoltcp egress
-//! for every flow that was touched, then fire due timers. Nothing runs unless an fd is ready
-//! or a deadline passed, so an idle stack sleeps in `epoll_wait`.
+//! event loop over them: read a batch of frames from the TAP, [classify](frame) each one and
+//! hand it to its handler ([`tcp`] flows, the [`udp`] NAT, the [`dns`] forwarder, [`icmp`]
+//! echo, the [`dhcp`] server, ARP here), then do host I/O and smoltcp egress for every flow
+//! that was touched, then fire due timers. Nothing runs unless an fd is ready or a deadline
+//! passed, so an idle stack sleeps in `epoll_wait`.
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
 //!
 //! Tokens below [`FIRST_STACK_TOKEN`] belong to the embedding program (signals, control
 //! sockets); [`Stack::run`] hands their events to a callback.
 
+pub mod dhcp;
+pub mod dns;
 pub mod emit;
+pub mod errqueue;
 pub mod frame;
+pub mod icmp;
 pub mod policy;
 pub mod slab;
 pub mod tcp;
 pub mod tx;
+pub mod udp;
 
 use std::io;
 use std::ops::ControlFlow;
@@ -26,13 +32,18 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use smoltcp::time::Instant;
+use smoltcp::wire::EthernetAddress;
 
 use crate::net::VirtualNetwork;
 use crate::tap;
-use frame::{Classified, DropReason};
-use policy::HostPolicy;
-use tcp::{Link, TcpConfig, TcpContext, TcpFlows};
+use dhcp::DhcpServer;
+use dns::{DnsForwarder, Upstreams};
+use frame::{Classified, DropReason, GuestEcho, GuestUdp};
+use icmp::Pinger;
+use policy::{EchoVerdict, HostPolicy, Verdict};
+use tcp::{TcpConfig, TcpFlows};
 use tx::{FRAME_BUF, TapWriter};
+use udp::{UdpConfig, UdpNat};
 
 /// The TAP's token.
 const TAP_TOKEN: Token = Token(0);
@@ -41,14 +52,52 @@ pub const FIRST_STACK_TOKEN: usize = 1 << 16;
 
 /// Frames read from the TAP before host sockets and timers get a turn.
 const RX_BATCH: usize = 256;
+/// Size of the buffer datagrams from host sockets are read into: the largest UDP payload.
+pub const RECV_BUF: usize = 65536;
 
+/// What the guest's link looks like from our side.
 #[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// The MAC our frames come from (the gateway's).
+    pub our_mac: EthernetAddress,
+    /// IP MTU of tap0.
+    pub mtu: usize,
+}
+
+/// What a handler needs from the rest of the stack while it works on one event.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub tap: &'a mut TapWriter,
+    pub registry: &'a Registry,
+    pub policy: &'a HostPolicy,
+    pub link: Link,
+}
+
+/// Everything that shapes the stack, decided before it starts.
+#[derive(Debug, Clone)]
 pub struct StackConfig {
-    pub net: VirtualNetwork,
+    pub policy: HostPolicy,
     /// IP MTU of tap0.
     pub mtu: u32,
-    pub disable_host_loopback: bool,
     pub tcp: TcpConfig,
+    pub udp: UdpConfig,
+    /// Fixed DNS upstreams (`--dns-upstream`); empty means the host's resolv.conf.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Search domains offered over DHCP.
+    pub search_domains: Vec<String>,
+}
+
+impl StackConfig {
+    pub fn new(net: VirtualNetwork, mtu: u32) -> Self {
+        StackConfig {
+            policy: HostPolicy::new(net),
+            mtu,
+            tcp: TcpConfig::default(),
+            udp: UdpConfig::default(),
+            dns_upstreams: Vec::new(),
+            search_domains: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -82,12 +131,31 @@ pub struct Stack {
     poll: Poll,
     tx: TapWriter,
     rx_buf: Box<[u8]>,
+    recv_buf: Box<[u8; RECV_BUF]>,
     tap_readable: bool,
     tcp: TcpFlows,
+    udp: UdpNat,
+    dns: DnsForwarder,
+    upstreams: Upstreams,
+    pinger: Pinger,
+    dhcp: DhcpServer,
     policy: HostPolicy,
     link: Link,
     epoch: StdInstant,
     pub stats: StackStats,
+}
+
+/// Build a [`Ctx`] from the stack's fields (a macro, so the borrows stay field-disjoint).
+macro_rules! ctx {
+    ($self:ident, $now:expr) => {
+        Ctx {
+            now: $now,
+            tap: &mut $self.tx,
+            registry: $self.poll.registry(),
+            policy: &$self.policy,
+            link: $self.link,
+        }
+    };
 }
 
 impl Stack {
@@ -100,19 +168,29 @@ impl Stack {
             TAP_TOKEN,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        let net = config.policy.net;
+        let upstreams = if config.dns_upstreams.is_empty() {
+            Upstreams::from_resolv_conf(crate::resolv::HOST_RESOLV_CONF.into())
+        } else {
+            Upstreams::fixed(config.dns_upstreams.clone())
+        };
+        let dns_for_dhcp = (!config.policy.disable_dns).then_some(net.dns);
         Ok(Stack {
             poll,
             tx: TapWriter::new(tap),
             rx_buf: vec![0u8; FRAME_BUF].into_boxed_slice(),
+            recv_buf: Box::new([0u8; RECV_BUF]),
             // Frames may already be queued (the kernel's own traffic on link-up).
             tap_readable: true,
             tcp: TcpFlows::new(config.tcp),
-            policy: HostPolicy {
-                net: config.net,
-                disable_host_loopback: config.disable_host_loopback,
-            },
+            udp: UdpNat::new(config.udp),
+            dns: DnsForwarder::default(),
+            upstreams,
+            pinger: Pinger::default(),
+            dhcp: DhcpServer::new(dns_for_dhcp, config.search_domains.clone()),
+            policy: config.policy,
             link: Link {
-                our_mac: config.net.gateway_mac(),
+                our_mac: net.gateway_mac(),
                 mtu: config.mtu as usize,
             },
             epoch: StdInstant::now(),
@@ -130,8 +208,8 @@ impl Stack {
         &self.tcp
     }
 
-    pub fn tx_stats(&self) -> tx::TxStats {
-        self.tx.stats
+    pub fn udp(&self) -> &UdpNat {
+        &self.udp
     }
 
     fn now(&self) -> Instant {
@@ -164,38 +242,61 @@ impl Stack {
                             return Ok(v);
                         }
                     }
-                    token => {
-                        let (kind, id) = slab::Id::from_token(token);
-                        if kind == tcp::TOKEN_KIND {
-                            let readable =
-                                event.is_readable() || event.is_read_closed() || event.is_error();
-                            let writable =
-                                event.is_writable() || event.is_write_closed() || event.is_error();
-                            self.tcp.on_host_event(id, readable, writable);
-                        }
-                    }
+                    token => self.on_socket_event(token, event),
                 }
             }
             let now = self.now();
             if tap_writable && self.tx.has_backlog() && self.tx.flush() {
-                let mut cx = context(now, &mut self.tx, &self.poll, &self.policy, self.link);
-                self.tcp.on_tap_writable(&mut cx);
+                self.tcp.on_tap_writable(&mut ctx!(self, now));
             }
             if self.tap_readable {
                 self.drain_tap(now)?;
             }
-            let mut cx = context(now, &mut self.tx, &self.poll, &self.policy, self.link);
+            let mut cx = ctx!(self, now);
             self.tcp.service_dirty(&mut cx);
+            self.udp.service_ready(&mut cx, &mut self.recv_buf);
+            self.dns
+                .service_ready(&mut self.upstreams, &mut cx, &mut self.recv_buf);
             self.tcp.run_timers(&mut cx);
+            self.udp.expire(&mut cx);
+            self.pinger.expire(&mut cx);
+            self.dns.run_timers(&mut self.upstreams, &mut cx);
+        }
+    }
+
+    /// Readiness of one of the flows' host sockets.
+    fn on_socket_event(&mut self, token: Token, event: &mio::event::Event) {
+        let (kind, id) = slab::Id::from_token(token);
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+        match kind {
+            tcp::TOKEN_KIND => self.tcp.on_host_event(id, readable, writable),
+            udp::TOKEN_KIND => self.udp.on_host_event(id),
+            dns::TOKEN_KIND => self.dns.on_host_event(id),
+            icmp::TOKEN_KIND => {
+                let now = self.now();
+                self.pinger
+                    .on_host_event(id, &mut ctx!(self, now), &mut self.recv_buf);
+            }
+            _ => {}
         }
     }
 
     /// How long the next `epoll_wait` may sleep.
     fn timeout(&self) -> Option<StdDuration> {
-        if self.tap_readable || self.tcp.has_dirty() {
+        if self.tap_readable || self.tcp.has_dirty() || self.udp.has_ready() || self.dns.has_ready()
+        {
             return Some(StdDuration::ZERO);
         }
-        let deadline = self.tcp.next_deadline()?;
+        let deadline = [
+            self.tcp.next_deadline(),
+            self.udp.next_deadline(),
+            self.pinger.next_deadline(),
+            self.dns.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
         let now = self.now();
         if deadline <= now {
             Some(StdDuration::ZERO)
@@ -244,10 +345,42 @@ impl Stack {
                 emit::arp_reply(&mut self.tx, &request);
             }
             Classified::Tcp(segment) => {
-                let mut cx = context(now, &mut self.tx, &self.poll, &self.policy, self.link);
-                self.tcp.on_guest_segment(&segment, &mut cx);
+                self.tcp
+                    .on_guest_segment(&segment, &mut ctx!(self, now), &self.upstreams);
             }
+            Classified::Udp(datagram) => self.handle_udp(&datagram, now),
+            Classified::Echo(echo) => self.handle_echo(&echo, now),
+            Classified::Dhcp(message) => self.dhcp.on_guest_message(&message, &mut ctx!(self, now)),
             Classified::Drop(reason) => self.stats.drops[reason as usize] += 1,
+        }
+    }
+
+    fn handle_udp(&mut self, d: &GuestUdp<'_>, now: Instant) {
+        let mut cx = ctx!(self, now);
+        match self.policy.transport(d.dst) {
+            Verdict::Connect(target) => self.udp.on_guest_datagram(d, target, &mut cx),
+            Verdict::Dns => self.dns.on_guest_query(d, &mut self.upstreams, &mut cx),
+            Verdict::Refuse => {
+                let net = self.policy.net;
+                let reason = smoltcp::wire::Icmpv4DstUnreachable::PortUnreachable;
+                emit::icmp_unreachable(cx.tap, &net, d.src_mac, *d.dst.ip(), reason, d.ip_packet);
+            }
+            Verdict::Unreachable(reason) => {
+                let net = self.policy.net;
+                emit::icmp_unreachable(cx.tap, &net, d.src_mac, net.gateway, reason, d.ip_packet);
+            }
+        }
+    }
+
+    fn handle_echo(&mut self, e: &GuestEcho<'_>, now: Instant) {
+        let mut cx = ctx!(self, now);
+        match self.policy.echo(e.dst) {
+            EchoVerdict::Local => self.pinger.reply_locally(e, &mut cx),
+            EchoVerdict::Forward(dst) => self.pinger.forward(e, dst, &mut cx),
+            EchoVerdict::Unreachable(reason) => {
+                let net = self.policy.net;
+                emit::icmp_unreachable(cx.tap, &net, e.src_mac, net.gateway, reason, e.ip_packet);
+            }
         }
     }
 
@@ -259,7 +392,7 @@ impl Stack {
             .map(|r| format!("{r:?}={}", self.stats.drops[*r as usize]))
             .collect();
         format!(
-            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], tcp {:?}",
+            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], tcp {:?}, udp {:?}, dns {:?}, icmp {:?}, dhcp {:?}",
             self.stats.frames_in,
             self.stats.bytes_in,
             self.tx.stats.frames,
@@ -269,22 +402,10 @@ impl Stack {
             self.stats.arp_replies,
             drops.join(" "),
             self.tcp.stats,
+            self.udp.stats,
+            self.dns.stats,
+            self.pinger.stats,
+            self.dhcp.stats,
         )
-    }
-}
-
-fn context<'a>(
-    now: Instant,
-    tx: &'a mut TapWriter,
-    poll: &'a Poll,
-    policy: &'a HostPolicy,
-    link: Link,
-) -> TcpContext<'a> {
-    TcpContext {
-        now,
-        tap: tx,
-        registry: poll.registry(),
-        policy,
-        link,
     }
 }

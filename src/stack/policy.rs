@@ -1,12 +1,13 @@
 //! Where a guest's destination goes on the host, and what the guest is never allowed to reach.
 //!
-//! One decision per new flow: connect to a host address (the gateway maps to the host's
-//! 127.0.0.1), refuse with a reset, or answer with an ICMP error. With
-//! `--disable-host-loopback` the guest must not reach the host itself by any spelling: not the
-//! gateway alias, not 127.0.0.0/8 or 0.0.0.0/8 written directly (a guest with CAP_NET_RAW can
-//! craft those), and not one of the host's own addresses. The last is checked with a route
-//! lookup (a UDP `connect()`, which sends nothing): a destination the kernel would deliver
-//! locally comes back as its own source address.
+//! One decision per new flow (TCP connection, UDP NAT entry, ping): connect to a host address
+//! (the gateway maps to the host's 127.0.0.1), hand it to one of our services (the DNS
+//! forwarder on 10.0.2.3:53, local echo replies), or refuse it. With `--disable-host-loopback`
+//! the guest must not reach the host itself by any spelling: not the gateway alias, not
+//! 127.0.0.0/8 or 0.0.0.0/8 written directly (a guest with CAP_NET_RAW can craft those), and
+//! not one of the host's own addresses. The last is checked with a route lookup (a UDP
+//! `connect()`, which sends nothing): a destination the kernel would deliver locally comes
+//! back as its own source address.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -15,14 +16,26 @@ use smoltcp::wire::Icmpv4DstUnreachable;
 
 use crate::net::VirtualNetwork;
 
-/// What to do with a new guest flow towards some destination.
+/// What to do with a new guest TCP connection or UDP flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Open a host socket to this address.
     Connect(SocketAddr),
-    /// Reset the guest's connection attempt (as a closed port would).
+    /// The DNS forwarder's address and port: relay to the upstream resolvers.
+    Dns,
+    /// Refuse as a closed port would: RST for TCP, ICMP port unreachable for UDP.
     Refuse,
     /// Tell the guest the destination cannot be reached.
+    Unreachable(Icmpv4DstUnreachable),
+}
+
+/// What to do with a guest ICMP echo request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EchoVerdict {
+    /// One of our own addresses: answer it ourselves.
+    Local,
+    /// Ping this host address through a host ping socket.
+    Forward(Ipv4Addr),
     Unreachable(Icmpv4DstUnreachable),
 }
 
@@ -30,11 +43,26 @@ pub enum Verdict {
 pub struct HostPolicy {
     pub net: VirtualNetwork,
     pub disable_host_loopback: bool,
+    /// 10.0.2.3 is an ordinary address, not our DNS forwarder (`--disable-dns`).
+    pub disable_dns: bool,
+    /// Source address for host sockets to the outside (`--outbound-addr`).
+    pub outbound: Option<Ipv4Addr>,
 }
 
+const DNS_PORT: u16 = 53;
+
 impl HostPolicy {
-    /// Decide where a guest TCP connection to `dst` goes.
-    pub fn tcp(&self, dst: SocketAddrV4) -> Verdict {
+    pub fn new(net: VirtualNetwork) -> Self {
+        HostPolicy {
+            net,
+            disable_host_loopback: false,
+            disable_dns: false,
+            outbound: None,
+        }
+    }
+
+    /// Decide where a guest TCP connection or UDP flow to `dst` goes.
+    pub fn transport(&self, dst: SocketAddrV4) -> Verdict {
         let ip = *dst.ip();
         if ip == self.net.gateway {
             return if self.disable_host_loopback {
@@ -43,21 +71,67 @@ impl HostPolicy {
                 Verdict::Connect(SocketAddr::from((Ipv4Addr::LOCALHOST, dst.port())))
             };
         }
-        if ip == self.net.dns {
-            // The DNS forwarder owns this address; no TCP service behind it yet.
-            return Verdict::Refuse;
+        if ip == self.net.dns && !self.disable_dns {
+            return if dst.port() == DNS_PORT {
+                Verdict::Dns
+            } else {
+                Verdict::Refuse
+            };
         }
-        if self.net.contains(ip) {
-            // Nobody else lives in the virtual subnet.
-            return Verdict::Unreachable(Icmpv4DstUnreachable::HostUnreachable);
-        }
-        if is_martian(ip) {
-            return Verdict::Unreachable(Icmpv4DstUnreachable::NetUnreachable);
-        }
-        if self.disable_host_loopback && is_host_local(IpAddr::V4(ip)) {
-            return Verdict::Unreachable(Icmpv4DstUnreachable::NetUnreachable);
+        if let Some(reason) = self.blocked(ip) {
+            return Verdict::Unreachable(reason);
         }
         Verdict::Connect(SocketAddr::V4(dst))
+    }
+
+    /// Decide what to do with a guest ping to `dst`.
+    pub fn echo(&self, dst: Ipv4Addr) -> EchoVerdict {
+        if dst == self.net.gateway || (dst == self.net.dns && !self.disable_dns) {
+            return EchoVerdict::Local;
+        }
+        match self.blocked(dst) {
+            Some(reason) => EchoVerdict::Unreachable(reason),
+            None => EchoVerdict::Forward(dst),
+        }
+    }
+
+    /// Why a destination other than our own addresses may not be reached, if it may not.
+    fn blocked(&self, ip: Ipv4Addr) -> Option<Icmpv4DstUnreachable> {
+        if self.net.contains(ip) && !(ip == self.net.dns && self.disable_dns) {
+            // Nobody else lives in the virtual subnet.
+            return Some(Icmpv4DstUnreachable::HostUnreachable);
+        }
+        if is_martian(ip) {
+            return Some(Icmpv4DstUnreachable::NetUnreachable);
+        }
+        if self.disable_host_loopback && is_host_local(IpAddr::V4(ip)) {
+            return Some(Icmpv4DstUnreachable::NetUnreachable);
+        }
+        None
+    }
+
+    /// The local address a host socket towards `target` binds to: the outbound address,
+    /// except towards loopback (where a foreign source would never be answered).
+    pub fn bind_for(&self, target: &SocketAddr) -> Option<SocketAddr> {
+        match (self.outbound, target) {
+            (Some(addr), SocketAddr::V4(t)) if !t.ip().is_loopback() => {
+                Some(SocketAddr::from((addr, 0)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The ICMP error that tells a guest what `connect()` told us, for errors that mean the
+/// destination cannot be reached.
+pub fn unreachable_reason(e: &io::Error) -> Option<Icmpv4DstUnreachable> {
+    match e.raw_os_error()? {
+        libc::ENETUNREACH => Some(Icmpv4DstUnreachable::NetUnreachable),
+        libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EHOSTDOWN => {
+            Some(Icmpv4DstUnreachable::HostUnreachable)
+        }
+        libc::EACCES | libc::EPERM => Some(Icmpv4DstUnreachable::CommProhibited),
+        _ => None,
     }
 }
 
@@ -93,22 +167,28 @@ mod tests {
 
     fn policy(disable: bool) -> HostPolicy {
         HostPolicy {
-            net: VirtualNetwork::default(),
             disable_host_loopback: disable,
+            ..HostPolicy::new(VirtualNetwork::default())
         }
+    }
+
+    fn v4(s: &str, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(s.parse().unwrap(), port)
     }
 
     #[test]
     fn gateway_maps_to_host_loopback_unless_disabled() {
-        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 8080);
+        let dst = v4("10.0.2.2", 8080);
         assert_eq!(
-            policy(false).tcp(dst),
+            policy(false).transport(dst),
             Verdict::Connect("127.0.0.1:8080".parse().unwrap())
         );
         assert_eq!(
-            policy(true).tcp(dst),
+            policy(true).transport(dst),
             Verdict::Unreachable(Icmpv4DstUnreachable::NetUnreachable)
         );
+        // Pings to the gateway are answered by usernet itself either way.
+        assert_eq!(policy(true).echo(*dst.ip()), EchoVerdict::Local);
     }
 
     #[test]
@@ -123,21 +203,58 @@ mod tests {
                 "255.255.255.255",
                 "240.0.0.1",
             ] {
-                let dst = SocketAddrV4::new(ip.parse().unwrap(), 80);
-                assert!(matches!(p.tcp(dst), Verdict::Unreachable(_)), "{ip}");
+                assert!(
+                    matches!(p.transport(v4(ip, 80)), Verdict::Unreachable(_)),
+                    "{ip}"
+                );
+                assert!(
+                    matches!(p.echo(ip.parse().unwrap()), EchoVerdict::Unreachable(_)),
+                    "{ip}"
+                );
             }
         }
     }
 
     #[test]
-    fn subnet_neighbours_do_not_exist() {
-        let dst = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 50), 80);
+    fn dns_address_serves_port_53_only_unless_disabled() {
+        let p = policy(false);
+        assert_eq!(p.transport(v4("10.0.2.3", 53)), Verdict::Dns);
+        assert_eq!(p.transport(v4("10.0.2.3", 80)), Verdict::Refuse);
+        assert_eq!(p.echo("10.0.2.3".parse().unwrap()), EchoVerdict::Local);
+        // With --disable-dns, 10.0.2.3 is just an address out there, as in slirp4netns.
+        let p = HostPolicy {
+            disable_dns: true,
+            ..p
+        };
         assert_eq!(
-            policy(false).tcp(dst),
+            p.transport(v4("10.0.2.3", 53)),
+            Verdict::Connect("10.0.2.3:53".parse().unwrap())
+        );
+        assert_eq!(
+            p.echo("10.0.2.3".parse().unwrap()),
+            EchoVerdict::Forward("10.0.2.3".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn subnet_neighbours_do_not_exist() {
+        assert_eq!(
+            policy(false).transport(v4("10.0.2.50", 80)),
             Verdict::Unreachable(Icmpv4DstUnreachable::HostUnreachable)
         );
-        let dns = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 3), 80);
-        assert_eq!(policy(false).tcp(dns), Verdict::Refuse);
+    }
+
+    #[test]
+    fn outbound_address_is_used_except_towards_loopback() {
+        let p = HostPolicy {
+            outbound: Some("192.0.2.7".parse().unwrap()),
+            ..policy(false)
+        };
+        assert_eq!(
+            p.bind_for(&"198.18.0.1:80".parse().unwrap()),
+            Some("192.0.2.7:0".parse().unwrap())
+        );
+        assert_eq!(p.bind_for(&"127.0.0.1:80".parse().unwrap()), None);
     }
 
     #[test]

@@ -255,7 +255,7 @@ pub fn state_dir_holds_child_pid_and_a_lock() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
-fn tempdir() -> std::path::PathBuf {
+pub fn tempdir() -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("usernet-it-{}-{n}", std::process::id()));

@@ -6,6 +6,7 @@
 //! `main` (libtest-mimic provides the usual test-runner command line).
 
 mod lifecycle;
+mod services;
 mod tcp;
 mod tools;
 mod world;
@@ -46,14 +47,33 @@ fn main() {
         lifecycle::nothing_is_left_behind_after_exit,
         lifecycle::state_dir_holds_child_pid_and_a_lock,
         lifecycle::unprivileged_user_is_root_inside_with_or_without_subordinate_ids,
+        services::udp_round_trips_to_a_remote_address_and_through_the_gateway,
+        services::udp_entries_expire_after_the_timeout,
+        services::udp_burst_of_100k_flows_keeps_memory_bounded_and_tcp_flowing,
+        services::udp_to_dns_address_other_ports_is_refused,
+        services::dns_lookups_use_the_host_resolv_conf_over_udp_and_tcp,
+        services::dns_fails_over_when_upstreams_are_dead,
+        services::dns_answer_too_big_for_the_link_is_truncated_and_retried_over_tcp,
+        services::disable_dns_leaves_resolv_conf_and_makes_10_0_2_3_ordinary,
+        services::ping_reaches_the_gateway_and_a_remote_address,
+        services::ping_without_ping_sockets_is_refused_cleanly,
+        services::dhcp_client_gets_the_lease_and_its_options,
+        services::arp_is_answered_only_for_the_gateway_and_dns,
+        services::cidr_moves_the_whole_network,
+        services::macaddress_sets_the_tap_address,
+        services::outbound_addr_binds_host_sockets,
+        services::udp_errors_from_the_host_reach_the_guest_and_loopback_policy_applies,
+        services::dns_forwards_to_an_ipv6_upstream,
     ];
     let trials = tests
         .into_iter()
         .map(|(name, f)| {
             // Becoming another user needs root of the initial user namespace (CI has it).
             let needs_root = name.starts_with("unprivileged_user");
-            Trial::test(name, move || catch(f))
-                .with_ignored_flag(needs_root && !lifecycle::is_real_root())
+            let needs_ipv6 = name.contains("ipv6");
+            let runnable = (!needs_root || lifecycle::is_real_root())
+                && (!needs_ipv6 || services::ipv6_available());
+            Trial::test(name, move || catch(f)).with_ignored_flag(!runnable)
         })
         .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit();

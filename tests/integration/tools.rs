@@ -39,6 +39,27 @@ pub fn main(args: &[String]) -> i32 {
         ["tcp-abort", addr] => tcp_abort(addr),
         ["tcp-hello", listen] => tcp_hello(listen),
         ["tcp-reuse-port", addr, port, n] => tcp_reuse_port(addr, parse(port) as u16, parse(n)),
+        ["tcp-peer", listen] => tcp_peer(listen),
+        ["tcp-wait", addr] => tcp_wait(addr),
+        ["udp-echo", listen] => udp_echo(listen),
+        ["udp-whoami", listen] => udp_whoami(listen),
+        ["udp-blackhole", listen] => udp_blackhole(listen),
+        ["udp-client", addr, count, max] => udp_client(addr, parse(count), parse(max) as usize),
+        ["udp-ask", addr] => udp_ask(addr, None),
+        ["udp-ask", addr, local_port] => udp_ask(addr, Some(parse(local_port) as u16)),
+        ["udp-expiry", addr, timeout] => udp_expiry(addr, parse(timeout)),
+        ["udp-burst", host, first_port, ports, sockets] => udp_burst(
+            host,
+            parse(first_port) as u16,
+            parse(ports) as u16,
+            parse(sockets),
+        ),
+        ["udp-sink", host, first_port, ports, target] => udp_sink(
+            host,
+            parse(first_port) as u16,
+            parse(ports) as u16,
+            parse(target),
+        ),
         _ => Err(io::Error::other(format!("unknown tool invocation {a:?}"))),
     };
     match result {
@@ -59,6 +80,7 @@ fn world_holder() -> io::Result<()> {
     let mut nl = usernet::netconf::Netlink::open()?;
     nl.link_up("lo")?;
     nl.add_ipv4_address("lo", crate::world::REMOTE.parse().unwrap(), 32)?;
+    nl.add_ipv4_address("lo", crate::world::REMOTE2.parse().unwrap(), 32)?;
     println!("ready");
     io::stdout().flush()?;
     let mut sink = Vec::new();
@@ -385,4 +407,201 @@ fn tcp_reuse_port(addr: &str, port: u16, n: u64) -> io::Result<()> {
     }
     println!("OK {slowest}");
     Ok(())
+}
+
+/// Print the peer address of every connection, one line each.
+fn tcp_peer(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        println!("peer {}", conn.peer_addr()?);
+        io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// Wait (up to 10 s) until something accepts TCP connections at `addr`.
+fn tcp_wait(addr: &str) -> io::Result<()> {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed().as_secs() >= 10 => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+fn udp_bind_announce(listen: &str) -> io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(listen)?;
+    println!("listening {}", socket.local_addr()?);
+    io::stdout().flush()?;
+    Ok(socket)
+}
+
+/// Echo every datagram back to its sender.
+fn udp_echo(listen: &str) -> io::Result<()> {
+    let socket = udp_bind_announce(listen)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(&buf[..n], from)?;
+    }
+}
+
+/// Answer every datagram with the sender's address, as text.
+fn udp_whoami(listen: &str) -> io::Result<()> {
+    let socket = udp_bind_announce(listen)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (_, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(from.to_string().as_bytes(), from)?;
+    }
+}
+
+/// Take datagrams and never answer (a dead resolver that does not even refuse).
+fn udp_blackhole(listen: &str) -> io::Result<()> {
+    let _socket = udp_bind_announce(listen)?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// `count` datagrams of mixed sizes up to `max`, one at a time, each echoed back intact and
+/// from the address it was sent to.
+fn udp_client(addr: &str, count: u64, max: usize) -> io::Result<()> {
+    let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    let mut reply = vec![0u8; 65536];
+    let mut sent = vec![0u8; max];
+    for i in 0..count {
+        let size = match i {
+            0 => 1,
+            1 => max,
+            _ => 1 + (i.wrapping_mul(2_654_435_761) % max as u64) as usize,
+        };
+        Pattern::new(i).fill(&mut sent[..size]);
+        socket.send_to(&sent[..size], target)?;
+        let (n, from) = socket
+            .recv_from(&mut reply)
+            .map_err(|e| io::Error::other(format!("datagram #{i} ({size} bytes): no echo: {e}")))?;
+        if from != target {
+            return Err(io::Error::other(format!(
+                "datagram #{i}: echo came from {from}, not {target}"
+            )));
+        }
+        if reply[..n] != sent[..size] {
+            return Err(io::Error::other(format!(
+                "datagram #{i}: echo of {n} bytes differs from the {size} sent"
+            )));
+        }
+    }
+    println!("OK {count}");
+    Ok(())
+}
+
+/// Send one datagram (from `local_port` if given) and print the answer, or how it failed.
+/// ICMP errors count too (IP_RECVERR): without it Linux hides the non-fatal ones (network or
+/// host unreachable) from UDP sockets.
+fn udp_ask(addr: &str, local_port: Option<u16>) -> io::Result<()> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", local_port.unwrap_or(0)))?;
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    socket.send(b"who am i")?;
+    let mut buf = vec![0u8; 65536];
+    match socket.recv(&mut buf) {
+        Ok(n) => println!("answer {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => println!("error {:?}", e.kind()),
+    }
+    Ok(())
+}
+
+/// From one local port: ask twice (same NAT entry, same host-side port), wait past the
+/// timeout, ask again (a new entry, a new host-side port).
+fn udp_expiry(addr: &str, timeout_secs: u64) -> io::Result<()> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    let mut buf = vec![0u8; 256];
+    let mut ask = || -> io::Result<String> {
+        socket.send(b"?")?;
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = ask()?;
+    let again = ask()?;
+    check("the same flow while active", &again, &first)?;
+    std::thread::sleep(std::time::Duration::from_millis(timeout_secs * 1000 + 1500));
+    let later = ask()?;
+    if later == first {
+        return Err(io::Error::other(format!(
+            "after the timeout the flow still used {first}"
+        )));
+    }
+    println!("OK {first} then {later}");
+    Ok(())
+}
+
+/// `sockets` local sockets each send one datagram to each of `ports` ports: that many
+/// distinct flows, as fast as the guest can send them. With IP_RECVERR the guest kernel
+/// reports a full tap queue (ENOBUFS) instead of dropping silently, so every datagram
+/// really leaves.
+fn udp_burst(host: &str, first_port: u16, ports: u16, sockets: u64) -> io::Result<()> {
+    let ip: std::net::Ipv4Addr = host.parse().map_err(io::Error::other)?;
+    let mut sent = 0u64;
+    for _ in 0..sockets {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+        for p in 0..ports {
+            loop {
+                match s.send_to(b"burst", (ip, first_port + p)) {
+                    Ok(_) => break,
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            sent += 1;
+        }
+        // A tap drops what does not fit its queue without telling the sender: keep the
+        // burst at a pace the other end can plausibly take (at most 50,000 flows a second).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    println!("sent {sent}");
+    Ok(())
+}
+
+/// Count datagrams arriving on `ports` ports from `first_port`; say so once `target` arrived.
+fn udp_sink(host: &str, first_port: u16, ports: u16, target: u64) -> io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let count = Arc::new(AtomicU64::new(0));
+    let mut sockets = Vec::new();
+    for p in 0..ports {
+        let s = std::net::UdpSocket::bind((host, first_port + p))?;
+        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+        sockets.push(s);
+    }
+    println!("listening {host}:{first_port}+{ports}");
+    io::stdout().flush()?;
+    for s in sockets {
+        let count = count.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while s.recv(&mut buf).is_ok() {
+                if count.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                    println!("received {target}");
+                    let _ = io::stdout().flush();
+                }
+            }
+        });
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }

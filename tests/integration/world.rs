@@ -10,12 +10,14 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The "remote" server address inside every world.
 pub const REMOTE: &str = "198.18.0.1";
+/// A second address of the world, for --outbound-addr.
+pub const REMOTE2: &str = "198.18.0.2";
 
 pub fn usernet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_usernet")
@@ -114,20 +116,19 @@ impl World {
 
     /// Start a tool server and wait until it prints its first line ("listening ...").
     pub fn server(&self, args: &[&str]) -> Server {
-        let mut child = self
+        let child = self
             .tool(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn server");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
+        let mut server = Server::from_child(child);
+        let line = server.next_line();
         assert!(
             line.starts_with("listening"),
             "server did not start: {line:?}"
         );
-        Server { child, out }
+        server
     }
 }
 
@@ -138,18 +139,35 @@ impl Drop for World {
     }
 }
 
-/// A background server in a world, killed when dropped.
+/// A background server in a world, killed when dropped. Its stdout lines are read on a
+/// thread of their own, so a test can wait for one with a time limit.
 pub struct Server {
     child: Child,
-    out: BufReader<ChildStdout>,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Server {
-    /// The next line the server prints (blocking).
+    /// Wrap a spawned process; its stdout, if piped, becomes [`Server::next_line`]'s source.
+    pub fn from_child(mut child: Child) -> Server {
+        let (tx, lines) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line.trim().to_string()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Server { child, lines }
+    }
+
+    /// The next line the server prints; fails the test after a minute of silence.
     pub fn next_line(&mut self) -> String {
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        line.trim().to_string()
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server printed nothing more within a minute")
     }
 }
 

@@ -9,17 +9,10 @@ use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, M
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 
+use crate::stack::Link;
 use crate::stack::tx::TapWriter;
 
 const ETH_LEN: usize = 14;
-
-/// What every flow's device has in common.
-#[derive(Debug, Clone, Copy)]
-pub struct Link {
-    pub our_mac: EthernetAddress,
-    /// IP MTU of tap0.
-    pub mtu: usize,
-}
 
 pub struct FlowDevice<'a> {
     rx: Option<&'a [u8]>,

@@ -36,23 +36,21 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::Duration as StdDuration;
 
+use mio::Interest;
 use mio::net::TcpStream;
-use mio::{Interest, Registry};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, CongestionControl, RecvError, State};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{
-    EthernetAddress, HardwareAddress, Icmpv4DstUnreachable, IpAddress, IpCidr, IpListenEndpoint,
-};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
 use device::FlowDevice;
-pub use device::Link;
 
+use super::Ctx;
+use super::dns::Upstreams;
 use super::emit;
 use super::frame::GuestTcp;
-use super::policy::{HostPolicy, Verdict};
+use super::policy::{HostPolicy, Verdict, unreachable_reason};
 use super::slab::{Id, Slab};
-use super::tx::TapWriter;
 
 /// Token kind for TCP flows' host sockets (see [`Id::token`]).
 pub const TOKEN_KIND: u8 = 1;
@@ -97,15 +95,6 @@ pub struct TcpStats {
     pub closed_reset: u64,
 }
 
-/// What a call into the flow table needs from the rest of the stack.
-pub struct TcpContext<'a> {
-    pub now: Instant,
-    pub tap: &'a mut TapWriter,
-    pub registry: &'a Registry,
-    pub policy: &'a HostPolicy,
-    pub link: Link,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
     guest: SocketAddr,
@@ -132,10 +121,12 @@ struct Conn {
 }
 
 enum Phase {
-    /// Host `connect()` in progress; the guest's SYN waits here unanswered.
+    /// Host `connect()` in progress; the guest's SYN waits here unanswered. If the connect
+    /// fails, the fallbacks (other DNS upstreams) are tried in turn before the guest hears.
     Connecting {
         syn: Box<[u8]>,
         syn_end: u32,
+        fallbacks: Vec<SocketAddr>,
     },
     Open(Box<Conn>),
 }
@@ -214,7 +205,12 @@ impl TcpFlows {
     }
 
     /// A TCP segment from the guest: hand it to its flow, start a flow for a new SYN, or reset.
-    pub fn on_guest_segment(&mut self, seg: &GuestTcp<'_>, cx: &mut TcpContext<'_>) {
+    pub fn on_guest_segment(
+        &mut self,
+        seg: &GuestTcp<'_>,
+        cx: &mut Ctx<'_>,
+        upstreams: &Upstreams,
+    ) {
         let key = FlowKey {
             guest: SocketAddr::V4(seg.src),
             remote: SocketAddr::V4(seg.dst),
@@ -249,10 +245,16 @@ impl TcpFlows {
             emit::tcp_reset(cx.tap, &cx.policy.net, seg);
             return;
         }
-        self.start_flow(key, seg, cx);
+        self.start_flow(key, seg, cx, upstreams);
     }
 
-    fn start_flow(&mut self, key: FlowKey, seg: &GuestTcp<'_>, cx: &mut TcpContext<'_>) {
+    fn start_flow(
+        &mut self,
+        key: FlowKey,
+        seg: &GuestTcp<'_>,
+        cx: &mut Ctx<'_>,
+        upstreams: &Upstreams,
+    ) {
         if self.flows.len() >= self.config.max_flows
             || self.pending_connects >= self.config.max_pending_connects
         {
@@ -261,8 +263,11 @@ impl TcpFlows {
             emit::tcp_reset(cx.tap, &cx.policy.net, seg);
             return;
         }
-        let target = match cx.policy.tcp(seg.dst) {
-            Verdict::Connect(addr) => addr,
+        let mut targets = match cx.policy.transport(seg.dst) {
+            Verdict::Connect(addr) => vec![addr],
+            // DNS over TCP: the upstream resolvers in order of preference, the rest kept as
+            // fallbacks for when a connect fails.
+            Verdict::Dns => upstreams.ordered(),
             Verdict::Refuse => {
                 self.stats.refused += 1;
                 emit::tcp_reset(cx.tap, &cx.policy.net, seg);
@@ -282,11 +287,11 @@ impl TcpFlows {
                 return;
             }
         };
-        let stream = match connect_nonblocking(target) {
+        let syn_end = seg.seq.wrapping_add(seg.seq_len);
+        let stream = match connect_first(&mut targets, cx.policy) {
             Ok(s) => s,
             Err(e) => {
-                log::debug!("connect {} -> {target} failed at once: {e}", seg.src);
-                let syn_end = seg.seq.wrapping_add(seg.seq_len);
+                log::debug!("connect {} -> {} failed at once: {e}", seg.src, seg.dst);
                 self.answer_failed_connect(&e, seg.src_mac, key, seg.ip_packet, syn_end, cx);
                 return;
             }
@@ -304,7 +309,8 @@ impl TcpFlows {
             },
             phase: Phase::Connecting {
                 syn: seg.ip_packet.into(),
-                syn_end: seg.seq.wrapping_add(seg.seq_len),
+                syn_end,
+                fallbacks: targets,
             },
             guest_fin: false,
             timer: None,
@@ -324,7 +330,7 @@ impl TcpFlows {
         }
         self.by_key.insert(key, id);
         self.pending_connects += 1;
-        log::trace!("{} -> {}: connecting to {target}", seg.src, seg.dst);
+        log::trace!("{} -> {}: connecting", seg.src, seg.dst);
     }
 
     /// Readiness on a flow's host socket.
@@ -338,7 +344,7 @@ impl TcpFlows {
     }
 
     /// Do the host I/O and smoltcp egress for every flow touched since the last pass.
-    pub fn service_dirty(&mut self, cx: &mut TcpContext<'_>) {
+    pub fn service_dirty(&mut self, cx: &mut Ctx<'_>) {
         while let Some(id) = self.dirty.pop() {
             self.service(id, cx);
         }
@@ -347,7 +353,7 @@ impl TcpFlows {
     /// Service flows whose deadline has passed.
     /// A flow that asks to run again right away waits for the next pass, so one flow cannot
     /// keep this loop spinning.
-    pub fn run_timers(&mut self, cx: &mut TcpContext<'_>) {
+    pub fn run_timers(&mut self, cx: &mut Ctx<'_>) {
         let mut due = Vec::new();
         while let Some(&(at, id)) = self.timers.first() {
             if at > cx.now {
@@ -365,7 +371,7 @@ impl TcpFlows {
     }
 
     /// The TAP drained: let flows that were holding output go again.
-    pub fn on_tap_writable(&mut self, cx: &mut TcpContext<'_>) {
+    pub fn on_tap_writable(&mut self, cx: &mut Ctx<'_>) {
         let waiters = std::mem::take(&mut self.tap_waiters);
         for id in waiters {
             if let Some(flow) = self.flows.get_mut(id) {
@@ -375,7 +381,7 @@ impl TcpFlows {
         }
     }
 
-    fn service(&mut self, id: Id, cx: &mut TcpContext<'_>) {
+    fn service(&mut self, id: Id, cx: &mut Ctx<'_>) {
         let Some(flow) = self.flows.get_mut(id) else {
             return;
         };
@@ -421,10 +427,13 @@ impl TcpFlows {
                 self.remove(id, cx, graceful);
             }
             Outcome::ConnectFailed(e) => {
+                if self.reconnect(id, cx) {
+                    return;
+                }
                 let flow = self.flows.get(id).expect("still present");
                 let key = flow.key;
                 let mac = flow.guest_mac;
-                if let Phase::Connecting { syn, syn_end } = &flow.phase {
+                if let Phase::Connecting { syn, syn_end, .. } = &flow.phase {
                     let (syn, syn_end) = (syn.clone(), *syn_end);
                     log::debug!("connect for {} -> {} failed: {e}", key.guest, key.remote);
                     self.answer_failed_connect(&e, mac, key, &syn, syn_end, cx);
@@ -432,6 +441,29 @@ impl TcpFlows {
                 self.remove(id, cx, true);
             }
         }
+    }
+
+    /// After a failed connect, start one to the next fallback address; false if none is left.
+    fn reconnect(&mut self, id: Id, cx: &mut Ctx<'_>) -> bool {
+        let Some(flow) = self.flows.get_mut(id) else {
+            return false;
+        };
+        let Phase::Connecting { fallbacks, .. } = &mut flow.phase else {
+            return false;
+        };
+        let Ok(stream) = connect_first(fallbacks, cx.policy) else {
+            return false;
+        };
+        let _ = cx.registry.deregister(&mut flow.host.stream);
+        flow.host.stream = stream;
+        let token = id.token(TOKEN_KIND);
+        cx.registry
+            .register(
+                &mut flow.host.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_ok()
     }
 
     /// Tell the guest its connection attempt failed: RST for a refusal, ICMP for a network
@@ -443,17 +475,10 @@ impl TcpFlows {
         key: FlowKey,
         syn: &[u8],
         syn_end: u32,
-        cx: &mut TcpContext<'_>,
+        cx: &mut Ctx<'_>,
     ) {
         let net = cx.policy.net;
-        let reason = match err.raw_os_error() {
-            Some(libc::ENETUNREACH) => Some(Icmpv4DstUnreachable::NetUnreachable),
-            Some(libc::EHOSTUNREACH) | Some(libc::ETIMEDOUT) | Some(libc::EHOSTDOWN) => {
-                Some(Icmpv4DstUnreachable::HostUnreachable)
-            }
-            Some(libc::EACCES) | Some(libc::EPERM) => Some(Icmpv4DstUnreachable::CommProhibited),
-            _ => None,
-        };
+        let reason = unreachable_reason(err);
         match (reason, key.guest, key.remote) {
             (Some(reason), _, _) => {
                 self.stats.unreachable += 1;
@@ -483,7 +508,7 @@ impl TcpFlows {
         }
     }
 
-    fn remove(&mut self, id: Id, cx: &mut TcpContext<'_>, graceful: bool) {
+    fn remove(&mut self, id: Id, cx: &mut Ctx<'_>, graceful: bool) {
         let Some(mut flow) = self.flows.remove(id) else {
             return;
         };
@@ -516,7 +541,7 @@ fn mark_dirty(dirty: &mut Vec<Id>, flow: &mut Flow, id: Id) {
 }
 
 /// Create the flow's smoltcp interface and socket, and replay the stored SYN into it.
-fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64) -> io::Result<()> {
+fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io::Result<()> {
     let Phase::Connecting { syn, .. } = &flow.phase else {
         return Ok(());
     };
@@ -565,7 +590,7 @@ fn open(flow: &mut Flow, cx: &mut TcpContext<'_>, config: &TcpConfig, seed: u64)
 }
 
 /// Move bytes both ways, emit what smoltcp wants to send, and decide whether the flow is done.
-fn relay(flow: &mut Flow, cx: &mut TcpContext<'_>) -> Outcome {
+fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     let Flow {
         phase,
         host,
@@ -722,7 +747,20 @@ fn connect_state(stream: &TcpStream) -> ConnectState {
     }
 }
 
-fn connect_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
+/// Start a connect to the first of `targets` that takes one, removing the ones tried.
+fn connect_first(targets: &mut Vec<SocketAddr>, policy: &HostPolicy) -> io::Result<TcpStream> {
+    let mut last = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    while !targets.is_empty() {
+        let target = targets.remove(0);
+        match connect_nonblocking(target, policy.bind_for(&target)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn connect_nonblocking(addr: SocketAddr, bind: Option<SocketAddr>) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -730,6 +768,9 @@ fn connect_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(b) = bind {
+        socket.bind(&b.into())?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -781,13 +822,15 @@ impl std::fmt::Debug for TcpFlows {
 mod tests {
     use super::*;
     use crate::net::VirtualNetwork;
+    use crate::stack::Link;
     use crate::stack::frame::{Classified, classify};
+    use crate::stack::tx::TapWriter;
     use mio::{Events, Poll};
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl,
-        TcpPacket, TcpRepr, TcpSeqNumber,
+        EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol, Ipv4Packet,
+        Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
     };
     use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
     use std::os::fd::{AsFd, OwnedFd};
@@ -818,15 +861,12 @@ mod tests {
                 tap: TapWriter::new(a),
                 guest: b,
                 poll: Poll::new().unwrap(),
-                policy: HostPolicy {
-                    net: VirtualNetwork::default(),
-                    disable_host_loopback: false,
-                },
+                policy: HostPolicy::new(VirtualNetwork::default()),
             }
         }
 
-        fn cx(&mut self) -> TcpContext<'_> {
-            TcpContext {
+        fn cx(&mut self) -> Ctx<'_> {
+            Ctx {
                 now: Instant::from_millis(0),
                 tap: &mut self.tap,
                 registry: self.poll.registry(),
@@ -843,7 +883,8 @@ mod tests {
                 panic!("not a TCP frame")
             };
             let mut flows = std::mem::replace(&mut self.flows, TcpFlows::new(TcpConfig::default()));
-            flows.on_guest_segment(&seg, &mut self.cx());
+            let upstreams = Upstreams::fixed(Vec::new());
+            flows.on_guest_segment(&seg, &mut self.cx(), &upstreams);
             self.flows = flows;
         }
 

@@ -1,0 +1,298 @@
+//! ICMP echo (ping): answered locally for our own addresses, relayed through unprivileged host
+//! ping sockets (`SOCK_DGRAM`/`IPPROTO_ICMP`) for everything else.
+//!
+//! The kernel gives each ping socket its own echo identifier, so every (guest, identifier,
+//! destination) gets a socket of its own and replies are mapped back to the guest's
+//! identifier. Errors the host receives for a ping (unreachable, TTL exceeded) are passed on
+//! as ICMP errors about the guest's request.
+//!
+//! When the host does not allow ping sockets for our group (`net.ipv4.ping_group_range`),
+//! one warning is logged and the guest gets "communication administratively prohibited"
+//! from the gateway: an honest answer, never a fabricated echo reply.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
+
+use mio::Interest;
+use mio::unix::SourceFd;
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, IpProtocol};
+use socket2::{Protocol, Socket};
+
+use super::emit;
+use super::errqueue;
+use super::frame::GuestEcho;
+use super::slab::{Id, Slab};
+use super::udp::connect_dgram;
+use super::{Ctx, RECV_BUF};
+
+/// Token kind of ping sockets.
+pub const TOKEN_KIND: u8 = 4;
+
+/// A ping flow idle this long is forgotten.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most ping flows at once; the least recently used makes room.
+pub const MAX_ENTRIES: usize = 1024;
+/// TTL of replies to pings of our own addresses, as slirp.
+const LOCAL_TTL: u8 = 255;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_UNREACHABLE: u8 = 3;
+const CODE_ADMIN_PROHIBITED: u8 = 13;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IcmpStats {
+    pub local_replies: u64,
+    pub forwarded: u64,
+    pub replies: u64,
+    pub errors: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PingKey {
+    guest: Ipv4Addr,
+    ident: u16,
+    dst: Ipv4Addr,
+}
+
+struct Entry {
+    key: PingKey,
+    guest_mac: EthernetAddress,
+    socket: Socket,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+pub struct Pinger {
+    by_key: HashMap<PingKey, Id>,
+    entries: Slab<Entry>,
+    idle: BTreeSet<(Instant, Id)>,
+    /// Ping sockets were refused once; we said so.
+    warned: bool,
+    pub stats: IcmpStats,
+}
+
+impl Pinger {
+    /// Answer a ping of one of our own addresses.
+    pub fn reply_locally(&mut self, e: &GuestEcho<'_>, cx: &mut Ctx<'_>) {
+        self.stats.local_replies += 1;
+        let net = cx.policy.net;
+        emit::icmp_echo_reply(
+            cx.tap, &net, e.src_mac, e.dst, e.src, e.ident, e.seq_no, e.data, LOCAL_TTL,
+        );
+    }
+
+    /// Relay a ping to `dst` through a host ping socket.
+    pub fn forward(&mut self, e: &GuestEcho<'_>, dst: Ipv4Addr, cx: &mut Ctx<'_>) {
+        let key = PingKey {
+            guest: e.src,
+            ident: e.ident,
+            dst,
+        };
+        let id = match self.by_key.get(&key) {
+            Some(&id) => id,
+            None => match self.open(key, e.src_mac, cx) {
+                Ok(id) => id,
+                Err(err) => {
+                    self.refuse(e, &err, cx);
+                    return;
+                }
+            },
+        };
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        self.idle.remove(&(entry.last_used, id));
+        entry.last_used = cx.now;
+        entry.guest_mac = e.src_mac;
+        self.idle.insert((cx.now, id));
+        let mut msg = Vec::with_capacity(8 + e.data.len());
+        msg.extend_from_slice(&[ICMP_ECHO_REQUEST, 0, 0, 0]);
+        msg.extend_from_slice(&e.ident.to_be_bytes()); // the kernel puts its own identifier here
+        msg.extend_from_slice(&e.seq_no.to_be_bytes());
+        msg.extend_from_slice(e.data);
+        match entry.socket.send(&msg) {
+            Ok(_) => self.stats.forwarded += 1,
+            Err(err) => log::debug!("ping {dst}: {err}"),
+        }
+    }
+
+    fn open(
+        &mut self,
+        key: PingKey,
+        guest_mac: EthernetAddress,
+        cx: &mut Ctx<'_>,
+    ) -> io::Result<Id> {
+        if self.entries.len() >= MAX_ENTRIES
+            && let Some(&(_, oldest)) = self.idle.first()
+        {
+            self.remove(oldest, cx);
+        }
+        let target = SocketAddr::from((key.dst, 0));
+        let socket = connect_dgram(target, cx.policy.bind_for(&target), Protocol::ICMPV4)?;
+        let id = self.entries.insert(Entry {
+            key,
+            guest_mac,
+            socket,
+            last_used: cx.now,
+        });
+        let fd = self
+            .entries
+            .get(id)
+            .expect("just inserted")
+            .socket
+            .as_raw_fd();
+        if let Err(e) =
+            cx.registry
+                .register(&mut SourceFd(&fd), id.token(TOKEN_KIND), Interest::READABLE)
+        {
+            self.entries.remove(id);
+            return Err(e);
+        }
+        self.by_key.insert(key, id);
+        self.idle.insert((cx.now, id));
+        Ok(id)
+    }
+
+    /// No ping socket: tell the guest the gateway will not relay it, and the user why, once.
+    fn refuse(&mut self, e: &GuestEcho<'_>, err: &io::Error, cx: &mut Ctx<'_>) {
+        self.stats.refused += 1;
+        if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+            if !self.warned {
+                self.warned = true;
+                let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
+                    .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                log::warn!(
+                    "ping is not relayed: this host does not allow ping sockets for group {} (sysctl net.ipv4.ping_group_range = \"{range}\")",
+                    nix::unistd::getegid()
+                );
+            }
+        } else {
+            log::debug!("ping {}: {err}", e.dst);
+        }
+        let net = cx.policy.net;
+        let quote = e.ip_packet;
+        emit::icmp_error(
+            cx.tap,
+            &net,
+            e.src_mac,
+            net.gateway,
+            e.src,
+            ICMP_UNREACHABLE,
+            CODE_ADMIN_PROHIBITED,
+            quote,
+        );
+    }
+
+    /// Replies (or errors) on a ping socket.
+    pub fn on_host_event(&mut self, id: Id, cx: &mut Ctx<'_>, buf: &mut [u8; RECV_BUF]) {
+        let Some(entry) = self.entries.get(id) else {
+            return;
+        };
+        let net = cx.policy.net;
+        let key = entry.key;
+        let mac = entry.guest_mac;
+        let fd = entry.socket.as_raw_fd();
+        loop {
+            // SAFETY: buf is a valid, writable buffer of buf.len() bytes; fd is open (the
+            // entry owns it for the duration of this call).
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // WouldBlock, or an error waiting in the queue (relayed below).
+                    _ => break,
+                }
+            }
+            let msg = &buf[..n as usize];
+            let max_data = cx.link.mtu.saturating_sub(emit::IPV4_LEN + 8);
+            if msg.len() < 8 || msg[0] != ICMP_ECHO_REPLY || msg.len() - 8 > max_data {
+                continue;
+            }
+            self.stats.replies += 1;
+            let seq_no = u16::from_be_bytes([msg[6], msg[7]]);
+            emit::icmp_echo_reply(
+                cx.tap,
+                &net,
+                mac,
+                key.dst,
+                key.guest,
+                key.ident,
+                seq_no,
+                &msg[8..],
+                64,
+            );
+        }
+        self.relay_errors(id, cx);
+    }
+
+    /// ICMP errors about our pings, passed on about the guest's requests.
+    fn relay_errors(&mut self, id: Id, cx: &mut Ctx<'_>) {
+        let Some(entry) = self.entries.get(id) else {
+            return;
+        };
+        let net = cx.policy.net;
+        let mut sent = [0u8; emit::ICMP_QUOTE_MAX];
+        while let Some(err) = errqueue::take(entry.socket.as_fd(), &mut sent) {
+            let Some((icmp_type, code)) = err.icmp else {
+                continue;
+            };
+            self.stats.errors += 1;
+            // The kernel hands back the request we sent, with its identifier: quote the
+            // guest's instead.
+            let len = err.payload_len.min(sent.len());
+            if len >= 8 {
+                sent[4..6].copy_from_slice(&entry.key.ident.to_be_bytes());
+            }
+            let quote = emit::rebuild_quote(
+                entry.key.guest,
+                entry.key.dst,
+                IpProtocol::Icmp,
+                err.payload_len,
+                &sent[..len],
+            );
+            let from = err
+                .offender
+                .filter(|o| !o.is_loopback() && !o.is_unspecified())
+                .unwrap_or(entry.key.dst);
+            emit::icmp_error(
+                cx.tap,
+                &net,
+                entry.guest_mac,
+                from,
+                entry.key.guest,
+                icmp_type,
+                code,
+                &quote,
+            );
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.idle.first().map(|&(t, _)| t + IDLE_TIMEOUT)
+    }
+
+    pub fn expire(&mut self, cx: &mut Ctx<'_>) {
+        while let Some(&(t, id)) = self.idle.first() {
+            if t + IDLE_TIMEOUT > cx.now {
+                break;
+            }
+            self.remove(id, cx);
+        }
+    }
+
+    fn remove(&mut self, id: Id, cx: &mut Ctx<'_>) {
+        if let Some(entry) = self.entries.remove(id) {
+            self.idle.remove(&(entry.last_used, id));
+            self.by_key.remove(&entry.key);
+            let _ = cx
+                .registry
+                .deregister(&mut SourceFd(&entry.socket.as_raw_fd()));
+        }
+    }
+}
