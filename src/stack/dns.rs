@@ -248,7 +248,7 @@ impl DnsForwarder {
         while q.next < q.candidates.len() {
             let upstream = q.candidates[q.next];
             q.next += 1;
-            let sent = connect_udp(upstream, None).and_then(|socket| {
+            let sent = connect_udp(upstream, cx.policy.bind_for(&upstream)).and_then(|socket| {
                 socket.send(&q.message)?;
                 Ok(socket)
             });
