@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::net::{DEFAULT_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
+use crate::portdriver::spec::PortSpec;
 use crate::resolv::parse_upstream;
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,65 @@ pub struct Cli {
 pub enum Command {
     /// Run COMMAND in new user, network and mount namespaces, with networking through usernet.
     Run(RunArgs),
+    /// List, publish or unpublish ports of a running usernet.
+    Ports(PortsArgs),
+    /// Show what a running usernet reports about itself.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PortsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(subcommand)]
+    pub command: PortsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortsCommand {
+    /// List the published ports.
+    List {
+        /// One JSON object per port.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish ports: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO]; prints their ids.
+    Add {
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<String>,
+    },
+    /// Unpublish ports by id.
+    Remove {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// As JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which running usernet to talk to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// State directory of the running usernet (default: $USERNET_STATE_DIR, set for the
+    /// command usernet runs).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// How published ports are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PortDriver {
+    /// rootlesskit's builtin driver: sockets opened inside, relayed with splice().
+    Builtin,
+    /// No port publishing.
+    None,
 }
 
 /// How the child's network namespace is provided.
@@ -90,6 +150,15 @@ pub struct RunArgs {
     /// No DNS forwarder: 10.0.2.3 is an ordinary address and /etc/resolv.conf is left alone.
     #[arg(long)]
     pub disable_dns: bool,
+
+    /// Publish a port: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO] (PROTO: tcp, tcp4, tcp6,
+    /// udp, udp4, udp6; default tcp). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = PortSpec::parse)]
+    pub publish: Vec<PortSpec>,
+
+    /// How published ports are served (not available with --net=host).
+    #[arg(long, value_enum, default_value_t = PortDriver::Builtin)]
+    pub port_driver: PortDriver,
 
     /// State directory (child_pid, lock). Default: a fresh directory under $XDG_RUNTIME_DIR
     /// or /tmp, removed at exit.
@@ -192,11 +261,15 @@ mod tests {
     #[test]
     fn run_takes_command_after_double_dash_or_flags() {
         let c = parse(&["run", "--mtu", "1500", "--", "ls", "-l"]).unwrap();
-        let Command::Run(r) = c.command;
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
         assert_eq!(r.mtu, 1500);
         assert_eq!(r.command, vec![OsString::from("ls"), OsString::from("-l")]);
         let c = parse(&["run", "sh", "-c", "echo --mtu"]).unwrap();
-        let Command::Run(r) = c.command;
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
         assert_eq!(r.mtu, DEFAULT_MTU);
         assert_eq!(r.command.len(), 3);
     }
@@ -212,6 +285,34 @@ mod tests {
         assert!(parse(&["run", "--udp-timeout", "0", "--", "true"]).is_err());
         assert!(parse(&["run", "--dns-upstream", "nowhere", "--", "true"]).is_err());
         assert!(parse(&["run", "--outbound-addr", "no-such-if0", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn ports_take_the_state_dir_before_or_after_the_verb() {
+        for args in [
+            &["ports", "--state-dir", "/s", "add", "8080:80"][..],
+            &["ports", "add", "--state-dir", "/s", "8080:80"],
+        ] {
+            let Command::Ports(p) = parse(args).unwrap().command else {
+                panic!("not ports")
+            };
+            assert_eq!(p.target.state_dir, Some(PathBuf::from("/s")));
+        }
+        let c = parse(&[
+            "run",
+            "-p",
+            "8080:80",
+            "-p",
+            "127.0.0.1:53:53/udp",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.publish.len(), 2);
+        assert!(parse(&["run", "-p", "8080", "--", "true"]).is_err());
     }
 
     #[test]

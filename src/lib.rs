@@ -13,11 +13,14 @@
 //! - [`net`]: the virtual network's addresses;
 //! - [`cli`]: the command line.
 
+pub mod api;
 pub mod cli;
+pub mod control;
 pub mod fdpass;
 pub mod launcher;
 pub mod net;
 pub mod netconf;
+pub mod portdriver;
 pub mod resolv;
 pub mod stack;
 pub mod tap;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use clap::error::ErrorKind;
 
-use usernet::cli::{Cli, Command};
+use usernet::api::client;
+use usernet::cli::{Cli, Command, PortsCommand};
 use usernet::launcher::{self, Failure};
 
 fn main() -> ExitCode {
@@ -16,9 +17,20 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging(cli.debug);
-    let result = match cli.command {
-        Command::Run(args) => launcher::run(args.into()),
-    };
+    let result =
+        match cli.command {
+            Command::Run(args) => launcher::run(args.into()),
+            Command::Ports(ports) => print(client::state_dir(ports.target.state_dir).and_then(
+                |dir| match ports.command {
+                    PortsCommand::List { json } => client::list(&dir, json),
+                    PortsCommand::Add { specs } => client::add(&dir, &specs),
+                    PortsCommand::Remove { ids } => client::remove(&dir, &ids),
+                },
+            )),
+            Command::Info(args) => print(
+                client::state_dir(args.target.state_dir).and_then(|d| client::info(&d, args.json)),
+            ),
+        };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
@@ -27,6 +39,14 @@ fn main() -> ExitCode {
             ExitCode::from(code.clamp(1, 255) as u8)
         }
     }
+}
+
+/// Print a client command's output; exit 0.
+fn print(output: anyhow::Result<String>) -> anyhow::Result<i32> {
+    output.map(|text| {
+        print!("{text}");
+        0
+    })
 }
 
 /// Help and version go to stdout with exit 0; a bad command line is one line and exit 2.

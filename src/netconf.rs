@@ -19,6 +19,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -123,6 +124,70 @@ impl Netlink {
         .map_err(|e| annotate(e, format!("adding default route via {gateway} on {name}")))
     }
 
+    /// Add `local default dev lo table TABLE` for `v6` or IPv4: everything routed by that
+    /// table is delivered to this host. Already present is fine.
+    pub fn add_local_default_route(&mut self, table: u32, v6: bool) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        msg.header.destination_prefix_length = 0;
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Host;
+        msg.header.kind = RouteType::Local;
+        msg.attributes.push(RouteAttribute::Table(table));
+        msg.attributes.push(RouteAttribute::Oif(ifindex("lo")?));
+        ignore_exists(self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ))
+        .map_err(|e| annotate(e, format!("adding a local default route to table {table}")))
+    }
+
+    /// Add a policy rule sending packets that match `selector` to `table`, at `priority`.
+    /// Already present is fine.
+    pub fn add_rule(
+        &mut self,
+        selector: &RuleSelector,
+        table: u32,
+        priority: u32,
+    ) -> io::Result<()> {
+        let mut msg = RuleMessage::default();
+        let v6 = match selector {
+            RuleSelector::FwMark { v6, .. } => *v6,
+            RuleSelector::UdpFrom { source, .. } => source.is_ipv6(),
+        };
+        msg.header.family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        msg.header.action = RuleAction::ToTable;
+        msg.attributes.push(RuleAttribute::Table(table));
+        msg.attributes.push(RuleAttribute::Priority(priority));
+        match selector {
+            RuleSelector::FwMark { mark, .. } => msg.attributes.push(RuleAttribute::FwMark(*mark)),
+            RuleSelector::UdpFrom { source, port } => {
+                msg.header.src_len = if source.is_ipv6() { 128 } else { 32 };
+                msg.attributes.push(RuleAttribute::Source(*source));
+                msg.attributes.push(RuleAttribute::IpProtocol(
+                    netlink_packet_route::IpProtocol::Udp,
+                ));
+                msg.attributes
+                    .push(RuleAttribute::SourcePortRange(RulePortRange {
+                        start: *port,
+                        end: *port,
+                    }));
+            }
+        }
+        ignore_exists(self.request(RouteNetlinkMessage::NewRule(msg), NLM_F_CREATE | NLM_F_EXCL))
+            .map_err(|e| annotate(e, format!("adding a policy rule to table {table}")))
+    }
+
     /// Send one request and wait for its acknowledgement.
     fn request(&mut self, payload: RouteNetlinkMessage, extra_flags: u16) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
@@ -170,6 +235,22 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
             format!("no network interface {name}"),
         )
     })
+}
+
+/// Which packets a policy rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleSelector {
+    /// Packets carrying this firewall mark.
+    FwMark { mark: u32, v6: bool },
+    /// UDP packets from this address and port.
+    UdpFrom { source: IpAddr, port: u16 },
+}
+
+fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r,
+    }
 }
 
 fn annotate(e: io::Error, what: String) -> io::Error {

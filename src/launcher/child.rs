@@ -25,6 +25,7 @@ use super::signals::{Signals, wait_readable};
 use crate::cli::NetMode;
 use crate::net::VirtualNetwork;
 use crate::netconf::{LinkSettings, Netlink};
+use crate::portdriver::child::ChildServer;
 use crate::tap;
 
 /// Everything the child needs, decided by the parent before the fork.
@@ -38,8 +39,12 @@ pub struct ChildConfig {
     /// A generated resolv.conf to bind over /etc/resolv.conf (builtin mode).
     pub resolv_conf: Option<PathBuf>,
     pub command: Vec<OsString>,
+    /// Variables added to COMMAND's environment.
+    pub env: Vec<(String, String)>,
     pub parent: Pid,
     pub state_dir: PathBuf,
+    /// The port driver's socket and readiness FIFO, when it runs.
+    pub port_driver: Option<(PathBuf, PathBuf)>,
 }
 
 /// The child's whole life.
@@ -112,14 +117,44 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         }
         NetMode::Host => {}
     }
+    // The builtin port driver: .bp.sock, served from inside the namespaces, then rootlesskit's
+    // readiness signal.
+    let port_driver = match &cfg.port_driver {
+        Some((socket, ready)) => {
+            let server = ChildServer::bind(socket)
+                .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
+            ChildServer::signal_ready(ready).map_err(|e| {
+                fail(format!(
+                    "cannot signal readiness on {}: {e}",
+                    ready.display()
+                ))
+            })?;
+            Some(server)
+        }
+        None => None,
+    };
     chan.send(&Msg::Configured)
         .map_err(|e| fail(format!("setup channel: {e}")))?;
-    match chan.recv() {
-        Ok((Msg::Go, _)) => {}
-        Ok((other, _)) => return Err(fail(format!("unexpected setup message {other:?}"))),
-        Err(e) => return Err(fail(format!("setup channel: {e}"))),
+    // The parent talks to the port driver (its handshake) before it says Go.
+    loop {
+        let mut fds = vec![std::os::fd::AsFd::as_fd(chan)];
+        if let Some(server) = &port_driver {
+            fds.push(std::os::fd::AsFd::as_fd(server.listener()));
+        }
+        let ready = wait_readable(&fds).map_err(|e| fail(format!("setup channel: {e}")))?;
+        if ready == 1
+            && let Some(server) = &port_driver
+        {
+            server.accept_all();
+            continue;
+        }
+        match chan.recv() {
+            Ok((Msg::Go, _)) => break,
+            Ok((other, _)) => return Err(fail(format!("unexpected setup message {other:?}"))),
+            Err(e) => return Err(fail(format!("setup channel: {e}"))),
+        }
     }
-    supervise(chan, cfg)
+    supervise(chan, cfg, port_driver.as_ref())
 }
 
 /// Why unshare() failed, and what to do about it.
@@ -259,7 +294,11 @@ fn bind_over_etc_resolv_conf(generated: &Path) -> Result<(), Failure> {
 }
 
 /// Start COMMAND, forward signals to it, and exit with its status.
-fn supervise(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
+fn supervise(
+    chan: &Channel,
+    cfg: &ChildConfig,
+    port_driver: Option<&ChildServer>,
+) -> Result<i32, Failure> {
     // Orphans of COMMAND's process tree are re-parented to us, so we can clean them up.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
@@ -270,7 +309,7 @@ fn supervise(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         .split_first()
         .ok_or_else(|| fail("no command given"))?;
     let mut command = Command::new(program);
-    command.args(args);
+    command.args(args).envs(cfg.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: the closure only calls prctl, sigemptyset and sigprocmask, which are
     // async-signal-safe, on memory it owns.
     unsafe {
@@ -303,8 +342,17 @@ fn supervise(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     let _ = chan.send(&Msg::Started);
 
     loop {
-        wait_readable(&[std::os::fd::AsFd::as_fd(&signals)])
-            .map_err(|e| fail(format!("waiting for signals: {e}")))?;
+        let mut fds = vec![std::os::fd::AsFd::as_fd(&signals)];
+        if let Some(server) = port_driver {
+            fds.push(std::os::fd::AsFd::as_fd(server.listener()));
+        }
+        let ready = wait_readable(&fds).map_err(|e| fail(format!("waiting for signals: {e}")))?;
+        if ready == 1
+            && let Some(server) = port_driver
+        {
+            server.accept_all();
+            continue;
+        }
         while let Some(received) = signals.next().map_err(|e| fail(format!("signalfd: {e}")))? {
             if received.signal == Signal::SIGCHLD {
                 if let Some(code) = reap(pid) {

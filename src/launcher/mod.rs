@@ -19,7 +19,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use mio::unix::SourceFd;
@@ -28,7 +30,11 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 
-use crate::cli::{NetMode, RunArgs};
+use crate::api::{self, Info, NetworkDriverInfo, PortDriverInfo};
+use crate::cli::{NetMode, PortDriver, RunArgs};
+use crate::control::Control;
+use crate::portdriver::parent::Forwarder;
+use crate::portdriver::spec::PortSpec;
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
 use crate::stack::{Stack, StackConfig};
 use channel::{Channel, Msg};
@@ -64,6 +70,10 @@ pub struct RunConfig {
     pub command: Vec<OsString>,
     /// Addresses, policy, MTU and table bounds of the stack.
     pub stack: StackConfig,
+    /// Whether the builtin port driver serves published ports.
+    pub port_driver: bool,
+    /// Ports published before COMMAND starts (`-p`).
+    pub publish: Vec<PortSpec>,
 }
 
 impl From<RunArgs> for RunConfig {
@@ -81,6 +91,8 @@ impl From<RunArgs> for RunConfig {
             state_dir: a.state_dir,
             command: a.command,
             stack,
+            port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
+            publish: a.publish,
         }
     }
 }
@@ -89,7 +101,26 @@ const SIGNALS_TOKEN: Token = Token(1);
 
 /// Run COMMAND as configured; returns the exit code usernet should end with.
 pub fn run(mut cfg: RunConfig) -> Result<i32> {
+    if !cfg.publish.is_empty() && !cfg.port_driver {
+        let why = if cfg.net_mode == NetMode::Host {
+            "--net=host"
+        } else {
+            "--port-driver=none"
+        };
+        return Err(anyhow!(
+            "cannot publish ports with {why}: there is no network namespace to forward into"
+        ));
+    }
     let state = StateDir::create(cfg.state_dir.as_deref())?;
+    // The port driver's socket inside, and rootlesskit's readiness FIFO. Our end of the FIFO is
+    // open before the child starts, so its open for writing never waits.
+    let bp_sock = state.path().join(".bp.sock");
+    let bp_ready = state.path().join(".bp-ready.pipe");
+    let ready_fifo = if cfg.port_driver {
+        Some(open_ready_fifo(&bp_ready)?)
+    } else {
+        None
+    };
     let net = cfg.stack.policy.net;
     // The namespace's resolver is our forwarder, with the host's search domains and options.
     let host_resolv = ResolvConf::read(Path::new(HOST_RESOLV_CONF));
@@ -110,8 +141,10 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         net,
         resolv_conf,
         command: cfg.command.clone(),
+        env: command_env(state.path()),
         parent: getpid(),
         state_dir: state.path().to_path_buf(),
+        port_driver: cfg.port_driver.then(|| (bp_sock.clone(), bp_ready.clone())),
     };
 
     // Block the handled signals before forking, so none is lost in between; both processes
@@ -166,7 +199,31 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         Msg::Configured,
         OnSignal::Abort,
     )?;
+    // Inbound: the port driver's handshake, the -p ports, then child_pid and api.sock, all
+    // before COMMAND starts (rootlesskit's order), so nothing races the command.
+    let forwarder = match ready_fifo {
+        Some(fifo) => {
+            drop(fifo);
+            let f = Forwarder::new(
+                bp_sock,
+                Duration::from_micros(cfg.stack.udp.timeout.total_micros()),
+            );
+            f.handshake()
+                .context("the port driver inside the namespace did not answer")?;
+            Some(f)
+        }
+        None => None,
+    };
+    let info = api_info(&cfg, state.path(), pid);
     state.write_child_pid(pid.as_raw())?;
+    let mut control = Control::new(&state.path().join("api.sock"), info, forwarder)
+        .context("cannot listen on api.sock")?;
+    for spec in std::mem::take(&mut cfg.publish) {
+        control
+            .publish(spec.clone())
+            .map_err(|e| anyhow!("cannot publish port {spec}: {e}"))?;
+    }
+    control.spawn().context("cannot start the control thread")?;
     parent_end.send(&Msg::Go).context("setup channel")?;
     // From here COMMAND may be running: signals are its business now.
     expect(
@@ -232,6 +289,66 @@ fn wait_child(signals: &mut Signals, guard: &mut ChildGuard) -> Result<i32> {
         if let ControlFlow::Break(code) = on_signals(signals, guard) {
             return Ok(code);
         }
+    }
+}
+
+/// Create rootlesskit's readiness FIFO and open our reading end.
+fn open_ready_fifo(path: &Path) -> Result<std::fs::File> {
+    let _ = std::fs::remove_file(path);
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The environment COMMAND gets on top of ours: where to find the state dir (rootlesskit's
+/// names, which its clients and Docker look for, and ours), and the caller's ids.
+fn command_env(state_dir: &Path) -> Vec<(String, String)> {
+    let dir = state_dir.display().to_string();
+    vec![
+        ("USERNET_STATE_DIR".into(), dir.clone()),
+        ("ROOTLESSKIT_STATE_DIR".into(), dir),
+        (
+            "ROOTLESSKIT_PARENT_EUID".into(),
+            nix::unistd::geteuid().to_string(),
+        ),
+        (
+            "ROOTLESSKIT_PARENT_EGID".into(),
+            nix::unistd::getegid().to_string(),
+        ),
+    ]
+}
+
+/// What `GET /v1/info` reports.
+fn api_info(cfg: &RunConfig, state_dir: &Path, child: Pid) -> Info {
+    let net = cfg.stack.policy.net;
+    let network_driver = match cfg.net_mode {
+        NetMode::Builtin => Some(NetworkDriverInfo {
+            driver: "usernet".into(),
+            dns: if cfg.stack.policy.disable_dns {
+                Vec::new()
+            } else {
+                vec![net.dns.to_string()]
+            },
+            child_ip: net.guest.to_string(),
+        }),
+        NetMode::None => Some(NetworkDriverInfo {
+            driver: "none".into(),
+            dns: Vec::new(),
+            child_ip: String::new(),
+        }),
+        NetMode::Host => None,
+    };
+    Info {
+        api_version: api::API_VERSION.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        state_dir: state_dir.display().to_string(),
+        child_pid: i64::from(child.as_raw()),
+        network_driver,
+        port_driver: cfg.port_driver.then(PortDriverInfo::builtin),
     }
 }
 

@@ -1,0 +1,221 @@
+//! `usernet ports list|add|remove` and `usernet info`: a client of a running usernet's (or
+//! rootlesskit's) REST API, printing what `rootlessctl` prints.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+use super::Info;
+use crate::portdriver::spec::{PortSpec, PortStatus};
+
+/// The state dir to talk to: the flag, else $USERNET_STATE_DIR, else $ROOTLESSKIT_STATE_DIR
+/// (both are set for the command usernet runs).
+pub fn state_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
+    flag.or_else(|| std::env::var_os("USERNET_STATE_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("ROOTLESSKIT_STATE_DIR").map(PathBuf::from))
+        .ok_or_else(|| anyhow!("pass --state-dir, or set $USERNET_STATE_DIR"))
+}
+
+/// One request over `STATE_DIR/api.sock`; the status and body of the answer.
+fn call(state_dir: &Path, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>)> {
+    let socket = state_dir.join("api.sock");
+    let mut stream = UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "cannot connect to {} (is usernet running with that state dir?)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: usernet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .context("reading the API's answer")?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => bail!("the API sent something that is not an HTTP response"),
+    };
+    Ok((response.code.unwrap_or(0), answer[head_len..].to_vec()))
+}
+
+/// The message of an error answer, as rootlessctl shows it.
+fn failure(status: u16, body: &[u8]) -> anyhow::Error {
+    #[derive(Deserialize)]
+    struct Message {
+        message: String,
+    }
+    match serde_json::from_slice::<Message>(body) {
+        Ok(m) => anyhow!("{}", m.message),
+        Err(_) => anyhow!(
+            "unexpected HTTP status {status}: {}",
+            String::from_utf8_lossy(body).trim()
+        ),
+    }
+}
+
+fn ok_body(
+    state_dir: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    want: u16,
+) -> Result<Vec<u8>> {
+    let (status, body) = call(state_dir, method, path, body)?;
+    if status == want {
+        Ok(body)
+    } else {
+        Err(failure(status, &body))
+    }
+}
+
+/// `usernet info`.
+pub fn info(state_dir: &Path, as_json: bool) -> Result<String> {
+    let body = ok_body(state_dir, "GET", "/v1/info", None, 200)?;
+    let info: Info = serde_json::from_slice(&body).context("bad info answer")?;
+    if as_json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&info)?));
+    }
+    let mut out = format!(
+        "- REST API version: {}\n- Implementation version: {}\n- State Directory: {}\n- Child PID: {}\n",
+        info.api_version, info.version, info.state_dir, info.child_pid
+    );
+    if let Some(n) = &info.network_driver {
+        out += &format!(
+            "- Network Driver: {}\n  - DNS: [{}]\n",
+            n.driver,
+            n.dns.join(" ")
+        );
+        if !n.child_ip.is_empty() {
+            out += &format!("  - IP: {}\n", n.child_ip);
+        }
+    }
+    if let Some(p) = &info.port_driver {
+        out += &format!(
+            "- Port Driver: {}\n  - Supported protocols: [{}]\n",
+            p.driver,
+            p.protos.join(" ")
+        );
+    }
+    Ok(out)
+}
+
+/// `usernet ports list`.
+pub fn list(state_dir: &Path, as_json: bool) -> Result<String> {
+    let body = ok_body(state_dir, "GET", "/v1/ports", None, 200)?;
+    let ports: Option<Vec<PortStatus>> = serde_json::from_slice(&body).context("bad port list")?;
+    let ports = ports.unwrap_or_default();
+    if as_json {
+        let mut out = String::new();
+        for p in &ports {
+            out += &format!("{}\n", serde_json::to_string(p)?);
+        }
+        return Ok(out);
+    }
+    let mut rows = vec![
+        [
+            "ID",
+            "PROTO",
+            "PARENTIP",
+            "PARENTPORT",
+            "CHILDIP",
+            "CHILDPORT",
+        ]
+        .map(String::from),
+    ];
+    for p in &ports {
+        let s = &p.spec;
+        rows.push([
+            p.id.to_string(),
+            s.proto.clone(),
+            s.parent_ip.clone(),
+            s.parent_port.to_string(),
+            s.child_ip.clone(),
+            s.child_port.to_string(),
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+/// Columns padded like Go's tabwriter (minimum width 4, padding 4), as rootlessctl prints.
+fn table(rows: &[[String; 6]]) -> String {
+    let widths: Vec<usize> = (0..6)
+        .map(|c| (rows.iter().map(|r| r[c].len()).max().unwrap_or(0) + 4).max(4))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        for (c, cell) in r.iter().enumerate() {
+            out += &format!("{cell:<width$}", width = widths[c]);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `usernet ports add SPEC...`: every spec is checked first; then one request each, stopping
+/// at the first failure (earlier ones stay published). Prints the new ids.
+pub fn add(state_dir: &Path, specs: &[String]) -> Result<String> {
+    let parsed: Vec<PortSpec> = specs
+        .iter()
+        .map(|s| PortSpec::parse(s).map_err(|e| anyhow!(e)))
+        .collect::<Result<_>>()?;
+    let mut out = String::new();
+    for spec in parsed {
+        let body = serde_json::to_vec(&spec)?;
+        let answer = ok_body(state_dir, "POST", "/v1/ports", Some(&body), 201)?;
+        let status: PortStatus = serde_json::from_slice(&answer).context("bad answer")?;
+        out += &format!("{}\n", status.id);
+    }
+    Ok(out)
+}
+
+/// `usernet ports remove ID...`: prints each removed id.
+pub fn remove(state_dir: &Path, ids: &[String]) -> Result<String> {
+    let parsed: Vec<i64> = ids
+        .iter()
+        .map(|s| s.parse().map_err(|_| anyhow!("'{s}' is not a port id")))
+        .collect::<Result<_>>()?;
+    let mut out = String::new();
+    for id in parsed {
+        ok_body(state_dir, "DELETE", &format!("/v1/ports/{id}"), None, 200)?;
+        out += &format!("{id}\n");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn table_pads_like_tabwriter() {
+        let rows = [
+            [
+                "ID",
+                "PROTO",
+                "PARENTIP",
+                "PARENTPORT",
+                "CHILDIP",
+                "CHILDPORT",
+            ]
+            .map(String::from),
+            ["1", "tcp", "127.0.0.1", "18080", "", "80"].map(String::from),
+        ];
+        assert_eq!(
+            table(&rows),
+            "ID    PROTO    PARENTIP     PARENTPORT    CHILDIP    CHILDPORT    \n\
+             1     tcp      127.0.0.1    18080                    80           \n"
+        );
+    }
+}

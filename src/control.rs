@@ -1,0 +1,112 @@
+//! The parent's second thread: the REST API on `api.sock` and the port forwarder.
+//!
+//! They live apart from the guest's network stack so that a slow API client or a busy
+//! published port never delays a guest frame, and so inbound relays get a core of their own.
+//! Both are set up on the main thread (ports from `-p` must exist before COMMAND starts) and
+//! then moved here with their own mio poller.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Registry};
+
+use crate::api::{self, ApiServer, Info};
+use crate::portdriver::parent::{self as forwarder, Forwarder};
+use crate::portdriver::spec::{PortSpec, PortStatus};
+use crate::stack::slab::Id;
+
+/// How often idle API connections and UDP clients are swept.
+const SWEEP: Duration = Duration::from_secs(5);
+
+pub struct Control {
+    poll: Poll,
+    api: ApiServer,
+    forwarder: Option<Forwarder>,
+}
+
+impl Control {
+    /// Listen on `api_sock`, serving `info`, and forwarding through `forwarder` if given.
+    pub fn new(api_sock: &Path, info: Info, forwarder: Option<Forwarder>) -> io::Result<Control> {
+        let poll = Poll::new()?;
+        let api = ApiServer::bind(api_sock, info, poll.registry())?;
+        Ok(Control {
+            poll,
+            api,
+            forwarder,
+        })
+    }
+
+    /// Publish a port now (used for `-p`, before the thread starts).
+    pub fn publish(&mut self, spec: PortSpec) -> Result<PortStatus, String> {
+        match &mut self.forwarder {
+            Some(f) => f.add(spec, self.poll.registry()),
+            None => Err("no PortDriver is available".into()),
+        }
+    }
+
+    /// Serve on a thread of its own, until the process exits.
+    pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut last_sweep = Instant::now();
+        loop {
+            let sweep = self.api.has_connections()
+                || self
+                    .forwarder
+                    .as_ref()
+                    .is_some_and(|f| f.expiry_interval().is_some());
+            let timeout = sweep.then_some(SWEEP);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("control thread: {e}");
+                return;
+            }
+            let registry = self.poll.registry();
+            for event in events.iter() {
+                dispatch(
+                    &mut self.api,
+                    self.forwarder.as_mut(),
+                    registry,
+                    event.token(),
+                );
+            }
+            if last_sweep.elapsed() >= SWEEP {
+                last_sweep = Instant::now();
+                self.api.expire(registry);
+                if let Some(f) = &mut self.forwarder {
+                    f.expire(registry);
+                }
+            }
+        }
+    }
+}
+
+fn dispatch(
+    api: &mut ApiServer,
+    forwarder: Option<&mut Forwarder>,
+    registry: &Registry,
+    token: mio::Token,
+) {
+    if token == api::LISTENER_TOKEN {
+        api.accept(registry);
+        return;
+    }
+    let (kind, id): (u8, Id) = Id::from_token(token);
+    match kind {
+        api::KIND_CONNECTION => api.on_event(id, registry, forwarder),
+        forwarder::KIND_LISTENER..=forwarder::KIND_UDP_REQUEST => {
+            if let Some(f) = forwarder {
+                f.on_event(kind, id, registry);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,310 @@
+//! Port specs: what `-p`, `usernet ports add`, `rootlessctl add-ports` and `POST /v1/ports`
+//! ask for, in rootlesskit's JSON shape, with rootlesskit's validation rules.
+//!
+//! The string form is `[HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO]`, IPv6 addresses in
+//! brackets; the protocol defaults to `tcp`. That accepts everything rootlesskit's
+//! `HOSTIP:HOSTPORT[:CHILDIP]:CHILDPORT/PROTO` does (including an empty host IP), and also
+//! the docker-style short forms `8080:80` and `127.0.0.1:8080:80`.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocols the builtin port driver serves.
+pub const PROTOS: [&str; 6] = ["tcp", "tcp4", "tcp6", "udp", "udp4", "udp6"];
+
+/// A port spec, with rootlesskit's JSON keys, key order and `omitempty`s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proto: String,
+    #[serde(rename = "parentIP", default, skip_serializing_if = "String::is_empty")]
+    pub parent_ip: String,
+    #[serde(rename = "parentPort", default, skip_serializing_if = "is_zero")]
+    pub parent_port: i64,
+    #[serde(rename = "childPort", default, skip_serializing_if = "is_zero")]
+    pub child_port: i64,
+    #[serde(rename = "childIP", default, skip_serializing_if = "String::is_empty")]
+    pub child_ip: String,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// A published port and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub id: i64,
+    pub spec: PortSpec,
+}
+
+/// The transport of a spec's protocol and which address families its listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// "tcp"/"udp": IPv4 and IPv6 (a dual-stack socket for a wildcard address).
+    Any,
+    V4,
+    V6,
+}
+
+impl PortSpec {
+    pub fn transport(&self) -> Transport {
+        if self.proto.starts_with("udp") {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self.proto.chars().last() {
+            Some('4') => Family::V4,
+            Some('6') => Family::V6,
+            _ => Family::Any,
+        }
+    }
+
+    /// The parent address, if one is given.
+    pub fn parent_addr(&self) -> Option<IpAddr> {
+        self.parent_ip.parse().ok()
+    }
+
+    /// Parse the string form.
+    pub fn parse(s: &str) -> Result<PortSpec, String> {
+        let bad = |why: &str| format!("invalid port spec '{s}': {why}");
+        let (addresses, proto) = match s.rsplit_once('/') {
+            Some((a, p)) => (a, p.to_string()),
+            None => (s, "tcp".to_string()),
+        };
+        let parts = split_colons(addresses).ok_or_else(|| bad("unbalanced brackets"))?;
+        let (parent_ip, parent_port, child_ip, child_port) = match parts.as_slice() {
+            [hp, cp] => ("", *hp, "", *cp),
+            [ip, hp, cp] => (*ip, *hp, "", *cp),
+            [ip, hp, cip, cp] => (*ip, *hp, *cip, *cp),
+            _ => {
+                return Err(bad(
+                    "expected [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO]",
+                ));
+            }
+        };
+        let port = |p: &str, what: &str| -> Result<i64, String> {
+            p.parse::<u16>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(i64::from)
+                .ok_or_else(|| bad(&format!("{what} '{p}' is not a port number (1-65535)")))
+        };
+        let spec = PortSpec {
+            proto,
+            parent_ip: unbracket(parent_ip).to_string(),
+            parent_port: port(parent_port, "host port")?,
+            child_port: port(child_port, "child port")?,
+            child_ip: unbracket(child_ip).to_string(),
+        };
+        spec.validate(&[]).map_err(|e| bad(&e))?;
+        Ok(spec)
+    }
+
+    /// rootlesskit's checks, plus address families that cannot work. `existing` are the
+    /// ports already published, for conflicts.
+    pub fn validate(&self, existing: &[PortStatus]) -> Result<(), String> {
+        if !PROTOS.contains(&self.proto.as_str()) {
+            return Err(if self.proto.starts_with("sctp") {
+                "unsupported port protocol sctp".to_string()
+            } else {
+                format!("unknown proto: {:?}", self.proto)
+            });
+        }
+        let parent = self.check_ip(&self.parent_ip, "ParentIP")?;
+        self.check_ip(&self.child_ip, "ChildIP")?;
+        for (port, what) in [
+            (self.parent_port, "ParentPort"),
+            (self.child_port, "ChildPort"),
+        ] {
+            if !(1..=65535).contains(&port) {
+                return Err(format!("invalid {what}: {port} (must be 1-65535)"));
+            }
+        }
+        match (self.family(), parent) {
+            (Family::V4, Some(IpAddr::V6(_))) | (Family::V6, Some(IpAddr::V4(_))) => {
+                return Err(format!(
+                    "{} cannot listen on {}: the address family does not match",
+                    self.proto, self.parent_ip
+                ));
+            }
+            _ => {}
+        }
+        if let Some(other) = existing.iter().find(|s| {
+            s.spec.proto == self.proto
+                && s.spec.parent_ip == self.parent_ip
+                && s.spec.parent_port == self.parent_port
+        }) {
+            return Err(format!("conflict with ID {}", other.id));
+        }
+        Ok(())
+    }
+
+    fn check_ip(&self, ip: &str, what: &str) -> Result<Option<IpAddr>, String> {
+        if ip.is_empty() {
+            return Ok(None);
+        }
+        ip.parse()
+            .map(Some)
+            .map_err(|_| format!("invalid {what}: {ip:?}"))
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ip = |s: &str| {
+            if s.contains(':') {
+                format!("[{s}]")
+            } else {
+                s.to_string()
+            }
+        };
+        write!(f, "{}:{}:", ip(&self.parent_ip), self.parent_port)?;
+        if !self.child_ip.is_empty() {
+            write!(f, "{}:", ip(&self.child_ip))?;
+        }
+        write!(f, "{}/{}", self.child_port, self.proto)
+    }
+}
+
+fn unbracket(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
+}
+
+/// Split at colons outside brackets.
+fn split_colons(s: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return None;
+        }
+    }
+    if depth != 0 {
+        return None;
+    }
+    parts.push(&s[start..]);
+    Some(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(proto: &str, pip: &str, pport: i64, cip: &str, cport: i64) -> PortSpec {
+        PortSpec {
+            proto: proto.into(),
+            parent_ip: pip.into(),
+            parent_port: pport,
+            child_port: cport,
+            child_ip: cip.into(),
+        }
+    }
+
+    #[test]
+    fn short_docker_style_and_rootlesskit_forms_parse() {
+        assert_eq!(
+            PortSpec::parse("8080:80").unwrap(),
+            spec("tcp", "", 8080, "", 80)
+        );
+        assert_eq!(
+            PortSpec::parse("127.0.0.1:8080:80").unwrap(),
+            spec("tcp", "127.0.0.1", 8080, "", 80)
+        );
+        assert_eq!(
+            PortSpec::parse(":8080:80/udp").unwrap(),
+            spec("udp", "", 8080, "", 80)
+        );
+        assert_eq!(
+            PortSpec::parse("[::1]:8080:[::2]:80/udp6").unwrap(),
+            spec("udp6", "::1", 8080, "::2", 80)
+        );
+        assert_eq!(
+            PortSpec::parse("0.0.0.0:8080:[::1]:80/tcp4").unwrap(),
+            spec("tcp4", "0.0.0.0", 8080, "::1", 80)
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        for (s, want) in [
+            ("80", "expected"),
+            ("1:2:3:4:5", "expected"),
+            ("0:80", "host port"),
+            ("8080:99999", "child port"),
+            ("8080:80/sctp", "unsupported"),
+            ("8080:80/foo", "unknown proto"),
+            ("localhost:8080:80", "invalid ParentIP"),
+            ("[::1:8080:80", "brackets"),
+            ("[::1]:8080:80/tcp4", "family"),
+        ] {
+            let e = PortSpec::parse(s).unwrap_err();
+            assert!(e.contains(want), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn conflicts_are_same_proto_address_and_port() {
+        let existing = [PortStatus {
+            id: 3,
+            spec: spec("tcp", "127.0.0.1", 8080, "", 80),
+        }];
+        assert_eq!(
+            spec("tcp", "127.0.0.1", 8080, "", 81)
+                .validate(&existing)
+                .unwrap_err(),
+            "conflict with ID 3"
+        );
+        assert!(
+            spec("tcp4", "127.0.0.1", 8080, "", 80)
+                .validate(&existing)
+                .is_ok()
+        );
+        assert!(
+            spec("udp", "127.0.0.1", 8080, "", 80)
+                .validate(&existing)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn json_shape_matches_rootlesskit() {
+        let s = spec("tcp", "127.0.0.1", 18080, "", 80);
+        let status = PortStatus { id: 1, spec: s };
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            r#"{"id":1,"spec":{"proto":"tcp","parentIP":"127.0.0.1","parentPort":18080,"childPort":80}}"#
+        );
+        let parsed: PortSpec =
+            serde_json::from_str(r#"{"proto":"udp","parentPort":1,"childPort":2,"bogus":1}"#)
+                .unwrap();
+        assert_eq!(parsed, spec("udp", "", 1, "", 2));
+        assert_eq!(
+            PortSpec::parse("[::1]:1:[::2]:2/tcp6").unwrap().to_string(),
+            "[::1]:1:[::2]:2/tcp6"
+        );
+    }
+}
