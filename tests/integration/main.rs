@@ -5,6 +5,7 @@
 //! tests run in those namespaces (`__tool ...`, see [`tools`]), which is why it has its own
 //! `main` (libtest-mimic provides the usual test-runner command line).
 
+mod inbound;
 mod lifecycle;
 mod services;
 mod tcp;
@@ -64,6 +65,15 @@ fn main() {
         services::outbound_addr_binds_host_sockets,
         services::udp_errors_from_the_host_reach_the_guest_and_loopback_policy_applies,
         services::dns_forwards_to_an_ipv6_upstream,
+        inbound::published_tcp_port_carries_64mib_each_way,
+        inbound::published_tcp_port_carries_64mib_both_ways_at_once,
+        inbound::udp_echo_through_a_published_port,
+        inbound::inside_server_sees_the_clients_real_address,
+        inbound::two_hundred_concurrent_inbound_connections,
+        inbound::refused_target_inside_gives_an_immediate_reset,
+        inbound::rootlessctl_manages_ports_and_reads_info,
+        inbound::usernet_ports_and_info_manage_a_running_usernet,
+        inbound::publish_errors_are_one_line_and_leave_nothing,
     ];
     let trials = tests
         .into_iter()

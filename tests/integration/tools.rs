@@ -570,21 +570,33 @@ fn udp_burst(host: &str, first_port: u16, ports: u16, sockets: u64) -> io::Resul
             sent += 1;
         }
         // A tap drops what does not fit its queue without telling the sender: keep the
-        // burst at a pace the other end can plausibly take (at most 50,000 flows a second).
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        // burst at a pace the other end can plausibly take (at most about 33,000 flows a second).
+        std::thread::sleep(std::time::Duration::from_millis(3));
     }
     println!("sent {sent}");
     Ok(())
 }
 
-/// Count datagrams arriving on `ports` ports from `first_port`; say so once `target` arrived.
+/// Count datagrams arriving on `ports` ports from `first_port`; report every 1,000 and
+/// when `target` arrived.
 fn udp_sink(host: &str, first_port: u16, ports: u16, target: u64) -> io::Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let count = Arc::new(AtomicU64::new(0));
     let mut sockets = Vec::new();
     for p in 0..ports {
         let s = std::net::UdpSocket::bind((host, first_port + p))?;
-        let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+        // Past net.core.rmem_max: we are root of the world's network namespace.
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt on an open socket with a pointer to a live c_int.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         sockets.push(s);
     }
     println!("listening {host}:{first_port}+{ports}");
@@ -594,8 +606,9 @@ fn udp_sink(host: &str, first_port: u16, ports: u16, target: u64) -> io::Result<
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while s.recv(&mut buf).is_ok() {
-                if count.fetch_add(1, Ordering::Relaxed) + 1 == target {
-                    println!("received {target}");
+                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 1_000 == 0 || n == target {
+                    println!("received {n}");
                     let _ = io::stdout().flush();
                 }
             }

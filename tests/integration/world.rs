@@ -114,6 +114,24 @@ impl World {
         c
     }
 
+    /// `usernet run FLAGS -- <tool server>`: a server inside usernet's namespaces, started and
+    /// listening (its "listening" line came through usernet's stdout).
+    pub fn usernet_server(&self, flags: &[&str], tool_args: &[&str]) -> Server {
+        let child = self
+            .usernet_tool(flags, tool_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn usernet");
+        let mut server = Server::from_child(child);
+        let line = server.next_line();
+        assert!(
+            line.starts_with("listening"),
+            "server in usernet did not start: {line:?}"
+        );
+        server
+    }
+
     /// Start a tool server and wait until it prints its first line ("listening ...").
     pub fn server(&self, args: &[&str]) -> Server {
         let child = self
@@ -163,6 +181,11 @@ impl Server {
         Server { child, lines }
     }
 
+    /// Every line the server has printed so far, without waiting.
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// The next line the server prints; fails the test after a minute of silence.
     pub fn next_line(&mut self) -> String {
         self.lines
@@ -172,7 +195,18 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so a usernet running a server shuts its namespace down cleanly (and
+    /// takes everything it started with it); SIGKILL if that takes too long.
     fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

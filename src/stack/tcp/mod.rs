@@ -112,6 +112,9 @@ struct HostSide {
     write_shut: bool,
     /// A read or write failed: the connection is dead on the host side.
     failed: bool,
+    /// The host peer reset the connection: the guest gets what was read before it, then a
+    /// reset too.
+    reset: bool,
 }
 
 struct Conn {
@@ -306,6 +309,7 @@ impl TcpFlows {
                 eof: false,
                 write_shut: false,
                 failed: false,
+                reset: false,
             },
             phase: Phase::Connecting {
                 syn: seg.ip_packet.into(),
@@ -390,14 +394,17 @@ impl TcpFlows {
             Phase::Connecting { .. } => match connect_state(&flow.host.stream) {
                 ConnectState::Pending => return,
                 ConnectState::Failed(e) => Outcome::ConnectFailed(e),
-                ConnectState::Connected => match open(flow, cx, &self.config, self.seeds.next()) {
-                    Ok(()) => {
-                        self.pending_connects -= 1;
-                        self.stats.opened += 1;
-                        relay(flow, cx)
+                state @ (ConnectState::Connected | ConnectState::ConnectedThenReset) => {
+                    match open(flow, cx, &self.config, self.seeds.next()) {
+                        Ok(()) => {
+                            self.pending_connects -= 1;
+                            self.stats.opened += 1;
+                            flow.host.reset = matches!(state, ConnectState::ConnectedThenReset);
+                            relay(flow, cx)
+                        }
+                        Err(e) => Outcome::ConnectFailed(e),
                     }
-                    Err(e) => Outcome::ConnectFailed(e),
-                },
+                }
             },
             Phase::Open(_) => relay(flow, cx),
         };
@@ -614,6 +621,10 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
         host.write_shut = true;
     }
     host_to_guest(sock, host);
+    // A reset from the host reaches the guest once what came before it was delivered.
+    if host.reset && host.eof && sock.send_queue() == 0 {
+        host.failed = true;
+    }
     if host.failed && sock.state() != State::Closed {
         sock.abort();
     }
@@ -624,7 +635,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     ) {
         *guest_fin = true;
     }
-    if host.eof && sock.timeout().is_none() {
+    if (host.eof || host.reset) && sock.timeout().is_none() {
         // We sent (or will send) FIN: don't wait forever for a guest that never answers.
         sock.set_timeout(Some(CLOSING_TIMEOUT));
     }
@@ -714,11 +725,18 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
             Ok(HostRead::RingFull) | Err(_) => break,
             Ok(HostRead::Eof) => {
                 host.eof = true;
-                sock.close();
+                // After a reset the end is a reset, not a FIN.
+                if !host.reset {
+                    sock.close();
+                }
             }
             Ok(HostRead::Error(e)) => match e.kind() {
                 io::ErrorKind::WouldBlock => host.readable = false,
                 io::ErrorKind::Interrupted => {}
+                io::ErrorKind::ConnectionReset => {
+                    host.reset = true;
+                    host.eof = true;
+                }
                 _ => {
                     log::debug!("host read failed: {e}");
                     host.failed = true;
@@ -731,11 +749,17 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
 enum ConnectState {
     Pending,
     Connected,
+    /// Connected, and already reset by the peer (who may have sent data first).
+    ConnectedThenReset,
     Failed(io::Error),
 }
 
 fn connect_state(stream: &TcpStream) -> ConnectState {
     match stream.take_error() {
+        // A reset, unlike a refusal, means the handshake completed.
+        Ok(Some(e)) if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) => {
+            return ConnectState::ConnectedThenReset;
+        }
         Ok(Some(e)) | Err(e) => return ConnectState::Failed(e),
         Ok(None) => {}
     }

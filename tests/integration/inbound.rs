@@ -1,0 +1,230 @@
+//! Inbound: published ports through the builtin port driver, the client's real address
+//! inside, rootlesskit's REST API with the real `rootlessctl`, and our own client.
+
+use std::time::Duration;
+
+use crate::world::{World, run};
+
+const LIMIT: Duration = Duration::from_secs(180);
+const MIB: u64 = 1 << 20;
+
+fn exchange_through_published_port(duplex: bool) {
+    let world = World::new();
+    let bytes = (64 * MIB).to_string();
+    let mut server = vec!["tcp-server", "127.0.0.1:8000", &bytes];
+    let mut client = vec!["tcp-client", "127.0.0.1:18000", &bytes, &bytes];
+    if duplex {
+        server.push("duplex");
+        client.push("duplex");
+    }
+    let _usernet = world.usernet_server(&["-p", "18000:8000"], &server);
+    let out = run(&mut world.tool(&client), LIMIT);
+    out.assert_ok();
+    assert!(
+        out.stdout.starts_with("OK sent=67108864 received=67108864"),
+        "{out:#?}"
+    );
+}
+
+pub fn published_tcp_port_carries_64mib_each_way() {
+    exchange_through_published_port(false);
+}
+
+pub fn published_tcp_port_carries_64mib_both_ways_at_once() {
+    exchange_through_published_port(true);
+}
+
+pub fn udp_echo_through_a_published_port() {
+    let world = World::new();
+    let _usernet = world.usernet_server(&["-p", "18001:7001/udp"], &["udp-echo", "127.0.0.1:7001"]);
+    for addr in ["127.0.0.1:18001", "198.18.0.1:18001"] {
+        let out = run(
+            &mut world.tool(&["udp-client", addr, "500", "60000"]),
+            LIMIT,
+        );
+        out.assert_ok();
+        assert_eq!(out.stdout.trim(), "OK 500", "{addr}");
+    }
+}
+
+pub fn inside_server_sees_the_clients_real_address() {
+    let world = World::new();
+    let flags = ["-p", "18002:8002", "-p", "18003:7003/udp"];
+    // Inside: a TCP server printing its peers, and a UDP server answering with the sender.
+    let script = "$T tcp-peer 127.0.0.1:8002 & $T udp-whoami 127.0.0.1:7003";
+    let mut usernet = crate::services::guest_server(&world, &flags, script, 2);
+    // A client on a world address (not loopback): its address reaches the server inside.
+    let out = run(&mut world.tool(&["tcp-connect", "198.18.0.1:18002"]), LIMIT);
+    out.assert_ok();
+    let peer = usernet.next_line();
+    assert!(
+        peer.starts_with("peer 198.18.0.1:"),
+        "TCP peer inside: {peer}"
+    );
+    let out = run(&mut world.tool(&["udp-ask", "198.18.0.1:18003"]), LIMIT);
+    out.assert_ok();
+    assert!(
+        out.stdout.starts_with("answer 198.18.0.1:"),
+        "UDP peer inside: {out:#?}"
+    );
+    // The exact port too: the client's, not one of ours.
+    let out = run(
+        &mut world.tool(&["udp-ask", "198.18.0.1:18003", "40777"]),
+        LIMIT,
+    );
+    assert_eq!(out.stdout.trim(), "answer 198.18.0.1:40777", "{out:#?}");
+    // A loopback client stays loopback (its address means nothing inside).
+    run(&mut world.tool(&["tcp-connect", "127.0.0.1:18002"]), LIMIT).assert_ok();
+    let peer = usernet.next_line();
+    assert!(peer.starts_with("peer 127.0.0.1:"), "{peer}");
+}
+
+pub fn two_hundred_concurrent_inbound_connections() {
+    let world = World::new();
+    let per_conn = (256 * 1024).to_string();
+    let _usernet = world.usernet_server(
+        &["-p", "18005:8005"],
+        &["tcp-server", "127.0.0.1:8005", &per_conn],
+    );
+    let out = run(
+        &mut world.tool(&["tcp-many", "127.0.0.1:18005", "200", &per_conn]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), "OK 200");
+}
+
+pub fn refused_target_inside_gives_an_immediate_reset() {
+    let world = World::new();
+    // The port is published, but nothing listens on 8006 inside.
+    let _usernet = world.usernet_server(&["-p", "18006:8006"], &["udp-echo", "127.0.0.1:7006"]);
+    let started = std::time::Instant::now();
+    let out = run(
+        &mut world.tool(&["tcp-read-until-end", "127.0.0.1:18006"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), "reset 0", "{out:#?}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "the reset took {took:?}");
+}
+
+pub fn rootlessctl_manages_ports_and_reads_info() {
+    let world = World::new();
+    let state = crate::lifecycle::tempdir().join("state");
+    let flags = ["--state-dir", state.to_str().unwrap()];
+    let _usernet = world.usernet_server(&flags, &["tcp-peer", "127.0.0.1:8010"]);
+    let socket = state.join("api.sock");
+    let ctl = |args: &[&str]| {
+        let out = run(
+            world
+                .command("rootlessctl")
+                .arg("--socket")
+                .arg(&socket)
+                .args(args),
+            LIMIT,
+        );
+        out.assert_ok();
+        out.stdout
+    };
+    assert_eq!(ctl(&["add-ports", "127.0.0.1:18010:8010/tcp"]).trim(), "1");
+    let list = ctl(&["list-ports"]);
+    assert!(list.contains("1     tcp      127.0.0.1    18010"), "{list}");
+    run(&mut world.tool(&["tcp-connect", "127.0.0.1:18010"]), LIMIT).assert_ok();
+    let info = ctl(&["info"]);
+    for line in [
+        "- REST API version: 1.1.1",
+        "- Port Driver: builtin",
+        "  - IP: 10.0.2.100",
+        "  - DNS: [10.0.2.3]",
+    ] {
+        assert!(info.contains(line), "{line:?} in {info}");
+    }
+    assert!(
+        info.contains(&format!("- State Directory: {}", state.display())),
+        "{info}"
+    );
+    assert_eq!(ctl(&["remove-ports", "1"]).trim(), "1");
+    assert_eq!(ctl(&["list-ports", "--json"]), "");
+    let out = run(&mut world.tool(&["tcp-connect", "127.0.0.1:18010"]), LIMIT);
+    assert!(
+        out.stdout.starts_with("ConnectionRefused"),
+        "removed port still open: {out:#?}"
+    );
+    // Errors come back as rootlesskit's messages.
+    let out = run(
+        world
+            .command("rootlessctl")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["remove-ports", "9"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(out.stderr.trim(), "error: unknown id: 9");
+}
+
+pub fn usernet_ports_and_info_manage_a_running_usernet() {
+    let world = World::new();
+    let state = crate::lifecycle::tempdir().join("state");
+    let dir = state.to_str().unwrap();
+    let _usernet = world.usernet_server(
+        &["--state-dir", dir, "-p", "18011:8011"],
+        &["tcp-peer", "127.0.0.1:8011"],
+    );
+    let cli = |args: &[&str]| run(world.usernet(args).args(["--state-dir", dir]), LIMIT);
+    let out = cli(&["ports", "add", "127.0.0.1:18012:8011", "18013:8011/udp"]);
+    out.assert_ok();
+    assert_eq!(out.stdout, "2\n3\n");
+    let out = cli(&["ports", "list", "--json"]);
+    out.assert_ok();
+    assert_eq!(
+        out.stdout,
+        "{\"id\":1,\"spec\":{\"proto\":\"tcp\",\"parentPort\":18011,\"childPort\":8011}}\n\
+         {\"id\":2,\"spec\":{\"proto\":\"tcp\",\"parentIP\":\"127.0.0.1\",\"parentPort\":18012,\"childPort\":8011}}\n\
+         {\"id\":3,\"spec\":{\"proto\":\"udp\",\"parentPort\":18013,\"childPort\":8011}}\n"
+    );
+    run(&mut world.tool(&["tcp-connect", "127.0.0.1:18012"]), LIMIT).assert_ok();
+    let out = cli(&["ports", "remove", "2", "3"]);
+    assert_eq!(out.stdout, "2\n3\n");
+    // A conflict changes nothing and says why.
+    let out = cli(&["ports", "add", "18011:9999"]);
+    assert_eq!(out.code(), Some(1));
+    assert_eq!(out.stderr, "usernet: conflict with ID 1\n");
+    let out = cli(&["info", "--json"]);
+    out.assert_ok();
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(info["portDriver"]["driver"], "builtin");
+    assert_eq!(info["networkDriver"]["childIP"], "10.0.2.100");
+}
+
+pub fn publish_errors_are_one_line_and_leave_nothing() {
+    let world = World::new();
+    let _busy = world.server(&["tcp-peer", "127.0.0.1:18020"]);
+    for (flags, needle) in [
+        (vec!["-p", "127.0.0.1:18020:80"], "address already in use"),
+        (
+            vec!["-p", "18021:80", "-p", "18021:81"],
+            "conflict with ID 1",
+        ),
+    ] {
+        let state = crate::lifecycle::tempdir().join("state");
+        let mut args = vec!["run", "--state-dir", state.to_str().unwrap()];
+        args.extend(flags.iter().copied());
+        args.extend(["--", "true"]);
+        let out = run(&mut world.usernet(&args), LIMIT);
+        assert_eq!(out.code(), Some(1), "{out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+        assert!(
+            out.stderr.contains("cannot publish port") && out.stderr.contains(needle),
+            "{out:#?}"
+        );
+        assert!(!state.exists(), "state dir left behind");
+    }
+    let out = run(
+        &mut world.usernet(&["run", "--net", "host", "-p", "8080:80", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("--net=host"), "{out:#?}");
+}
