@@ -607,7 +607,7 @@ fn udp_sink(host: &str, first_port: u16, ports: u16, target: u64) -> io::Result<
             let mut buf = [0u8; 2048];
             while s.recv(&mut buf).is_ok() {
                 let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 1_000 == 0 || n == target {
+                if n.is_multiple_of(1_000) || n == target {
                     println!("received {n}");
                     let _ = io::stdout().flush();
                 }
