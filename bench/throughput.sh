@@ -10,31 +10,13 @@
 # usernet with 1,000 idle connections open.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
+source "$(dirname "$0")/lib.sh"
+here=$bench_dir
 seconds=${BENCH_SECONDS:-10}
 mtus=${BENCH_MTUS:-"65520 1500"}
 
-if [ "${USERNET_BENCH_WORLD:-}" != 1 ]; then
-    need=()
-    command -v iperf3 >/dev/null || need+=(iperf3)
-    command -v slirp4netns >/dev/null || need+=(slirp4netns)
-    command -v pasta >/dev/null || need+=(passt)
-    command -v python3 >/dev/null || need+=(python3)
-    command -v ip >/dev/null || need+=(iproute2)
-    if [ ${#need[@]} -gt 0 ]; then
-        if [ "$(id -u)" = 0 ]; then
-            echo "installing ${need[*]}" >&2
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-        else
-            echo "missing: ${need[*]} (install them, or run as root to let this script apt-get them)" >&2
-            exit 1
-        fi
-    fi
-    (cd "$root" && cargo build --release --quiet)
-    export USERNET_BENCH_WORLD=1 USERNET_BIN="$root/target/release/usernet"
-    exec unshare --user --map-root-user --net --mount -- "$0" "$@"
-fi
+need_packages iperf3:iperf3 slirp4netns:slirp4netns pasta:passt python3:python3 ip:iproute2
+enter_world "$0" "$@"
 
 # ---- inside the world namespace from here on ----
 ulimit -n 65536 2>/dev/null || ulimit -n 4096
@@ -54,7 +36,6 @@ idle_pid=$!
 trap 'kill $iperf_pid $idle_pid 2>/dev/null || true' EXIT
 sleep 0.5
 
-gbits() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
 
 run_usernet() { # mtu [extra shell before iperf3]
     "$USERNET_BIN" run --mtu "$1" -- sh -c "${2:-} iperf3 -J -c 10.0.2.2 -t $seconds" | gbits
@@ -90,7 +71,6 @@ echo "measuring usernet at MTU 65520 with 1000 idle connections..." >&2
 idle="python3 $here/idle_clients.py 10.0.2.2 6000 1000 & sleep 3;"
 result[usernet-idle,65520]=$(run_usernet 65520 "$idle" || echo "failed")
 
-ratio() { python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; print('%.2fx' % (float(a)/float(b)) if a.replace('.','',1).isdigit() and b.replace('.','',1).isdigit() and float(b)>0 else '-')" "$1" "$2"; }
 
 echo
 echo "guest -> host TCP, iperf3 ${seconds}s, one stream (Gbit/s; ratio to slirp4netns at the same MTU)"

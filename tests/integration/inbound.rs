@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::world::{World, run};
+use crate::world::{TempDir, World, run};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const MIB: u64 = 1 << 20;
@@ -111,7 +111,8 @@ pub fn refused_target_inside_gives_an_immediate_reset() {
 
 pub fn rootlessctl_manages_ports_and_reads_info() {
     let world = World::new();
-    let state = crate::lifecycle::tempdir().join("state");
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
     let flags = ["--state-dir", state.to_str().unwrap()];
     let _usernet = world.usernet_server(&flags, &["tcp-peer", "127.0.0.1:8010"]);
     let socket = state.join("api.sock");
@@ -166,7 +167,8 @@ pub fn rootlessctl_manages_ports_and_reads_info() {
 
 pub fn usernet_ports_and_info_manage_a_running_usernet() {
     let world = World::new();
-    let state = crate::lifecycle::tempdir().join("state");
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
     let dir = state.to_str().unwrap();
     let _usernet = world.usernet_server(
         &["--state-dir", dir, "-p", "18011:8011"],
@@ -208,7 +210,8 @@ pub fn publish_errors_are_one_line_and_leave_nothing() {
             "conflict with ID 1",
         ),
     ] {
-        let state = crate::lifecycle::tempdir().join("state");
+        let tmp = TempDir::new();
+        let state = tmp.join("state");
         let mut args = vec!["run", "--state-dir", state.to_str().unwrap()];
         args.extend(flags.iter().copied());
         args.extend(["--", "true"]);

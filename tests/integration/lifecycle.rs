@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::world::{Outcome, World, run, wait_with_limit};
+use crate::world::{Outcome, TempDir, World, run, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -172,7 +172,7 @@ pub fn net_none_has_only_loopback_and_net_host_shares_the_network() {
 
 pub fn nothing_is_left_behind_after_exit() {
     let world = World::new();
-    let tmp = tempdir();
+    let tmp = TempDir::new();
     let state = tmp.join("state");
     let script = format!(
         "sleep 1000 & echo $! > {tmp}/bg; cat {state}/child_pid > {tmp}/child; echo $$ > {tmp}/cmd",
@@ -223,12 +223,11 @@ pub fn nothing_is_left_behind_after_exit() {
         0,
         "default state dir left behind"
     );
-    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 pub fn state_dir_holds_child_pid_and_a_lock() {
     let world = World::new();
-    let tmp = tempdir();
+    let tmp = TempDir::new();
     let state = tmp.join("state");
     let script = format!(
         "ls -a {} && cat {}/child_pid",
@@ -252,15 +251,6 @@ pub fn state_dir_holds_child_pid_and_a_lock() {
     assert!(out.stdout.lines().any(|l| l == "lock"), "{out:#?}");
     let pid: i32 = out.stdout.lines().last().unwrap().parse().unwrap();
     assert!(pid > 1);
-    std::fs::remove_dir_all(&tmp).unwrap();
-}
-
-pub fn tempdir() -> std::path::PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("usernet-it-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Whether this process is root of the initial user namespace (as CI runs the tests), which
@@ -274,7 +264,7 @@ pub fn is_real_root() -> bool {
 /// Run usernet as nobody (uid 65534, which newuidmap needs to have a name) with `subids` as /etc/subuid and /etc/subgid (in a private mount
 /// namespace of the host; `--net none`, so no packet moves) and return the namespace's maps.
 fn maps_as_unprivileged_user(subids: &str) -> String {
-    let tmp = tempdir();
+    let tmp = TempDir::new();
     let file = tmp.join("subids");
     std::fs::write(&file, subids).unwrap();
     let script = format!(
@@ -299,7 +289,6 @@ fn maps_as_unprivileged_user(subids: &str) -> String {
         LIMIT,
     );
     out.assert_ok();
-    std::fs::remove_dir_all(&tmp).unwrap();
     out.stdout
 }
 

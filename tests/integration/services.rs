@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::world::{Outcome, Server, World, run, self_exe, wait_with_limit};
+use crate::world::{Outcome, Server, TempDir, World, run, self_exe, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const MIB: u64 = 1 << 20;
@@ -22,7 +22,7 @@ fn dnsmasq(world: &World) -> Server {
 
 /// dnsmasq listening on `listen` (comma-separated addresses).
 fn dnsmasq_on(world: &World, listen: &str) -> Server {
-    let tmp = crate::lifecycle::tempdir();
+    let tmp = TempDir::new();
     let mut args = vec![
         "--no-daemon".to_string(),
         "--conf-file=/dev/null".into(),
@@ -50,9 +50,11 @@ fn dnsmasq_on(world: &World, listen: &str) -> Server {
     server
 }
 
-/// Make the world's /etc/resolv.conf say `text` (inside its mount namespace only).
-fn world_resolv_conf(world: &World, text: &str) {
-    let tmp = crate::lifecycle::tempdir();
+/// Make the world's /etc/resolv.conf say `text` (inside its mount namespace only). The file
+/// lives as long as the returned directory: a mount of a deleted file cannot be mounted over.
+#[must_use]
+fn world_resolv_conf(world: &World, text: &str) -> TempDir {
+    let tmp = TempDir::new();
     let file = tmp.join("resolv.conf");
     std::fs::write(&file, text).unwrap();
     let target =
@@ -62,6 +64,7 @@ fn world_resolv_conf(world: &World, text: &str) {
         LIMIT,
     );
     out.assert_ok();
+    tmp
 }
 
 /// `usernet run FLAGS -- sh -c SCRIPT`, where `$T` in the script is this test binary's tool mode.
@@ -215,7 +218,7 @@ pub fn dns_lookups_use_the_host_resolv_conf_over_udp_and_tcp() {
     let _dns = dnsmasq(&world);
     // Over UDP, with the host's search domain; big.example's answer is truncated by the
     // server (over 512 bytes), so the C library retries over TCP.
-    world_resolv_conf(
+    let _conf = world_resolv_conf(
         &world,
         "nameserver 127.0.0.1\nsearch example\noptions ndots:1\n",
     );
@@ -237,7 +240,7 @@ pub fn dns_lookups_use_the_host_resolv_conf_over_udp_and_tcp() {
         "all 40 records of big.example: {s}"
     );
     // TCP only (use-vc): works as well, and the option reached the namespace.
-    world_resolv_conf(&world, "nameserver 127.0.0.1\noptions use-vc\n");
+    let _conf = world_resolv_conf(&world, "nameserver 127.0.0.1\noptions use-vc\n");
     let out = guest_sh(
         &world,
         &[],
@@ -263,8 +266,12 @@ pub fn dns_fails_over_when_upstreams_are_dead() {
         "--dns-upstream",
         "127.0.0.1",
     ];
+    let mut confs = Vec::new();
     for options in ["", "options use-vc\n"] {
-        world_resolv_conf(&world, &format!("nameserver 192.0.2.1\n{options}"));
+        confs.push(world_resolv_conf(
+            &world,
+            &format!("nameserver 192.0.2.1\n{options}"),
+        ));
         let started = std::time::Instant::now();
         let out = guest_sh(
             &world,
@@ -286,7 +293,7 @@ pub fn dns_answer_too_big_for_the_link_is_truncated_and_retried_over_tcp() {
     let _dns = dnsmasq(&world);
     // EDNS0 lets the server send up to 1200 bytes in one datagram; at MTU 576 the guest can
     // take only 548, so the forwarder must truncate and the C library retry over TCP.
-    world_resolv_conf(&world, "nameserver 127.0.0.1\noptions edns0\n");
+    let _conf = world_resolv_conf(&world, "nameserver 127.0.0.1\noptions edns0\n");
     let out = guest_sh(
         &world,
         &["--mtu", "576", "--debug"],
@@ -303,7 +310,7 @@ pub fn dns_answer_too_big_for_the_link_is_truncated_and_retried_over_tcp() {
 
 pub fn disable_dns_leaves_resolv_conf_and_makes_10_0_2_3_ordinary() {
     let world = World::new();
-    world_resolv_conf(&world, "nameserver 127.0.0.1\n");
+    let _conf = world_resolv_conf(&world, "nameserver 127.0.0.1\n");
     let out = guest_sh(
         &world,
         &["--disable-dns"],
@@ -352,7 +359,7 @@ pub fn ping_without_ping_sockets_is_refused_cleanly() {
 
 pub fn dhcp_client_gets_the_lease_and_its_options() {
     let world = World::new();
-    let tmp = crate::lifecycle::tempdir();
+    let tmp = TempDir::new();
     let script = tmp.join("udhcpc.sh");
     std::fs::write(
         &script,

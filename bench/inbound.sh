@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Host -> child TCP throughput through published ports: usernet's builtin port driver beside
+# rootlesskit's builtin driver (Debian rootlesskit, with slirp4netns) and slirp4netns's own
+# API forward (add_hostfwd), with iperf3, in one run.
+#
+# Usage: bench/inbound.sh               (BENCH_SECONDS=10 by default)
+#
+# Everything runs inside a throwaway user+network+mount namespace: the iperf3 client connects
+# to the world's 127.0.0.1, the server runs inside each tool's namespace. rootlesskit needs
+# subordinate ids, which the world can only provide when this script runs as root.
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+seconds=${BENCH_SECONDS:-10}
+
+need_packages iperf3:iperf3 slirp4netns:slirp4netns rootlesskit:rootlesskit python3:python3 ip:iproute2
+enter_world "$0" "$@"
+
+# ---- inside the world namespace from here on ----
+[ -n "${BENCH_TRACE:-}" ] && set -x
+ip link set lo up
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Wait until the published port reaches a listening iperf3 inside (a published port accepts
+# before the server inside listens, so ask iperf3 itself).
+wait_iperf() { # port
+    for _ in $(seq 100); do
+        timeout 5 iperf3 -c 127.0.0.1 -p "$1" -n 1K >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+client() { # port
+    timeout $((seconds + 20)) iperf3 -J -c 127.0.0.1 -p "$1" -t "$seconds" | gbits
+}
+
+run_usernet() {
+    "$USERNET_BIN" run -p 127.0.0.1:5301:5201 -- iperf3 -s >/dev/null 2>&1 &
+    local pid=$!
+    wait_iperf 5301 && client 5301 || echo failed
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_rootlesskit() {
+    if [ "${USERNET_BENCH_IDS:-}" != many ]; then
+        echo "needs-root"
+        return
+    fi
+    printf 'root:100000:65536\n' > "$tmp/subid"
+    mount --bind "$tmp/subid" /etc/subuid
+    mount --bind "$tmp/subid" /etc/subgid
+    rootlesskit --net=slirp4netns --mtu=65520 --port-driver=builtin -p 127.0.0.1:5302:5201/tcp \
+        -- iperf3 -s >/dev/null 2>/tmp/rk-bench.log &
+    local pid=$!
+    wait_iperf 5302 && client 5302 || { echo failed; tail -3 /tmp/rk-bench.log >&2; }
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+run_slirp4netns() {
+    unshare --user --map-root-user --net iperf3 -s >/dev/null 2>&1 &
+    local ns=$!
+    sleep 0.3
+    slirp4netns --configure --mtu 65520 --api-socket "$tmp/s4.sock" "$ns" tap0 >/dev/null 2>&1 &
+    local s4=$!
+    for _ in $(seq 50); do [ -S "$tmp/s4.sock" ] && break; sleep 0.1; done
+    python3 - "$tmp/s4.sock" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(json.dumps({"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "127.0.0.1",
+          "host_port": 5303, "guest_addr": "", "guest_port": 5201}}).encode())
+s.shutdown(socket.SHUT_WR)
+reply = s.recv(4096)
+if b"error" in reply:
+    sys.exit("add_hostfwd failed: %s" % reply)
+PY
+    wait_iperf 5303 && client 5303 || echo failed
+    kill "$s4" "$ns"; wait "$s4" "$ns" 2>/dev/null || true
+}
+
+declare -A result
+for tool in rootlesskit slirp4netns usernet; do
+    echo "measuring $tool (${seconds}s)..." >&2
+    result[$tool]=$("run_$tool")
+done
+
+echo
+echo "host -> child TCP through a published port, iperf3 ${seconds}s, one stream, MTU 65520 (Gbit/s)"
+printf '%-40s %10s %16s\n' "port driver" "Gbit/s" "vs rootlesskit"
+printf '%-40s %10s %16s\n' "rootlesskit 1.1 builtin (slirp4netns)" "${result[rootlesskit]}" "$(ratio "${result[rootlesskit]}" "${result[rootlesskit]}")"
+printf '%-40s %10s %16s\n' "slirp4netns add_hostfwd" "${result[slirp4netns]}" "$(ratio "${result[slirp4netns]}" "${result[rootlesskit]}")"
+printf '%-40s %10s %16s\n' "usernet builtin (splice)" "${result[usernet]}" "$(ratio "${result[usernet]}" "${result[rootlesskit]}")"
