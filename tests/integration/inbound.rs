@@ -231,3 +231,31 @@ pub fn publish_errors_are_one_line_and_leave_nothing() {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     assert!(out.stderr.contains("--net=host"), "{out:#?}");
 }
+
+pub fn privileged_port_as_a_user_says_how_to_allow_it() {
+    // An unprivileged user (nobody) in a world with many ids; --net none needs no tap.
+    let world = World::with_many_ids();
+    let tmp = TempDir::new();
+    std::fs::set_permissions(&*tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let state = tmp.join("state");
+    let out = run(
+        world
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::world::usernet_bin())
+            .args(["run", "--net", "none", "--state-dir"])
+            .arg(&state)
+            .args(["-p", "127.0.0.1:80:80", "--", "true"]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("cannot expose privileged port 80")
+            && out
+                .stderr
+                .contains("net.ipv4.ip_unprivileged_port_start=80"),
+        "{out:#?}"
+    );
+    assert!(!state.exists());
+}

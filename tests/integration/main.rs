@@ -74,12 +74,14 @@ fn main() {
         inbound::rootlessctl_manages_ports_and_reads_info,
         inbound::usernet_ports_and_info_manage_a_running_usernet,
         inbound::publish_errors_are_one_line_and_leave_nothing,
+        inbound::privileged_port_as_a_user_says_how_to_allow_it,
     ];
     let trials = tests
         .into_iter()
         .map(|(name, f)| {
             // Becoming another user needs root of the initial user namespace (CI has it).
-            let needs_root = name.starts_with("unprivileged_user");
+            let needs_root =
+                name.starts_with("unprivileged_user") || name.starts_with("privileged_port");
             let needs_ipv6 = name.contains("ipv6");
             let runnable = (!needs_root || lifecycle::is_real_root())
                 && (!needs_ipv6 || services::ipv6_available());

@@ -75,8 +75,23 @@ fn parse(s: &str) -> u64 {
     s.parse().unwrap_or_else(|_| panic!("not a number: {s}"))
 }
 
-/// Set up the world's network and hold its namespaces until stdin closes.
+/// Set up the world's network and hold its namespaces until stdin closes. In a world whose
+/// maps the test writes (`World::with_many_ids`), unshare(1) may exec us before they exist,
+/// leaving us without capabilities: then wait for the test's "mapped" and exec again, as
+/// root of the world.
 fn world_holder() -> io::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let no_caps = status
+        .lines()
+        .any(|l| l.starts_with("CapEff:") && l.ends_with("0000000000000000"));
+    if no_caps {
+        let mut line = String::new();
+        io::stdin().read_line(&mut line)?;
+        use std::os::unix::process::CommandExt;
+        return Err(std::process::Command::new("/proc/self/exe")
+            .args(["__tool", "world-holder"])
+            .exec());
+    }
     let mut nl = usernet::netconf::Netlink::open()?;
     nl.link_up("lo")?;
     nl.add_ipv4_address("lo", crate::world::REMOTE.parse().unwrap(), 32)?;

@@ -6,7 +6,7 @@
 //! else enters them with setns() right before exec, so the test process itself stays outside
 //! and only orchestrates.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -36,20 +36,59 @@ pub struct World {
 
 impl World {
     pub fn new() -> World {
+        World::spawn(&["--map-root-user"], None)
+    }
+
+    /// A world where a million ids exist (0..1000000 map to themselves), so tests can run
+    /// things as other users. Needs root of the initial user namespace.
+    pub fn with_many_ids() -> World {
+        World::spawn(&[], Some("0 0 1000000\n"))
+    }
+
+    fn spawn(map_flags: &[&str], map: Option<&str>) -> World {
         let mut holder = Command::new("unshare")
-            .args(["--user", "--map-root-user", "--net", "--mount", "--"])
+            .arg("--user")
+            .args(map_flags)
+            .args(["--net", "--mount", "--"])
             .arg(self_exe())
             .args(["__tool", "world-holder"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn unshare (util-linux) for the world namespace");
+        let pid = holder.id();
+        if let Some(map) = map {
+            // Wait until unshare(1) has made the new user namespace, then map it; the holder
+            // waits for its maps before it sets anything up (see the tool).
+            let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+            let start = Instant::now();
+            while std::fs::read_link(format!("/proc/{pid}/ns/user"))
+                .ok()
+                .as_ref()
+                == Some(&ours)
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "unshare did not unshare"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            for file in ["uid_map", "gid_map"] {
+                std::fs::write(format!("/proc/{pid}/{file}"), map)
+                    .expect("write the world's id map");
+            }
+            holder
+                .stdin
+                .as_mut()
+                .unwrap()
+                .write_all(b"mapped\n")
+                .unwrap();
+        }
         let mut line = String::new();
         BufReader::new(holder.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "ready", "world holder failed to start");
-        let pid = holder.id();
         let open = |ns: &str| -> OwnedFd {
             std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
                 .expect("open ns file")
