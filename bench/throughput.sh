@@ -7,7 +7,8 @@
 # listens on the world's 127.0.0.1, each tool's guest reaches it through its gateway alias
 # (10.0.2.2 for usernet and slirp4netns, the mapped gateway for pasta). No packet leaves the
 # world. Prints one table with each result as a ratio to slirp4netns at the same MTU, plus
-# usernet with 1,000 idle connections open.
+# usernet with 1,000 idle connections open, and usernet without its sandbox and seccomp
+# filter (the cost of the default hardening).
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
@@ -38,7 +39,8 @@ sleep 0.5
 
 
 run_usernet() { # mtu [extra shell before iperf3]
-    "$USERNET_BIN" run --mtu "$1" -- sh -c "${2:-} iperf3 -J -c 10.0.2.2 -t $seconds" | gbits
+    # shellcheck disable=SC2086 # USERNET_FLAGS is a list of flags
+    "$USERNET_BIN" run ${USERNET_FLAGS:-} --mtu "$1" -- sh -c "${2:-} iperf3 -J -c 10.0.2.2 -t $seconds" | gbits
 }
 
 run_slirp4netns() { # mtu
@@ -70,6 +72,8 @@ done
 echo "measuring usernet at MTU 65520 with 1000 idle connections..." >&2
 idle="python3 $here/idle_clients.py 10.0.2.2 6000 1000 & sleep 3;"
 result[usernet-idle,65520]=$(run_usernet 65520 "$idle" || echo "failed")
+echo "measuring usernet at MTU 65520 without sandbox and seccomp..." >&2
+result[usernet-unhardened,65520]=$(USERNET_FLAGS="--sandbox=false --seccomp=false" run_usernet 65520 || echo "failed")
 
 
 echo
@@ -84,6 +88,9 @@ done
 v=${result[usernet-idle,65520]}
 base=${result[slirp4netns,65520]:-}
 printf '%-34s %8s %10s %12s\n' "usernet, 1000 idle connections" 65520 "$v" "$(ratio "$v" "${base:-0}")"
+u=${result[usernet-unhardened,65520]}
+printf '%-34s %8s %10s %12s\n' "usernet, --sandbox/--seccomp=false" 65520 "$u" "$(ratio "$u" "${base:-0}")"
 if [ -n "${result[usernet,65520]:-}" ]; then
     echo "usernet with 1000 idle connections / without: $(ratio "$v" "${result[usernet,65520]}")"
+    echo "usernet with sandbox and seccomp (the default) / without: $(ratio "${result[usernet,65520]}" "$u")"
 fi

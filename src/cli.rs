@@ -1,4 +1,6 @@
-//! The command line: `usernet run [FLAGS] -- COMMAND [ARGS...]`.
+//! The command line: `usernet run [FLAGS] -- COMMAND [ARGS...]`, `usernet attach`, and the
+//! API clients. (Invoked as `slirp4netns`, usernet parses slirp4netns's command line
+//! instead: `crate::slirp4netns::args`.)
 //!
 //! Flags follow rootlesskit's names where the concept exists. Values are validated here, so a
 //! bad flag fails before anything is set up, with one line naming the flag and the problem.
@@ -9,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
 use crate::portdriver::spec::PortSpec;
@@ -34,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Run COMMAND in new user, network and mount namespaces, with networking through usernet.
     Run(RunArgs),
+    /// Give an existing network namespace connectivity (like slirp4netns).
+    Attach(AttachArgs),
     /// List, publish or unpublish ports of a running usernet.
     Ports(PortsArgs),
     /// Show what a running usernet reports about itself.
@@ -112,13 +117,46 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = NetMode::Builtin)]
     pub net: NetMode,
 
-    /// MTU of the tap device.
-    #[arg(long, default_value_t = DEFAULT_MTU, value_parser = parse_mtu)]
-    pub mtu: u32,
-
     /// Name of the tap device inside the namespace.
     #[arg(long, default_value = "tap0", value_parser = parse_ifname)]
     pub ifname: String,
+
+    #[command(flatten)]
+    pub stack: StackArgs,
+
+    /// Publish a port: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO] (PROTO: tcp, tcp4, tcp6,
+    /// udp, udp4, udp6; default tcp). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = PortSpec::parse)]
+    pub publish: Vec<PortSpec>,
+
+    /// How published ports are served (not available with --net=host).
+    #[arg(long, value_enum, default_value_t = PortDriver::Builtin)]
+    pub port_driver: PortDriver,
+
+    /// State directory (child_pid, lock). Default: a fresh directory under $XDG_RUNTIME_DIR
+    /// or /tmp, removed at exit.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub harden: HardenArgs,
+
+    /// The command to run, and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// The virtual network and the stack's behaviour: shared by `run` and `attach`.
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// MTU of the tap device.
+    #[arg(long, default_value_t = DEFAULT_MTU, value_parser = parse_mtu)]
+    pub mtu: u32,
 
     /// Do not let the command reach the host's loopback (10.0.2.2 and the host's own addresses
     /// become unreachable).
@@ -150,29 +188,74 @@ pub struct RunArgs {
     /// No DNS forwarder: 10.0.2.3 is an ordinary address and /etc/resolv.conf is left alone.
     #[arg(long)]
     pub disable_dns: bool,
+}
 
-    /// Publish a port: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO] (PROTO: tcp, tcp4, tcp6,
-    /// udp, udp4, udp6; default tcp). Repeatable.
-    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = PortSpec::parse)]
-    pub publish: Vec<PortSpec>,
+impl StackArgs {
+    /// The stack configuration these flags describe.
+    pub fn stack_config(&self) -> crate::stack::StackConfig {
+        let mut stack = crate::stack::StackConfig::new(self.cidr, self.mtu);
+        stack.policy.disable_host_loopback = self.disable_host_loopback;
+        stack.policy.disable_dns = self.disable_dns;
+        stack.policy.outbound = self.outbound_addr;
+        stack.udp.timeout = smoltcp::time::Duration::from_secs(self.udp_timeout);
+        stack.dns_upstreams = self.dns_upstream.clone();
+        stack
+    }
+}
 
-    /// How published ports are served (not available with --net=host).
-    #[arg(long, value_enum, default_value_t = PortDriver::Builtin)]
-    pub port_driver: PortDriver,
+/// The sandbox and seccomp filter of the long-lived process.
+#[derive(Debug, Args)]
+pub struct HardenArgs {
+    /// Sandbox usernet itself once set up: an empty read-only root with only /etc and /run,
+    /// no capabilities. auto: try, and go on without if the system does not allow it.
+    #[arg(long, value_enum, value_name = "auto|true|false", default_value = "auto", num_args = 0..=1, default_missing_value = "true")]
+    pub sandbox: Hardening,
 
-    /// State directory (child_pid, lock). Default: a fresh directory under $XDG_RUNTIME_DIR
-    /// or /tmp, removed at exit.
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    /// Allow usernet only the system calls it needs once set up (a seccomp allow-list).
+    #[arg(long, value_enum, value_name = "auto|true|false", default_value = "auto", num_args = 0..=1, default_missing_value = "true")]
+    pub seccomp: Hardening,
+}
 
-    /// The command to run, and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
-    pub command: Vec<OsString>,
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The network namespace: a PID, or a namespace file such as /proc/PID/ns/net or
+    /// /run/netns/NAME.
+    #[arg(value_name = "PID|PATH")]
+    pub target: String,
+
+    /// Name of the tap device to create inside (an existing, unattached persistent tap of
+    /// that name is adopted).
+    #[arg(value_name = "IFNAME", default_value = "tap0", value_parser = parse_ifname)]
+    pub ifname: String,
+
+    /// The user namespace to join to enter the network namespace (default: the target
+    /// process's, or the one that owns the namespace).
+    #[arg(long, value_name = "PATH")]
+    pub userns_path: Option<PathBuf>,
+
+    /// Configure the tap inside: up, MTU, the guest address, the default route, lo up.
+    #[arg(short = 'c', long)]
+    pub configure: bool,
+
+    /// Write "1" to this fd and close it once the network is ready.
+    #[arg(short = 'r', long, value_name = "FD")]
+    pub ready_fd: Option<i32>,
+
+    /// Exit when this fd reports hang-up or error (e.g. the read end of a pipe whose writer
+    /// closes).
+    #[arg(short = 'e', long, value_name = "FD")]
+    pub exit_fd: Option<i32>,
+
+    /// Serve slirp4netns's JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this
+    /// socket.
+    #[arg(short = 'a', long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub stack: StackArgs,
+
+    #[command(flatten)]
+    pub harden: HardenArgs,
 }
 
 fn parse_mtu(s: &str) -> Result<u32, String> {
@@ -230,13 +313,24 @@ fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// The first IPv4 address of the interface `name`.
-fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
     nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
         if ifa.interface_name != name {
             return None;
         }
         let sin = ifa.address?.as_sockaddr_in().copied()?;
         Some(sin.ip())
+    })
+}
+
+/// The first IPv6 address of the interface `name`.
+pub fn interface_ipv6(name: &str) -> Option<std::net::Ipv6Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != name {
+            return None;
+        }
+        let sin6 = ifa.address?.as_sockaddr_in6().copied()?;
+        Some(sin6.ip())
     })
 }
 
@@ -264,13 +358,13 @@ mod tests {
         let Command::Run(r) = c.command else {
             panic!("not run")
         };
-        assert_eq!(r.mtu, 1500);
+        assert_eq!(r.stack.mtu, 1500);
         assert_eq!(r.command, vec![OsString::from("ls"), OsString::from("-l")]);
         let c = parse(&["run", "sh", "-c", "echo --mtu"]).unwrap();
         let Command::Run(r) = c.command else {
             panic!("not run")
         };
-        assert_eq!(r.mtu, DEFAULT_MTU);
+        assert_eq!(r.stack.mtu, DEFAULT_MTU);
         assert_eq!(r.command.len(), 3);
     }
 

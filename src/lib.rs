@@ -11,16 +11,23 @@
 //!   [`stack::frame::classify`] and then [`stack::tcp`];
 //! - [`tap`], [`netconf`], [`fdpass`]: the TAP device, rtnetlink configuration and fd passing;
 //! - [`net`]: the virtual network's addresses;
+//! - [`attach`]: `usernet attach`, connecting a namespace that already exists, and
+//!   [`slirp4netns`], the same process behind slirp4netns's command line and API;
+//! - [`harden`]: the sandbox and seccomp filter of the long-lived process;
 //! - [`cli`]: the command line.
 
 pub mod api;
+pub mod attach;
 pub mod cli;
 pub mod control;
 pub mod fdpass;
+pub mod harden;
+pub mod hostinfo;
 pub mod launcher;
 pub mod net;
 pub mod netconf;
 pub mod portdriver;
 pub mod resolv;
+pub mod slirp4netns;
 pub mod stack;
 pub mod tap;

@@ -12,7 +12,16 @@ use usernet::cli::{Cli, Command, PortsCommand};
 use usernet::launcher::{self, Failure};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Invoked as slirp4netns (through a symlink): slirp4netns's command line, exactly.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "slirp4netns")
+    {
+        return usernet::slirp4netns::main(argv);
+    }
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -20,6 +29,7 @@ fn main() -> ExitCode {
     let result =
         match cli.command {
             Command::Run(args) => launcher::run(args.into()),
+            Command::Attach(args) => attach_config(args).and_then(usernet::attach::run),
             Command::Ports(ports) => print(client::state_dir(ports.target.state_dir).and_then(
                 |dir| match ports.command {
                     PortsCommand::List { json } => client::list(&dir, json),
@@ -39,6 +49,51 @@ fn main() -> ExitCode {
             ExitCode::from(code.clamp(1, 255) as u8)
         }
     }
+}
+
+/// What `usernet attach` was asked to do.
+fn attach_config(a: usernet::cli::AttachArgs) -> anyhow::Result<usernet::attach::AttachConfig> {
+    use usernet::attach::namespace::NamespaceRef;
+    use usernet::attach::{AttachConfig, OnSignal, Target};
+    if a.stack.macaddress.is_some() && !a.configure {
+        return Err(launcher::Failure {
+            code: 2,
+            message: "--macaddress needs --configure (usernet only sets up the tap it configures)"
+                .into(),
+        }
+        .into());
+    }
+    let target = if !a.target.is_empty() && a.target.bytes().all(|b| b.is_ascii_digit()) {
+        match a.target.parse::<i32>() {
+            Ok(pid) if pid > 0 => NamespaceRef::Pid(pid),
+            _ => {
+                return Err(launcher::Failure {
+                    code: 2,
+                    message: format!("'{}' is not a valid PID", a.target),
+                }
+                .into());
+            }
+        }
+    } else {
+        NamespaceRef::Path(a.target.into())
+    };
+    Ok(AttachConfig {
+        target: Target::Namespace(target),
+        userns_path: a.userns_path,
+        ifname: a.ifname,
+        configure: a.configure,
+        mac: a.stack.macaddress,
+        tap_mtu: a.stack.mtu,
+        stack: a.stack.stack_config(),
+        api_socket: a.api_socket,
+        ready_fd: a.ready_fd,
+        exit_fd: a.exit_fd,
+        sandbox: a.harden.sandbox,
+        seccomp: a.harden.seccomp,
+        exit_with_target: true,
+        on_signal: OnSignal::ExitZero,
+        banner: None,
+    })
 }
 
 /// Print a client command's output; exit 0.

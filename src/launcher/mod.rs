@@ -9,23 +9,22 @@
 //! Every failure is one line and a non-zero exit, and the guards here make sure nothing is
 //! left behind: the child is killed and reaped, the state dir removed.
 
-mod channel;
+pub(crate) mod channel;
 mod child;
 mod idmap;
-mod signals;
+pub(crate) mod signals;
 mod statedir;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::Token;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
@@ -33,6 +32,7 @@ use nix::unistd::{ForkResult, Pid, fork, getpid};
 use crate::api::{self, Info, NetworkDriverInfo, PortDriverInfo};
 use crate::cli::{NetMode, PortDriver, RunArgs};
 use crate::control::Control;
+use crate::harden::{self, Hardening};
 use crate::portdriver::parent::Forwarder;
 use crate::portdriver::spec::PortSpec;
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
@@ -74,25 +74,24 @@ pub struct RunConfig {
     pub port_driver: bool,
     /// Ports published before COMMAND starts (`-p`).
     pub publish: Vec<PortSpec>,
+    /// Sandbox and seccomp filter for this process once set up.
+    pub sandbox: Hardening,
+    pub seccomp: Hardening,
 }
 
 impl From<RunArgs> for RunConfig {
     fn from(a: RunArgs) -> Self {
-        let mut stack = StackConfig::new(a.cidr, a.mtu);
-        stack.policy.disable_host_loopback = a.disable_host_loopback;
-        stack.policy.disable_dns = a.disable_dns;
-        stack.policy.outbound = a.outbound_addr;
-        stack.udp.timeout = smoltcp::time::Duration::from_secs(a.udp_timeout);
-        stack.dns_upstreams = a.dns_upstream;
         RunConfig {
             net_mode: a.net,
             ifname: a.ifname,
-            mac: a.macaddress,
+            mac: a.stack.macaddress,
+            stack: a.stack.stack_config(),
             state_dir: a.state_dir,
             command: a.command,
-            stack,
             port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
             publish: a.publish,
+            sandbox: a.harden.sandbox,
+            seccomp: a.harden.seccomp,
         }
     }
 }
@@ -223,6 +222,16 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
             .publish(spec.clone())
             .map_err(|e| anyhow!("cannot publish port {spec}: {e}"))?;
     }
+    // Setup is done: shrink what this process may do before the first guest packet or API
+    // request is read. The state dir stays visible (the port driver dials .bp.sock in it).
+    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok();
+    let keep = harden::Keep {
+        api_socket: None,
+        state_dir: Some(state.path().to_path_buf()),
+    };
+    let _sandbox = harden::apply_sandbox(cfg.sandbox, userns.as_ref().map(|f| f.as_fd()), &keep)?;
+    drop(userns);
+    harden::apply_seccomp(cfg.seccomp)?;
     control.spawn().context("cannot start the control thread")?;
     parent_end.send(&Msg::Go).context("setup channel")?;
     // From here COMMAND may be running: signals are its business now.
@@ -236,15 +245,10 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
 
     let code = match &mut stack {
         Some(stack) => {
-            stack
-                .registry()
-                .register(
-                    &mut SourceFd(&signals.as_fd().as_raw_fd()),
-                    SIGNALS_TOKEN,
-                    Interest::READABLE,
-                )
+            signals
+                .watch(stack.registry(), SIGNALS_TOKEN)
                 .context("cannot watch signals")?;
-            let result = stack.run(|token| {
+            let result = stack.run(|_, token| {
                 debug_assert_eq!(token, SIGNALS_TOKEN);
                 on_signals(&mut signals, &mut guard)
             });
@@ -467,13 +471,13 @@ impl Drop for ChildGuard {
 
 /// tap0's queue length: enough frames for several full windows at this MTU, so a burst the
 /// guest is allowed to send never overflows the queue we read from.
-fn txqueuelen(window: usize, mtu: u32) -> u32 {
+pub(crate) fn txqueuelen(window: usize, mtu: u32) -> u32 {
     let mss = (mtu as usize).saturating_sub(40).max(536);
     (4 * window / mss).clamp(1000, 65536) as u32
 }
 
 /// Flows need one fd each; the default soft limit of 1024 is far too low for a container.
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
         && soft < hard
@@ -486,7 +490,7 @@ fn raise_fd_limit() {
 /// Keep large allocations (the per-flow TCP rings) on fresh mmap'd pages: they cost no RSS and
 /// no zeroing until used, and go back to the system when the flow ends. glibc would otherwise
 /// raise its mmap threshold after the first free and start recycling (and zeroing) heap memory.
-fn tune_malloc() {
+pub(crate) fn tune_malloc() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator tuning parameters.
     unsafe {

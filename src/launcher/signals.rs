@@ -37,8 +37,13 @@ pub fn handled() -> SigSet {
 
 /// Block the handled signals in this thread; returns the previous mask.
 pub fn block() -> io::Result<SigSet> {
+    block_set(&handled())
+}
+
+/// Block `set` in this thread; returns the previous mask.
+pub fn block_set(set: &SigSet) -> io::Result<SigSet> {
     let mut old = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled()), Some(&mut old))?;
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(set), Some(&mut old))?;
     Ok(old)
 }
 
@@ -57,8 +62,23 @@ pub struct Signals {
 
 impl Signals {
     pub fn new() -> io::Result<Self> {
-        let fd = SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Self::for_set(&handled())
+    }
+
+    /// A signalfd for `set` (which must be blocked).
+    pub fn for_set(set: &SigSet) -> io::Result<Self> {
+        let fd = SignalFd::with_flags(set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })
+    }
+
+    /// Have `registry` report pending signals as `token`.
+    pub fn watch(&self, registry: &mio::Registry, token: mio::Token) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        registry.register(
+            &mut mio::unix::SourceFd(&self.fd.as_fd().as_raw_fd()),
+            token,
+            mio::Interest::READABLE,
+        )
     }
 
     /// The next pending signal, if any.

@@ -5,14 +5,21 @@
 //! lock on `DIR/lock` keeps two instances apart, stale files from a killed run are cleaned at
 //! start, and at exit our files go away, and the directory too if we created it or it is
 //! left empty. A directory the user made is never removed with content inside.
+//!
+//! Cleanup goes through directory fds opened at creation, not paths, so it works from inside
+//! the sandbox (`crate::harden`), where the directory may be visible elsewhere or not at all.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// Files usernet puts in a state dir; everything it removes at start and exit.
 const OWN_FILES: &[&str] = &[
@@ -28,6 +35,10 @@ pub struct StateDir {
     path: PathBuf,
     created: bool,
     _lock: Flock<File>,
+    /// The directory itself (O_PATH), for removing what is inside it.
+    dir: OwnedFd,
+    /// Its parent (O_PATH) and its name there, for removing it.
+    parent: Option<(OwnedFd, OsString)>,
 }
 
 impl StateDir {
@@ -55,10 +66,14 @@ impl StateDir {
                 anyhow!("cannot lock {}: {e}", lock_path.display())
             }
         })?;
+        let dir_fd = open_dir(&path, libc::O_PATH)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let dir = StateDir {
+            parent: crate::harden::open_parent(&path),
             path,
             created,
             _lock: lock,
+            dir: dir_fd,
         };
         dir.remove_own_files();
         Ok(dir)
@@ -88,7 +103,7 @@ impl StateDir {
 
     fn remove_own_files(&self) {
         for f in OWN_FILES {
-            let _ = fs::remove_file(self.path.join(f));
+            let _ = unlinkat(self.dir.as_fd(), *f, UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -96,12 +111,66 @@ impl StateDir {
 impl Drop for StateDir {
     fn drop(&mut self) {
         self.remove_own_files();
-        let _ = fs::remove_file(self.path.join("lock"));
+        let _ = unlinkat(self.dir.as_fd(), "lock", UnlinkatFlags::NoRemoveDir);
         if self.created {
-            let _ = fs::remove_dir_all(&self.path);
+            remove_contents(self.dir.as_fd(), 0);
+        }
+        // Only succeeds when nothing of the user's is left inside.
+        if let Some((parent, name)) = &self.parent {
+            let _ = unlinkat(parent.as_fd(), name.as_os_str(), UnlinkatFlags::RemoveDir);
+        }
+    }
+}
+
+fn open_dir(path: &Path, extra: libc::c_int) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c is a valid NUL-terminated path; open returns a new fd or -1.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC | extra) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Remove everything inside the directory `dir` (a directory we created), depth-limited.
+fn remove_contents(dir: BorrowedFd<'_>, depth: usize) {
+    use nix::dir::Dir;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    if depth > 16 {
+        return;
+    }
+    let Ok(mut listing) = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let names: Vec<(std::ffi::CString, bool)> = listing
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .map(|e| {
+            let is_dir = e.file_type() == Some(nix::dir::Type::Directory);
+            (e.file_name().to_owned(), is_dir)
+        })
+        .collect();
+    for (name, is_dir) in names {
+        if is_dir {
+            if let Ok(sub) = Dir::openat(
+                dir,
+                name.as_c_str(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                remove_contents(sub.as_fd(), depth + 1);
+            }
+            let _ = unlinkat(dir, name.as_c_str(), UnlinkatFlags::RemoveDir);
         } else {
-            // Only succeeds when nothing of the user's is left inside.
-            let _ = fs::remove_dir(&self.path);
+            let _ = unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UdpSocket, UnixStream};
@@ -755,10 +755,7 @@ fn listen_error(spec: &PortSpec, net: &str, addr: SocketAddr, e: io::Error) -> S
         .desc()
         .to_lowercase();
     let base = format!("listen {net} {addr}: bind: {what}");
-    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .unwrap_or(1024);
+    let start = crate::hostinfo::get().unprivileged_port_start;
     if e.kind() == io::ErrorKind::PermissionDenied && spec.parent_port < start {
         format!(
             "cannot expose privileged port {p}, you can add 'net.ipv4.ip_unprivileged_port_start={p}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {base}",
@@ -770,7 +767,7 @@ fn listen_error(spec: &PortSpec, net: &str, addr: SocketAddr, e: io::Error) -> S
 }
 
 fn ipv6_enabled() -> bool {
-    Path::new("/proc/net/if_inet6").exists()
+    crate::hostinfo::get().ipv6
 }
 
 /// IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; report them as IPv4.

@@ -80,6 +80,27 @@ pub fn arp_reply(tx: &mut TapWriter, req: &ArpRequest) {
     });
 }
 
+/// Ask the guest link who has `target`, from the gateway.
+pub fn arp_request(tx: &mut TapWriter, net: &VirtualNetwork, target: Ipv4Addr) {
+    let our_mac = net.gateway_mac();
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: our_mac,
+        source_protocol_addr: net.gateway,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    tx.send(ETH_LEN + repr.buffer_len(), |f| {
+        ethernet(
+            f,
+            our_mac,
+            EthernetAddress::BROADCAST,
+            EthernetProtocol::Arp,
+        );
+        repr.emit(&mut ArpPacket::new_unchecked(&mut f[ETH_LEN..]));
+    });
+}
+
 /// Reset `seg` the way RFC 9293 §3.10.7.1 says a closed port does: if it carried an ACK, the
 /// RST takes its sequence number from that ACK; otherwise the RST acknowledges the segment.
 pub fn tcp_reset(tx: &mut TapWriter, net: &VirtualNetwork, seg: &GuestTcp<'_>) {

@@ -73,6 +73,14 @@ pub struct ArpRequest {
     pub target_ip: Ipv4Addr,
 }
 
+/// Who sent an ARP message we do not answer (a reply, a probe, a gratuitous announcement):
+/// where that address lives on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpSender {
+    pub mac: EthernetAddress,
+    pub ip: Ipv4Addr,
+}
+
 /// The TCP flags the flow table acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpFlags {
@@ -130,11 +138,22 @@ pub struct GuestDhcp<'a> {
 #[derive(Debug, Clone, Copy)]
 pub enum Classified<'a> {
     Arp(ArpRequest),
+    ArpNeighbor(ArpSender),
     Tcp(GuestTcp<'a>),
     Udp(GuestUdp<'a>),
     Echo(GuestEcho<'a>),
     Dhcp(GuestDhcp<'a>),
     Drop(DropReason),
+}
+
+impl Classified<'_> {
+    /// The sender of an ARP message we do not answer, if this is one.
+    pub fn arp_neighbor(&self) -> Option<ArpSender> {
+        match self {
+            Classified::ArpNeighbor(s) => Some(*s),
+            _ => None,
+        }
+    }
 }
 
 /// Sort one Ethernet frame from the guest.
@@ -157,7 +176,7 @@ fn classify_arp(payload: &[u8], net: &VirtualNetwork) -> Classified<'static> {
         return Classified::Drop(DropReason::Arp);
     };
     let Ok(ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
+        operation,
         source_hardware_addr,
         source_protocol_addr,
         target_protocol_addr,
@@ -166,17 +185,29 @@ fn classify_arp(payload: &[u8], net: &VirtualNetwork) -> Classified<'static> {
     else {
         return Classified::Drop(DropReason::Arp);
     };
-    // Answer only for our own addresses. A gratuitous ARP or probe for any other address,
-    // including the guest's own, gets no answer: claiming it would break the guest's
-    // duplicate address detection. Requests from a multicast MAC are bogus.
-    if !net.is_ours(target_protocol_addr) || !source_hardware_addr.is_unicast() {
+    // Messages from a multicast MAC, or claiming one of our own addresses, are bogus.
+    if !source_hardware_addr.is_unicast() || net.is_ours(source_protocol_addr) {
         return Classified::Drop(DropReason::Arp);
     }
-    Classified::Arp(ArpRequest {
-        sender_mac: source_hardware_addr,
-        sender_ip: source_protocol_addr,
-        target_ip: target_protocol_addr,
-    })
+    // Answer only for our own addresses. A gratuitous ARP or probe for any other address,
+    // including the guest's own, gets no answer: claiming it would break the guest's
+    // duplicate address detection. It still tells us where its sender is.
+    if operation == ArpOperation::Request && net.is_ours(target_protocol_addr) {
+        return Classified::Arp(ArpRequest {
+            sender_mac: source_hardware_addr,
+            sender_ip: source_protocol_addr,
+            target_ip: target_protocol_addr,
+        });
+    }
+    if matches!(operation, ArpOperation::Request | ArpOperation::Reply)
+        && is_guest_source(source_protocol_addr, net)
+    {
+        return Classified::ArpNeighbor(ArpSender {
+            mac: source_hardware_addr,
+            ip: source_protocol_addr,
+        });
+    }
+    Classified::Drop(DropReason::Arp)
 }
 
 fn classify_ipv4<'a>(
@@ -477,14 +508,16 @@ mod tests {
             Classified::Arp(_)
         ));
         assert!(matches!(classify(&arp(net.dns), &net), Classified::Arp(_)));
-        // The guest's own gratuitous ARP and other subnet addresses go unanswered.
-        assert!(matches!(
-            classify(&arp(net.guest), &net),
-            Classified::Drop(DropReason::Arp)
-        ));
-        assert!(matches!(
-            classify(&arp(Ipv4Addr::new(10, 0, 2, 50)), &net),
-            Classified::Drop(DropReason::Arp)
-        ));
+        // The guest's own gratuitous ARP and other subnet addresses go unanswered, but say
+        // where the guest is.
+        let sender = ArpSender {
+            mac: GUEST_MAC,
+            ip: net.guest,
+        };
+        assert_eq!(classify(&arp(net.guest), &net).arp_neighbor(), Some(sender));
+        assert_eq!(
+            classify(&arp(Ipv4Addr::new(10, 0, 2, 50)), &net).arp_neighbor(),
+            Some(sender)
+        );
     }
 }

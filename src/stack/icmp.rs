@@ -163,9 +163,7 @@ impl Pinger {
         if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
             if !self.warned {
                 self.warned = true;
-                let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
-                    .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
-                    .unwrap_or_default();
+                let range = &crate::hostinfo::get().ping_group_range;
                 log::warn!(
                     "ping is not relayed: this host does not allow ping sockets for group {} (sysctl net.ipv4.ping_group_range = \"{range}\")",
                     nix::unistd::getegid()

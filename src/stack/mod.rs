@@ -9,15 +9,19 @@
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
 //!
-//! Tokens below [`FIRST_STACK_TOKEN`] belong to the embedding program (signals, control
-//! sockets); [`Stack::run`] hands their events to a callback.
+//! Tokens below [`FIRST_STACK_TOKEN`], and tokens of kind [`FIRST_EMBEDDER_KIND`] and up,
+//! belong to the embedding program (signals, control sockets); [`Stack::run`] hands their
+//! events to a callback, with the stack, so the program can act on it (add a forward...).
+//! [`WAKEUP_TOKEN`] reaches the callback when the deadline set with [`Stack::wake_at`] passes.
 
 pub mod dhcp;
 pub mod dns;
 pub mod emit;
 pub mod errqueue;
 pub mod frame;
+pub mod hostfwd;
 pub mod icmp;
+pub mod neigh;
 pub mod policy;
 pub mod slab;
 pub mod tcp;
@@ -39,7 +43,9 @@ use crate::tap;
 use dhcp::DhcpServer;
 use dns::{DnsForwarder, Upstreams};
 use frame::{Classified, DropReason, GuestEcho, GuestUdp};
+use hostfwd::{AddError, ForwardSpec, HostForwards, Listener, Waiting};
 use icmp::Pinger;
+use neigh::Neighbors;
 use policy::{EchoVerdict, HostPolicy, Verdict};
 use tcp::{TcpConfig, TcpFlows};
 use tx::{FRAME_BUF, TapWriter};
@@ -49,6 +55,10 @@ use udp::{UdpConfig, UdpNat};
 const TAP_TOKEN: Token = Token(0);
 /// Tokens from 1 up to here are the embedding program's.
 pub const FIRST_STACK_TOKEN: usize = 1 << 16;
+/// Token kinds ([`slab::Id::token`]) from here up are the embedding program's too.
+pub const FIRST_EMBEDDER_KIND: u8 = 128;
+/// The token the callback of [`Stack::run`] sees when the [`Stack::wake_at`] deadline passes.
+pub const WAKEUP_TOKEN: Token = Token(FIRST_STACK_TOKEN - 1);
 
 /// Frames read from the TAP before host sockets and timers get a turn.
 const RX_BATCH: usize = 256;
@@ -132,6 +142,8 @@ pub struct Stack {
     tx: TapWriter,
     rx_buf: Box<[u8]>,
     recv_buf: Box<[u8; RECV_BUF]>,
+    /// Where datagrams to forwarded UDP ports are read (allocated on first use).
+    forward_buf: Box<[u8]>,
     tap_readable: bool,
     tcp: TcpFlows,
     udp: UdpNat,
@@ -139,9 +151,13 @@ pub struct Stack {
     upstreams: Upstreams,
     pinger: Pinger,
     dhcp: DhcpServer,
+    neighbors: Neighbors,
+    forwards: HostForwards,
     policy: HostPolicy,
     link: Link,
     epoch: StdInstant,
+    /// The embedding program's next wake-up ([`Stack::wake_at`]).
+    wakeup: Option<StdInstant>,
     pub stats: StackStats,
 }
 
@@ -180,6 +196,7 @@ impl Stack {
             tx: TapWriter::new(tap),
             rx_buf: vec![0u8; FRAME_BUF].into_boxed_slice(),
             recv_buf: Box::new([0u8; RECV_BUF]),
+            forward_buf: Box::default(),
             // Frames may already be queued (the kernel's own traffic on link-up).
             tap_readable: true,
             tcp: TcpFlows::new(config.tcp),
@@ -188,12 +205,15 @@ impl Stack {
             upstreams,
             pinger: Pinger::default(),
             dhcp: DhcpServer::new(dns_for_dhcp, config.search_domains.clone()),
+            neighbors: Neighbors::default(),
+            forwards: HostForwards::default(),
             policy: config.policy,
             link: Link {
                 our_mac: net.gateway_mac(),
                 mtu: config.mtu as usize,
             },
             epoch: StdInstant::now(),
+            wakeup: None,
             stats: StackStats::default(),
         })
     }
@@ -212,17 +232,61 @@ impl Stack {
         &self.udp
     }
 
+    pub fn policy(&self) -> &HostPolicy {
+        &self.policy
+    }
+
     fn now(&self) -> Instant {
         Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Have [`Stack::run`] call back with [`WAKEUP_TOKEN`] once `at` has passed (None: never).
+    pub fn wake_at(&mut self, at: Option<StdInstant>) {
+        self.wakeup = at;
+    }
+
+    /// Forward a host port into the guest (slirp4netns's `add_hostfwd`); returns its id.
+    pub fn add_forward(&mut self, spec: ForwardSpec) -> Result<i64, AddError> {
+        let id = self.forwards.add(spec, self.poll.registry())?;
+        // Learn the guest's MAC address now rather than when the first client arrives.
+        if self.neighbors.lookup(*spec.guest.ip()).is_none() {
+            let now = self.now();
+            self.neighbors
+                .solicit(*spec.guest.ip(), &mut self.tx, &self.policy.net, now);
+        }
+        Ok(id)
+    }
+
+    /// Stop forwarding `id`; false if there is no such forward.
+    pub fn remove_forward(&mut self, id: i64) -> bool {
+        let Some((slot, _)) = self.forwards.remove(id, self.poll.registry()) else {
+            return false;
+        };
+        let now = self.now();
+        self.udp.forget_forward(slot, &mut ctx!(self, now));
+        true
+    }
+
+    /// The forwards in place, in the order they were added.
+    pub fn forwards(&self) -> Vec<(i64, ForwardSpec)> {
+        self.forwards.list().collect()
     }
 
     /// Run until `on_event`, called for each event on an embedding program's token, breaks.
     pub fn run<T>(
         &mut self,
-        mut on_event: impl FnMut(Token) -> ControlFlow<T>,
+        mut on_event: impl FnMut(&mut Stack, Token) -> ControlFlow<T>,
     ) -> Result<T, StackError> {
         let mut events = Events::with_capacity(1024);
         loop {
+            if let Some(at) = self.wakeup
+                && at <= StdInstant::now()
+            {
+                self.wakeup = None;
+                if let ControlFlow::Break(v) = on_event(self, WAKEUP_TOKEN) {
+                    return Ok(v);
+                }
+            }
             let timeout = self.timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -237,8 +301,8 @@ impl Stack {
                         self.tap_readable |= event.is_readable();
                         tap_writable |= event.is_writable();
                     }
-                    Token(t) if t < FIRST_STACK_TOKEN => {
-                        if let ControlFlow::Break(v) = on_event(event.token()) {
+                    token if is_embedders(token) => {
+                        if let ControlFlow::Break(v) = on_event(self, token) {
                             return Ok(v);
                         }
                     }
@@ -261,7 +325,197 @@ impl Stack {
             self.udp.expire(&mut cx);
             self.pinger.expire(&mut cx);
             self.dns.run_timers(&mut self.upstreams, &mut cx);
+            if self.forwards.has_ready() {
+                self.service_forwards(now);
+            }
+            if self
+                .forwards
+                .next_deadline()
+                .is_some_and(|deadline| deadline <= now)
+            {
+                self.check_waiting(now);
+            }
         }
+    }
+
+    /// Take connections and datagrams from forwarded host ports, a budget per listener.
+    fn service_forwards(&mut self, now: Instant) {
+        let mut buf = std::mem::take(&mut self.forward_buf);
+        if buf.is_empty() {
+            buf = vec![0u8; RECV_BUF].into_boxed_slice();
+        }
+        for slot in self.forwards.take_ready() {
+            let Some(forward) = self.forwards.get(slot) else {
+                continue;
+            };
+            let guest = forward.spec.guest;
+            let mut more = true;
+            match &forward.listener {
+                Listener::Tcp(listener) => {
+                    let mut accepted = Vec::new();
+                    for _ in 0..hostfwd::ACCEPT_BUDGET {
+                        match listener.accept() {
+                            Ok(conn) => accepted.push(conn),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                if e.kind() != io::ErrorKind::WouldBlock {
+                                    log::debug!("accept on forward {}: {e}", forward.id);
+                                }
+                                more = false;
+                                break;
+                            }
+                        }
+                    }
+                    for (stream, client) in accepted {
+                        self.forwards.stats.accepted += 1;
+                        self.inbound_connection(stream, client, guest, now);
+                    }
+                }
+                Listener::Udp(socket) => {
+                    let socket = std::rc::Rc::clone(socket);
+                    for _ in 0..hostfwd::ACCEPT_BUDGET {
+                        match socket.recv_from(&mut buf[..]) {
+                            Ok((n, client)) => {
+                                self.forwards.stats.datagrams += 1;
+                                self.inbound_datagram(slot, &socket, client, guest, &buf[..n], now);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                more = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if more {
+                self.forwards.requeue(slot);
+            }
+        }
+        self.forward_buf = buf;
+    }
+
+    /// A client of a forwarded TCP port: start its flow into the guest, or wait for the
+    /// guest's MAC address.
+    fn inbound_connection(
+        &mut self,
+        stream: mio::net::TcpStream,
+        client: std::net::SocketAddr,
+        guest: std::net::SocketAddrV4,
+        now: Instant,
+    ) {
+        let Some(mac) = self.neighbors.lookup(*guest.ip()) else {
+            self.neighbors
+                .solicit(*guest.ip(), &mut self.tx, &self.policy.net, now);
+            let waiting = Waiting::Connection {
+                stream,
+                client,
+                guest,
+                since: now,
+            };
+            if let Err(Waiting::Connection { stream, .. }) = self.forwards.wait(waiting) {
+                self.forwards.stats.unresolved += 1;
+                hostfwd::reset(stream);
+            }
+            return;
+        };
+        let source = std::net::SocketAddrV4::new(
+            hostfwd::virtual_source(client, &self.policy.net),
+            client.port(),
+        );
+        if let Err((stream, why)) =
+            self.tcp
+                .open_inbound(stream, guest, source, mac, &mut ctx!(self, now))
+        {
+            self.forwards.stats.refused += 1;
+            log::debug!("forwarded connection from {client} to {guest} refused: {why}");
+            hostfwd::reset(stream);
+        }
+    }
+
+    fn inbound_datagram(
+        &mut self,
+        slot: slab::Id,
+        socket: &std::rc::Rc<mio::net::UdpSocket>,
+        client: std::net::SocketAddr,
+        guest: std::net::SocketAddrV4,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let Some(mac) = self.neighbors.lookup(*guest.ip()) else {
+            self.neighbors
+                .solicit(*guest.ip(), &mut self.tx, &self.policy.net, now);
+            let waiting = Waiting::Datagram {
+                forward: slot,
+                client,
+                guest,
+                payload: payload.to_vec(),
+                since: now,
+            };
+            if self.forwards.wait(waiting).is_err() {
+                self.forwards.stats.unresolved += 1;
+            }
+            return;
+        };
+        self.udp.on_forwarded_datagram(
+            slot,
+            socket,
+            client,
+            guest,
+            mac,
+            payload,
+            &mut ctx!(self, now),
+        );
+    }
+
+    /// Release what waited for a guest address that is now known.
+    fn release_waiting(&mut self, ip: std::net::Ipv4Addr, now: Instant) {
+        for w in self.forwards.take_waiting_for(ip) {
+            self.resume(w, now);
+        }
+    }
+
+    fn resume(&mut self, w: Waiting, now: Instant) {
+        match w {
+            Waiting::Connection {
+                stream,
+                client,
+                guest,
+                ..
+            } => self.inbound_connection(stream, client, guest, now),
+            Waiting::Datagram {
+                forward,
+                client,
+                guest,
+                payload,
+                ..
+            } => {
+                let socket = match self.forwards.get(forward).map(|f| &f.listener) {
+                    Some(Listener::Udp(s)) => std::rc::Rc::clone(s),
+                    _ => return,
+                };
+                self.inbound_datagram(forward, &socket, client, guest, &payload, now);
+            }
+        }
+    }
+
+    /// Give up on what waited too long for the guest's MAC; ask again for the rest.
+    fn check_waiting(&mut self, now: Instant) {
+        for w in self.forwards.take_expired(now) {
+            self.forwards.stats.unresolved += 1;
+            if let Waiting::Connection { stream, guest, .. } = w {
+                log::debug!(
+                    "the guest {} never answered ARP: resetting a forwarded connection",
+                    guest.ip()
+                );
+                hostfwd::reset(stream);
+            }
+        }
+        for ip in self.forwards.waiting_addresses() {
+            self.neighbors
+                .solicit(ip, &mut self.tx, &self.policy.net, now);
+        }
+        self.forwards.checked(now);
     }
 
     /// Readiness of one of the flows' host sockets.
@@ -278,21 +532,32 @@ impl Stack {
                 self.pinger
                     .on_host_event(id, &mut ctx!(self, now), &mut self.recv_buf);
             }
+            hostfwd::TOKEN_KIND => self.forwards.on_event(id),
             _ => {}
         }
     }
 
     /// How long the next `epoll_wait` may sleep.
     fn timeout(&self) -> Option<StdDuration> {
-        if self.tap_readable || self.tcp.has_dirty() || self.udp.has_ready() || self.dns.has_ready()
+        if self.tap_readable
+            || self.tcp.has_dirty()
+            || self.udp.has_ready()
+            || self.dns.has_ready()
+            || self.forwards.has_ready()
         {
             return Some(StdDuration::ZERO);
         }
+        let wakeup = self.wakeup.map(|at| {
+            let left = at.saturating_duration_since(StdInstant::now());
+            self.now() + smoltcp::time::Duration::from_micros(left.as_micros() as u64)
+        });
         let deadline = [
             self.tcp.next_deadline(),
             self.udp.next_deadline(),
             self.pinger.next_deadline(),
             self.dns.next_deadline(),
+            self.forwards.next_deadline(),
+            wakeup,
         ]
         .into_iter()
         .flatten()
@@ -339,11 +604,14 @@ impl Stack {
     fn handle_frame(&mut self, frame: &[u8], now: Instant) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
-        match frame::classify(frame, &self.policy.net) {
+        let classified = frame::classify(frame, &self.policy.net);
+        self.learn_neighbor(&classified, now);
+        match classified {
             Classified::Arp(request) => {
                 self.stats.arp_replies += 1;
                 emit::arp_reply(&mut self.tx, &request);
             }
+            Classified::ArpNeighbor(_) => {}
             Classified::Tcp(segment) => {
                 self.tcp
                     .on_guest_segment(&segment, &mut ctx!(self, now), &self.upstreams);
@@ -355,8 +623,26 @@ impl Stack {
         }
     }
 
+    /// Note where the sender of a guest frame lives on the link; release what waited for it.
+    fn learn_neighbor(&mut self, c: &Classified<'_>, now: Instant) {
+        let (ip, mac) = match c {
+            Classified::Arp(r) => (r.sender_ip, r.sender_mac),
+            Classified::ArpNeighbor(s) => (s.ip, s.mac),
+            Classified::Tcp(t) => (*t.src.ip(), t.src_mac),
+            Classified::Udp(u) => (*u.src.ip(), u.src_mac),
+            Classified::Echo(e) => (e.src, e.src_mac),
+            Classified::Dhcp(_) | Classified::Drop(_) => return,
+        };
+        if self.neighbors.learn(ip, mac, now) && self.forwards.has_waiting() {
+            self.release_waiting(ip, now);
+        }
+    }
+
     fn handle_udp(&mut self, d: &GuestUdp<'_>, now: Instant) {
         let mut cx = ctx!(self, now);
+        if self.udp.relay_existing(d, &mut cx) {
+            return;
+        }
         match self.policy.transport(d.dst) {
             Verdict::Connect(target) => self.udp.on_guest_datagram(d, target, &mut cx),
             Verdict::Dns => self.dns.on_guest_query(d, &mut self.upstreams, &mut cx),
@@ -383,7 +669,14 @@ impl Stack {
             }
         }
     }
+}
 
+/// Whether `token` belongs to the embedding program.
+fn is_embedders(token: Token) -> bool {
+    token.0 < FIRST_STACK_TOKEN || slab::Id::from_token(token).0 >= FIRST_EMBEDDER_KIND
+}
+
+impl Stack {
     /// A one-line summary of counters, for debug logs.
     pub fn summary(&self) -> String {
         let drops: Vec<String> = DropReason::ALL
@@ -392,7 +685,7 @@ impl Stack {
             .map(|r| format!("{r:?}={}", self.stats.drops[*r as usize]))
             .collect();
         format!(
-            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], tcp {:?}, udp {:?}, dns {:?}, icmp {:?}, dhcp {:?}",
+            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], tcp {:?}, udp {:?}, dns {:?}, icmp {:?}, dhcp {:?}, neighbors {:?}, forwards {:?}",
             self.stats.frames_in,
             self.stats.bytes_in,
             self.tx.stats.frames,
@@ -406,6 +699,8 @@ impl Stack {
             self.dns.stats,
             self.pinger.stats,
             self.dhcp.stats,
+            self.neighbors.stats,
+            self.forwards.stats,
         )
     }
 }

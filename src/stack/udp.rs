@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
+use std::rc::Rc;
 
 use mio::Interest;
 use mio::net::UdpSocket;
@@ -24,6 +25,7 @@ use smoltcp::wire::{EthernetAddress, IpProtocol};
 use super::emit::{self, UDP_LEN};
 use super::errqueue;
 use super::frame::GuestUdp;
+use super::hostfwd;
 use super::policy::unreachable_reason;
 use super::slab::{Id, Slab};
 use super::{Ctx, RECV_BUF};
@@ -74,10 +76,23 @@ struct NatKey {
     remote: SocketAddrV4,
 }
 
+/// The host end of a NAT entry.
+enum HostEnd {
+    /// A guest-initiated flow: a connected socket of the entry's own.
+    Connected(UdpSocket),
+    /// A client of a forwarded host port: the forward's listening socket, and the client's
+    /// address to answer on it.
+    Forwarded {
+        socket: Rc<UdpSocket>,
+        forward: Id,
+        client: SocketAddr,
+    },
+}
+
 struct Entry {
     key: NatKey,
     guest_mac: EthernetAddress,
-    socket: UdpSocket,
+    host: HostEnd,
     last_used: Instant,
     /// The time this entry is filed under in `idle`.
     idle_key: Instant,
@@ -85,9 +100,26 @@ struct Entry {
     queued: bool,
 }
 
+impl Entry {
+    /// Send `payload` to the guest as a datagram of this flow (from its remote end).
+    fn emit_to_guest(&self, cx: &mut Ctx<'_>, payload: &[u8]) {
+        let net = cx.policy.net;
+        emit::udp_datagram(
+            cx.tap,
+            &net,
+            self.guest_mac,
+            self.key.remote,
+            self.key.guest,
+            payload,
+        );
+    }
+}
+
 pub struct UdpNat {
     config: UdpConfig,
     by_key: HashMap<NatKey, Id>,
+    /// Forwarded entries by (forward, client).
+    by_client: HashMap<(Id, SocketAddr), Id>,
     entries: Slab<Entry>,
     idle: BTreeSet<(Instant, Id)>,
     /// Entries whose socket reported readable and has not been drained yet.
@@ -100,6 +132,7 @@ impl UdpNat {
         UdpNat {
             config,
             by_key: HashMap::new(),
+            by_client: HashMap::new(),
             entries: Slab::default(),
             idle: BTreeSet::new(),
             ready: Vec::new(),
@@ -113,6 +146,21 @@ impl UdpNat {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Relay a guest datagram that belongs to an existing entry; false if there is none.
+    pub fn relay_existing(&mut self, d: &GuestUdp<'_>, cx: &mut Ctx<'_>) -> bool {
+        let key = NatKey {
+            guest: d.src,
+            remote: d.dst,
+        };
+        match self.by_key.get(&key) {
+            Some(&id) => {
+                self.send_to_host(id, d, cx);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Relay a guest datagram to `target` (where the policy sent it).
@@ -143,13 +191,21 @@ impl UdpNat {
                 }
             },
         };
+        self.send_to_host(id, d, cx);
+    }
+
+    fn send_to_host(&mut self, id: Id, d: &GuestUdp<'_>, cx: &mut Ctx<'_>) {
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
         entry.last_used = cx.now;
         entry.guest_mac = d.src_mac;
         for attempt in 0..2 {
-            match entry.socket.send(d.payload) {
+            let sent = match &entry.host {
+                HostEnd::Connected(socket) => socket.send(d.payload),
+                HostEnd::Forwarded { socket, client, .. } => socket.send_to(d.payload, *client),
+            };
+            match sent {
                 Ok(_) => {
                     self.stats.to_host += 1;
                     break;
@@ -164,12 +220,94 @@ impl UdpNat {
                 }
                 Err(e) => {
                     self.stats.dropped += 1;
-                    log::debug!("udp {} -> {target}: send failed: {e}", d.src);
+                    log::debug!("udp {} -> {}: send failed: {e}", d.src, d.dst);
                     break;
                 }
             }
         }
         self.refile(id, cx.now);
+    }
+
+    /// A datagram from `client` of a forwarded host port, for the guest at `guest`: deliver
+    /// it from the client's entry, made on first contact.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_forwarded_datagram(
+        &mut self,
+        forward: Id,
+        socket: &Rc<UdpSocket>,
+        client: SocketAddr,
+        guest: SocketAddrV4,
+        guest_mac: EthernetAddress,
+        payload: &[u8],
+        cx: &mut Ctx<'_>,
+    ) {
+        let id = match self.by_client.get(&(forward, client)) {
+            Some(&id) => id,
+            None => {
+                if self.entries.len() >= self.config.max_entries {
+                    self.evict_oldest(cx);
+                }
+                let net = cx.policy.net;
+                let source = hostfwd::virtual_source(client, &net);
+                let taken = |port| {
+                    self.by_key.contains_key(&NatKey {
+                        guest,
+                        remote: SocketAddrV4::new(source, port),
+                    })
+                };
+                let Some(port) = hostfwd::pick_source_port(client.port(), taken) else {
+                    self.stats.dropped += 1;
+                    return;
+                };
+                let key = NatKey {
+                    guest,
+                    remote: SocketAddrV4::new(source, port),
+                };
+                let id = self.entries.insert(Entry {
+                    key,
+                    guest_mac,
+                    host: HostEnd::Forwarded {
+                        socket: Rc::clone(socket),
+                        forward,
+                        client,
+                    },
+                    last_used: cx.now,
+                    idle_key: cx.now,
+                    queued: false,
+                });
+                self.by_key.insert(key, id);
+                self.by_client.insert((forward, client), id);
+                self.idle.insert((cx.now, id));
+                self.stats.entries_created += 1;
+                id
+            }
+        };
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        let max_payload = cx.link.mtu.saturating_sub(emit::IPV4_LEN + UDP_LEN);
+        if payload.len() > max_payload {
+            self.stats.dropped += 1;
+            return;
+        }
+        entry.last_used = cx.now;
+        entry.guest_mac = guest_mac;
+        self.stats.to_guest += 1;
+        entry.emit_to_guest(cx, payload);
+        self.refile(id, cx.now);
+    }
+
+    /// Drop the entries of a forward that was removed, closing its socket with the last one.
+    pub fn forget_forward(&mut self, forward: Id, cx: &mut Ctx<'_>) {
+        let ids: Vec<Id> = self
+            .by_client
+            .iter()
+            .filter(|((f, _), _)| *f == forward)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in ids {
+            self.remove(id, cx);
+        }
     }
 
     fn create(
@@ -186,16 +324,20 @@ impl UdpNat {
         let id = self.entries.insert(Entry {
             key,
             guest_mac,
-            socket,
+            host: HostEnd::Connected(socket),
             last_used: cx.now,
             idle_key: cx.now,
             queued: false,
         });
         let entry = self.entries.get_mut(id).expect("just inserted");
-        if let Err(e) =
-            cx.registry
-                .register(&mut entry.socket, id.token(TOKEN_KIND), Interest::READABLE)
-        {
+        let registered = match &mut entry.host {
+            HostEnd::Connected(socket) => {
+                cx.registry
+                    .register(socket, id.token(TOKEN_KIND), Interest::READABLE)
+            }
+            HostEnd::Forwarded { .. } => Ok(()),
+        };
+        if let Err(e) = registered {
             self.entries.remove(id);
             return Err(e);
         }
@@ -239,11 +381,14 @@ impl UdpNat {
         let Some(entry) = self.entries.get_mut(id) else {
             return false;
         };
+        let HostEnd::Connected(socket) = &entry.host else {
+            return false;
+        };
         let max_payload = cx.link.mtu.saturating_sub(emit::IPV4_LEN + UDP_LEN);
         let mut got_any = false;
         let mut more = true;
         for _ in 0..RECV_BUDGET {
-            match entry.socket.recv(buf) {
+            match socket.recv(buf) {
                 Ok(n) if n > max_payload => {
                     // Bigger than the guest link carries, and we do not fragment.
                     self.stats.dropped += 1;
@@ -251,15 +396,7 @@ impl UdpNat {
                 Ok(n) => {
                     got_any = true;
                     self.stats.to_guest += 1;
-                    let net = cx.policy.net;
-                    emit::udp_datagram(
-                        cx.tap,
-                        &net,
-                        entry.guest_mac,
-                        entry.key.remote,
-                        entry.key.guest,
-                        &buf[..n],
-                    );
+                    entry.emit_to_guest(cx, &buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
@@ -301,7 +438,16 @@ impl UdpNat {
         if let Some(mut entry) = self.entries.remove(id) {
             self.idle.remove(&(entry.idle_key, id));
             self.by_key.remove(&entry.key);
-            let _ = cx.registry.deregister(&mut entry.socket);
+            match &mut entry.host {
+                HostEnd::Connected(socket) => {
+                    let _ = cx.registry.deregister(socket);
+                }
+                HostEnd::Forwarded {
+                    forward, client, ..
+                } => {
+                    self.by_client.remove(&(*forward, *client));
+                }
+            }
         }
     }
 
@@ -341,9 +487,12 @@ fn is_icmp_errno(e: &io::Error) -> bool {
 }
 
 /// Pass every queued ICMP error of an entry's socket on to the guest.
-fn drain_errors(entry: &mut Entry, cx: &mut Ctx<'_>, stats: &mut UdpStats) {
+fn drain_errors(entry: &Entry, cx: &mut Ctx<'_>, stats: &mut UdpStats) {
+    let HostEnd::Connected(socket) = &entry.host else {
+        return;
+    };
     let mut payload = [0u8; emit::ICMP_QUOTE_MAX];
-    while let Some(err) = errqueue::take(entry.socket.as_fd(), &mut payload) {
+    while let Some(err) = errqueue::take(socket.as_fd(), &mut payload) {
         let Some((icmp_type, code)) = err.icmp else {
             continue;
         };

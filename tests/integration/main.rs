@@ -5,6 +5,7 @@
 //! tests run in those namespaces (`__tool ...`, see [`tools`]), which is why it has its own
 //! `main` (libtest-mimic provides the usual test-runner command line).
 
+mod attach;
 mod inbound;
 mod lifecycle;
 mod services;
@@ -75,13 +76,24 @@ fn main() {
         inbound::usernet_ports_and_info_manage_a_running_usernet,
         inbound::publish_errors_are_one_line_and_leave_nothing,
         inbound::privileged_port_as_a_user_says_how_to_allow_it,
+        attach::slirp4netns_configure_ready_fd_and_exit_fd,
+        attach::slirp4netns_api_socket_adds_lists_removes_and_forwards,
+        attach::slirp4netns_cidr_macaddress_and_disable_host_loopback,
+        attach::slirp4netns_disable_dns_makes_the_dns_address_ordinary,
+        attach::slirp4netns_sandbox_and_seccomp,
+        attach::slirp4netns_netns_by_path_with_its_userns_path,
+        attach::slirp4netns_help_version_and_errors_keep_the_contract,
+        attach::usernet_attach_connects_a_namespace_made_with_unshare,
+        attach::usernet_attach_by_path_exits_when_the_namespace_file_is_removed,
+        attach::real_rootlesskit_uses_usernet_as_its_slirp4netns,
     ];
     let trials = tests
         .into_iter()
         .map(|(name, f)| {
             // Becoming another user needs root of the initial user namespace (CI has it).
-            let needs_root =
-                name.starts_with("unprivileged_user") || name.starts_with("privileged_port");
+            let needs_root = name.starts_with("unprivileged_user")
+                || name.starts_with("privileged_port")
+                || name.starts_with("real_rootlesskit");
             let needs_ipv6 = name.contains("ipv6");
             let runnable = (!needs_root || lifecycle::is_real_root())
                 && (!needs_ipv6 || services::ipv6_available());

@@ -53,7 +53,7 @@ fn dnsmasq_on(world: &World, listen: &str) -> Server {
 /// Make the world's /etc/resolv.conf say `text` (inside its mount namespace only). The file
 /// lives as long as the returned directory: a mount of a deleted file cannot be mounted over.
 #[must_use]
-fn world_resolv_conf(world: &World, text: &str) -> TempDir {
+pub fn world_resolv_conf(world: &World, text: &str) -> TempDir {
     let tmp = TempDir::new();
     let file = tmp.join("resolv.conf");
     std::fs::write(&file, text).unwrap();
@@ -176,8 +176,8 @@ pub fn udp_burst_of_100k_flows_keeps_memory_bounded_and_tcp_flowing() {
     );
     assert!(lines.iter().any(|l| l == "tcp 0"), "{lines:?}");
     // The flows reached their destinations. A tap drops frames that do not fit its queue
-    // without telling the sender, so on a loaded machine some may be lost before usernet sees
-    // them; nearly all must arrive.
+    // without telling the sender, so on a loaded machine some are lost before usernet sees
+    // them; tap0 counts those.
     std::thread::sleep(Duration::from_secs(1));
     let received = sink
         .lines_so_far()
@@ -185,13 +185,20 @@ pub fn udp_burst_of_100k_flows_keeps_memory_bounded_and_tcp_flowing() {
         .filter_map(|l| l.strip_prefix("received ")?.parse::<u64>().ok())
         .max()
         .unwrap_or(0);
-    let tap_drops = lines
+    let tap_drops: u64 = lines
         .iter()
-        .find_map(|l| l.strip_prefix("tap drops "))
-        .unwrap_or("?");
+        .find_map(|l| l.strip_prefix("tap drops ")?.parse().ok())
+        .expect("tap0's tx_dropped counter");
     eprintln!("the sink received {received} of 100000 datagrams (tap0 dropped {tap_drops})");
+    // Everything the tap queue took must arrive: usernet itself loses nothing (the sink
+    // reports in steps of 1,000). How much the queue sheds depends on how busy the machine
+    // is, so only most must get that far.
     assert!(
-        received >= 90_000,
+        received + tap_drops >= 99_000,
+        "only {received} of 100000 datagrams arrived and tap0 dropped only {tap_drops}"
+    );
+    assert!(
+        received >= 50_000,
         "only {received} of 100000 datagrams arrived (tap0 dropped {tap_drops})"
     );
     assert!(

@@ -225,6 +225,16 @@ impl Server {
         self.lines.try_iter().collect()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the process to exit on its own; fails the test after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_with_limit(&mut self.child, limit)
+    }
+
     /// The next line the server prints; fails the test after a minute of silence.
     pub fn next_line(&mut self) -> String {
         self.lines

@@ -33,7 +33,7 @@ mod device;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::time::Duration as StdDuration;
 
 use mio::Interest;
@@ -49,6 +49,7 @@ use super::Ctx;
 use super::dns::Upstreams;
 use super::emit;
 use super::frame::GuestTcp;
+use super::hostfwd;
 use super::policy::{HostPolicy, Verdict, unreachable_reason};
 use super::slab::{Id, Slab};
 
@@ -59,6 +60,8 @@ pub const TOKEN_KIND: u8 = 1;
 const MAX_SEGMENTS_PER_PASS: usize = 512;
 /// How long a flow waits for the guest to acknowledge our FIN before giving up on it.
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a forwarded connection waits for the guest to answer its SYN.
+const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sizes and bounds of the TCP relay.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +90,8 @@ impl Default for TcpConfig {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TcpStats {
     pub opened: u64,
+    /// Connections from forwarded host ports into the guest.
+    pub inbound: u64,
     pub refused: u64,
     pub unreachable: u64,
     pub reset_unknown: u64,
@@ -145,6 +150,9 @@ struct Flow {
     queued: bool,
     /// In the list of flows waiting for the TAP to drain.
     waiting_tap: bool,
+    /// A forwarded connection whose SYN to the guest is not answered yet (its smoltcp
+    /// timeout is the connect timeout until then).
+    connecting_to_guest: bool,
 }
 
 enum Outcome {
@@ -320,6 +328,7 @@ impl TcpFlows {
             timer: None,
             queued: false,
             waiting_tap: false,
+            connecting_to_guest: false,
         });
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
@@ -335,6 +344,83 @@ impl TcpFlows {
         self.by_key.insert(key, id);
         self.pending_connects += 1;
         log::trace!("{} -> {}: connecting", seg.src, seg.dst);
+    }
+
+    /// A connection accepted on a forwarded host port: connect to the guest at `guest` from
+    /// `source` (the client's own port if that 4-tuple is free), and relay once it answers.
+    /// On error the caller resets the client.
+    pub fn open_inbound(
+        &mut self,
+        stream: TcpStream,
+        guest: SocketAddrV4,
+        source: SocketAddrV4,
+        guest_mac: EthernetAddress,
+        cx: &mut Ctx<'_>,
+    ) -> Result<(), (TcpStream, &'static str)> {
+        if self.flows.len() >= self.config.max_flows {
+            self.stats.refused_over_limit += 1;
+            return Err((stream, "flow limit reached"));
+        }
+        let key_for = |port| FlowKey {
+            guest: SocketAddr::V4(guest),
+            remote: SocketAddr::V4(SocketAddrV4::new(*source.ip(), port)),
+        };
+        let Some(port) =
+            hostfwd::pick_source_port(source.port(), |p| self.by_key.contains_key(&key_for(p)))
+        else {
+            return Err((stream, "no free source port"));
+        };
+        let key = key_for(port);
+        let mut iface = new_interface(cx, self.seeds.next(), guest_mac);
+        let mut socket = new_socket(&self.config);
+        let remote = (IpAddress::Ipv4(*guest.ip()), guest.port());
+        let local = (IpAddress::Ipv4(*source.ip()), port);
+        if socket.connect(iface.context(), remote, local).is_err() {
+            return Err((stream, "cannot address the guest"));
+        }
+        socket.set_timeout(Some(INBOUND_CONNECT_TIMEOUT));
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
+        let id = self.flows.insert(Flow {
+            key,
+            guest_mac,
+            host: HostSide {
+                stream,
+                readable: true,
+                writable: true,
+                eof: false,
+                write_shut: false,
+                failed: false,
+                reset: false,
+            },
+            phase: Phase::Open(Box::new(Conn {
+                iface,
+                sockets,
+                handle,
+            })),
+            guest_fin: false,
+            timer: None,
+            queued: false,
+            waiting_tap: false,
+            connecting_to_guest: true,
+        });
+        let flow = self.flows.get_mut(id).expect("just inserted");
+        if let Err(e) = cx.registry.register(
+            &mut flow.host.stream,
+            id.token(TOKEN_KIND),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot watch a host socket: {e}");
+            return match self.flows.remove(id) {
+                Some(flow) => Err((flow.host.stream, "cannot watch the socket")),
+                None => Ok(()),
+            };
+        }
+        self.by_key.insert(key, id);
+        self.stats.inbound += 1;
+        mark_dirty(&mut self.dirty, flow, id);
+        log::trace!("{} -> {guest}: connecting to the guest", key.remote);
+        Ok(())
     }
 
     /// Readiness on a flow's host socket.
@@ -552,27 +638,9 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     let Phase::Connecting { syn, .. } = &flow.phase else {
         return Ok(());
     };
-    let net = cx.policy.net;
     let local = flow.key.remote;
-
-    let mut dev = FlowDevice::new(None, cx.tap, cx.link, flow.guest_mac);
-    let mut iface_config = Config::new(HardwareAddress::Ip);
-    iface_config.random_seed = seed;
-    let mut iface = Interface::new(iface_config, &mut dev, cx.now);
-    iface.set_any_ip(true);
-    iface.update_ip_addrs(|addrs| {
-        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(net.gateway), net.prefix));
-    });
-    // Lets smoltcp reach a guest source outside the subnet, if the guest uses one.
-    let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
-
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; config.rx_ring]),
-        tcp::SocketBuffer::new(vec![0u8; config.tx_ring]),
-    );
-    socket.set_nagle_enabled(false);
-    socket.set_ack_delay(None);
-    socket.set_congestion_control(CongestionControl::None);
+    let mut iface = new_interface(cx, seed, flow.guest_mac);
+    let mut socket = new_socket(config);
     let endpoint = IpListenEndpoint {
         addr: Some(local.ip().into()),
         port: local.port(),
@@ -596,6 +664,36 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     Ok(())
 }
 
+/// A flow's private smoltcp interface: it owns the gateway's address and accepts packets for
+/// any other (any-IP, with a default route via the gateway), since it stands in for every
+/// host the guest talks to.
+fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Interface {
+    let net = cx.policy.net;
+    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac);
+    let mut iface_config = Config::new(HardwareAddress::Ip);
+    iface_config.random_seed = seed;
+    let mut iface = Interface::new(iface_config, &mut dev, cx.now);
+    iface.set_any_ip(true);
+    iface.update_ip_addrs(|addrs| {
+        let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(net.gateway), net.prefix));
+    });
+    // Lets smoltcp reach a guest source outside the subnet, if the guest uses one.
+    let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
+    iface
+}
+
+/// A flow's smoltcp socket, tuned for a local link (see the module docs of the stack).
+fn new_socket(config: &TcpConfig) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; config.rx_ring]),
+        tcp::SocketBuffer::new(vec![0u8; config.tx_ring]),
+    );
+    socket.set_nagle_enabled(false);
+    socket.set_ack_delay(None);
+    socket.set_congestion_control(CongestionControl::None);
+    socket
+}
+
 /// Move bytes both ways, emit what smoltcp wants to send, and decide whether the flow is done.
 fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     let Flow {
@@ -603,6 +701,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
         host,
         guest_mac,
         guest_fin,
+        connecting_to_guest,
         ..
     } = flow;
     let Phase::Open(conn) = phase else {
@@ -610,6 +709,11 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     };
     let conn = &mut **conn;
     let sock = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+    if *connecting_to_guest && sock.state() != State::SynSent {
+        // The guest answered our SYN: no connect timeout from here on.
+        *connecting_to_guest = false;
+        sock.set_timeout(None);
+    }
 
     guest_to_host(sock, host);
     if !host.write_shut

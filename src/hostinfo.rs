@@ -1,0 +1,39 @@
+//! Facts about the host that usernet reads from /proc once, before it may enter a sandbox
+//! where /proc is gone: they only shape messages and defaults, never the datapath.
+
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// `net.ipv4.ip_unprivileged_port_start`.
+    pub unprivileged_port_start: i64,
+    /// `net.ipv4.ping_group_range`, as "LOW HIGH".
+    pub ping_group_range: String,
+    /// Whether the host has IPv6 at all.
+    pub ipv6: bool,
+}
+
+static INFO: OnceLock<HostInfo> = OnceLock::new();
+
+/// The host's facts, read on first use.
+pub fn get() -> &'static HostInfo {
+    INFO.get_or_init(|| {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        HostInfo {
+            unprivileged_port_start: read("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+                .trim()
+                .parse()
+                .unwrap_or(1024),
+            ping_group_range: read("/proc/sys/net/ipv4/ping_group_range")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            ipv6: std::path::Path::new("/proc/net/if_inet6").exists(),
+        }
+    })
+}
+
+/// Read everything now (call before entering a sandbox).
+pub fn preload() {
+    get();
+}
