@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Host -> child TCP throughput through published ports: usernet's builtin port driver beside
 # rootlesskit's builtin driver (Debian rootlesskit, with slirp4netns) and slirp4netns's own
-# API forward (add_hostfwd), with iperf3, in one run.
+# API forward (add_hostfwd), and the same forward through usernet invoked as slirp4netns,
+# with iperf3, in one run.
 #
 # Usage: bench/inbound.sh               (BENCH_SECONDS=10 by default)
 #
@@ -58,30 +59,41 @@ run_rootlesskit() {
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-run_slirp4netns() {
+run_hostfwd() { # slirp4netns binary, host port
+    local sock=$tmp/s4-$2.sock
     unshare --user --map-root-user --net iperf3 -s >/dev/null 2>&1 &
     local ns=$!
     sleep 0.3
-    slirp4netns --configure --mtu 65520 --api-socket "$tmp/s4.sock" "$ns" tap0 >/dev/null 2>&1 &
+    "$1" --configure --mtu 65520 --api-socket "$sock" "$ns" tap0 >/dev/null 2>&1 &
     local s4=$!
-    for _ in $(seq 50); do [ -S "$tmp/s4.sock" ] && break; sleep 0.1; done
-    python3 - "$tmp/s4.sock" <<'PY'
+    for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+    python3 - "$sock" "$2" <<'PY'
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
 s.sendall(json.dumps({"execute": "add_hostfwd", "arguments": {"proto": "tcp", "host_addr": "127.0.0.1",
-          "host_port": 5303, "guest_addr": "", "guest_port": 5201}}).encode())
+          "host_port": int(sys.argv[2]), "guest_addr": "", "guest_port": 5201}}).encode())
 s.shutdown(socket.SHUT_WR)
 reply = s.recv(4096)
 if b"error" in reply:
     sys.exit("add_hostfwd failed: %s" % reply)
 PY
-    wait_iperf 5303 && client 5303 || echo failed
+    wait_iperf "$2" && client "$2" || echo failed
     kill "$s4" "$ns"; wait "$s4" "$ns" 2>/dev/null || true
 }
 
+run_slirp4netns() {
+    run_hostfwd slirp4netns 5303
+}
+
+# usernet's slirp4netns personality: the same API forward, through usernet's stack.
+run_usernet_hostfwd() {
+    ln -sf "$USERNET_BIN" "$tmp/slirp4netns"
+    run_hostfwd "$tmp/slirp4netns" 5304
+}
+
 declare -A result
-for tool in rootlesskit slirp4netns usernet; do
+for tool in rootlesskit slirp4netns usernet_hostfwd usernet; do
     echo "measuring $tool (${seconds}s)..." >&2
     result[$tool]=$("run_$tool")
 done
@@ -91,4 +103,5 @@ echo "host -> child TCP through a published port, iperf3 ${seconds}s, one stream
 printf '%-40s %10s %16s\n' "port driver" "Gbit/s" "vs rootlesskit"
 printf '%-40s %10s %16s\n' "rootlesskit 1.1 builtin (slirp4netns)" "${result[rootlesskit]}" "$(ratio "${result[rootlesskit]}" "${result[rootlesskit]}")"
 printf '%-40s %10s %16s\n' "slirp4netns add_hostfwd" "${result[slirp4netns]}" "$(ratio "${result[slirp4netns]}" "${result[rootlesskit]}")"
+printf '%-40s %10s %16s\n' "usernet as slirp4netns, add_hostfwd" "${result[usernet_hostfwd]}" "$(ratio "${result[usernet_hostfwd]}" "${result[rootlesskit]}")"
 printf '%-40s %10s %16s\n' "usernet builtin (splice)" "${result[usernet]}" "$(ratio "${result[usernet]}" "${result[rootlesskit]}")"
