@@ -138,6 +138,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Most clients of api.sock at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
+    pub max_api_connections: usize,
+
+    /// Largest request body api.sock takes, in bytes; bigger ones are answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::api::http::DEFAULT_MAX_BODY, value_parser = parse_bound)]
+    pub max_api_request: usize,
+
     #[command(flatten)]
     pub harden: HardenArgs,
 
@@ -188,6 +196,20 @@ pub struct StackArgs {
     /// No DNS forwarder: 10.0.2.3 is an ordinary address and /etc/resolv.conf is left alone.
     #[arg(long)]
     pub disable_dns: bool,
+
+    /// Most TCP connections at once (connecting or open); past it a new connection gets a
+    /// reset while existing ones go on.
+    #[arg(long, value_name = "N", default_value_t = crate::stack::tcp::DEFAULT_MAX_FLOWS, value_parser = parse_bound)]
+    pub max_tcp_flows: usize,
+
+    /// Most host connects in progress at once; past it a new connection gets a reset.
+    #[arg(long, value_name = "N", default_value_t = crate::stack::tcp::DEFAULT_MAX_PENDING_CONNECTS, value_parser = parse_bound)]
+    pub max_pending_connects: usize,
+
+    /// Most UDP flows at once; past it a new flow replaces the oldest one that never got an
+    /// answer (or a conversation quiet for 10 s), else it is refused with ICMP.
+    #[arg(long, value_name = "N", default_value_t = crate::stack::udp::DEFAULT_MAX_ENTRIES, value_parser = parse_bound)]
+    pub max_udp_flows: usize,
 }
 
 impl StackArgs {
@@ -199,6 +221,9 @@ impl StackArgs {
         stack.policy.outbound = self.outbound_addr;
         stack.udp.timeout = smoltcp::time::Duration::from_secs(self.udp_timeout);
         stack.dns_upstreams = self.dns_upstream.clone();
+        stack.tcp.max_flows = self.max_tcp_flows;
+        stack.tcp.max_pending_connects = self.max_pending_connects;
+        stack.udp.max_entries = self.max_udp_flows;
         stack
     }
 }
@@ -251,11 +276,27 @@ pub struct AttachArgs {
     #[arg(short = 'a', long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
 
+    /// Most clients of the API socket at once; more are answered with an error and closed.
+    #[arg(long, value_name = "N", default_value_t = crate::slirp4netns::server::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
+    pub max_api_connections: usize,
+
     #[command(flatten)]
     pub stack: StackArgs,
 
     #[command(flatten)]
     pub harden: HardenArgs,
+}
+
+/// A table bound: 1 to 1,000,000.
+fn parse_bound(s: &str) -> Result<usize, String> {
+    let v: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if !(1..=1_000_000).contains(&v) {
+        return Err(format!("{v} is outside 1..=1000000"));
+    }
+    Ok(v)
 }
 
 fn parse_mtu(s: &str) -> Result<u32, String> {

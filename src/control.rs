@@ -27,9 +27,14 @@ pub struct Control {
 
 impl Control {
     /// Listen on `api_sock`, serving `info`, and forwarding through `forwarder` if given.
-    pub fn new(api_sock: &Path, info: Info, forwarder: Option<Forwarder>) -> io::Result<Control> {
+    pub fn new(
+        api_sock: &Path,
+        info: Info,
+        limits: api::Limits,
+        forwarder: Option<Forwarder>,
+    ) -> io::Result<Control> {
         let poll = Poll::new()?;
-        let api = ApiServer::bind(api_sock, info, poll.registry())?;
+        let api = ApiServer::bind(api_sock, info, limits, poll.registry())?;
         Ok(Control {
             poll,
             api,

@@ -317,8 +317,14 @@ fn drop_capabilities() -> Result<(), String> {
     if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_BIND_SERVICE).unwrap_or(false) {
         keep.insert(Capability::CAP_NET_BIND_SERVICE);
     }
-    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-        caps::set(None, set, &keep).map_err(|e| format!("cannot drop capabilities: {e}"))?;
+    // Nothing is inheritable: this process never executes anything again.
+    let sets = [
+        (CapSet::Inheritable, CapsHashSet::new()),
+        (CapSet::Effective, keep.clone()),
+        (CapSet::Permitted, keep),
+    ];
+    for (set, caps) in sets {
+        caps::set(None, set, &caps).map_err(|e| format!("cannot drop capabilities: {e}"))?;
     }
     Ok(())
 }

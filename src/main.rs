@@ -86,6 +86,7 @@ fn attach_config(a: usernet::cli::AttachArgs) -> anyhow::Result<usernet::attach:
         tap_mtu: a.stack.mtu,
         stack: a.stack.stack_config(),
         api_socket: a.api_socket,
+        max_api_connections: a.max_api_connections,
         ready_fd: a.ready_fd,
         exit_fd: a.exit_fd,
         sandbox: a.harden.sandbox,

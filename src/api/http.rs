@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
-/// Largest request body.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body, unless `--max-api-request` says otherwise.
+pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// One parsed request.
@@ -30,8 +30,8 @@ pub enum Parsed {
     Invalid(u16, &'static str),
 }
 
-/// Parse the first request in `buf`.
-pub fn parse(buf: &[u8]) -> Parsed {
+/// Parse the first request in `buf`, taking bodies of at most `max_body` bytes.
+pub fn parse(buf: &[u8], max_body: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -52,7 +52,7 @@ pub fn parse(buf: &[u8]) -> Parsed {
         let value = String::from_utf8_lossy(h.value);
         if h.name.eq_ignore_ascii_case("content-length") {
             match value.trim().parse::<usize>() {
-                Ok(n) if n <= MAX_BODY => length = n,
+                Ok(n) if n <= max_body => length = n,
                 Ok(_) => return Parsed::Invalid(413, "request body too large"),
                 Err(_) => return Parsed::Invalid(400, "bad Content-Length"),
             }
@@ -139,23 +139,26 @@ mod tests {
     #[test]
     fn requests_parse_with_body_query_and_pipelining() {
         let wire = b"POST /v1/ports?x=1 HTTP/1.1\r\nHost: rootlesskit\r\nContent-Length: 2\r\n\r\n{}GET /v1/info HTTP/1.1\r\n\r\n";
-        let Parsed::Complete(r, used) = parse(wire) else {
+        let Parsed::Complete(r, used) = parse(wire, DEFAULT_MAX_BODY) else {
             panic!()
         };
         assert_eq!(
             (r.method.as_str(), r.path.as_str(), r.body.as_slice()),
             ("POST", "/v1/ports", &b"{}"[..])
         );
-        let Parsed::Complete(r, _) = parse(&wire[used..]) else {
+        let Parsed::Complete(r, _) = parse(&wire[used..], DEFAULT_MAX_BODY) else {
             panic!()
         };
         assert_eq!(r.path, "/v1/info");
         assert_eq!(
-            parse(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n"),
+            parse(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n", DEFAULT_MAX_BODY),
             Parsed::Partial
         );
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"),
+            parse(
+                b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab",
+                DEFAULT_MAX_BODY
+            ),
             Parsed::Partial
         );
     }
@@ -163,18 +166,27 @@ mod tests {
     #[test]
     fn oversized_and_garbage_requests_are_refused() {
         assert!(matches!(
-            parse(b"\x00\x01garbage\r\n\r\n"),
+            parse(b"\x00\x01garbage\r\n\r\n", DEFAULT_MAX_BODY),
             Parsed::Invalid(400, _)
         ));
         let big = format!(
             "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-            MAX_BODY + 1
+            DEFAULT_MAX_BODY + 1
         );
-        assert!(matches!(parse(big.as_bytes()), Parsed::Invalid(413, _)));
+        assert!(matches!(
+            parse(big.as_bytes(), DEFAULT_MAX_BODY),
+            Parsed::Invalid(413, _)
+        ));
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD + 10));
-        assert!(matches!(parse(long.as_bytes()), Parsed::Invalid(431, _)));
+        assert!(matches!(
+            parse(long.as_bytes(), DEFAULT_MAX_BODY),
+            Parsed::Invalid(431, _)
+        ));
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(parse(chunked), Parsed::Invalid(501, _)));
+        assert!(matches!(
+            parse(chunked, DEFAULT_MAX_BODY),
+            Parsed::Invalid(501, _)
+        ));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub const LISTENER_TOKEN: Token = Token(0);
 /// Token kind of API connections.
 pub const KIND_CONNECTION: u8 = 7;
 /// API connections at once; more get 503.
-pub const MAX_CONNECTIONS: usize = 64;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// A connection silent this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -97,17 +97,41 @@ struct Connection {
     closing: bool,
 }
 
+/// Bounds of the API server (`--max-api-connections`, `--max-api-request`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Clients at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest request body; bigger ones are answered 413.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_body: http::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
 /// The listening api.sock and its connections.
 pub struct ApiServer {
     path: PathBuf,
     listener: UnixListener,
     connections: Slab<Connection>,
     info: Info,
+    limits: Limits,
 }
 
 impl ApiServer {
     /// Listen on `path` (replacing a stale socket), private to the user.
-    pub fn bind(path: &Path, info: Info, registry: &Registry) -> io::Result<ApiServer> {
+    pub fn bind(
+        path: &Path,
+        info: Info,
+        limits: Limits,
+        registry: &Registry,
+    ) -> io::Result<ApiServer> {
         let _ = std::fs::remove_file(path);
         let mut listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -117,6 +141,7 @@ impl ApiServer {
             listener,
             connections: Slab::default(),
             info,
+            limits,
         })
     }
 
@@ -139,7 +164,7 @@ impl ApiServer {
                 );
                 continue;
             }
-            if self.connections.len() >= MAX_CONNECTIONS {
+            if self.connections.len() >= self.limits.max_connections {
                 let body = error_body("too many API connections");
                 let _ = stream.write_all(
                     &Response::new(503, Some("text/plain; charset=utf-8"), body).encode(true),
@@ -185,7 +210,7 @@ impl ApiServer {
                 }
                 Ok(n) => {
                     conn.input.extend_from_slice(&chunk[..n]);
-                    if conn.input.len() > http::MAX_HEAD + http::MAX_BODY {
+                    if conn.input.len() > http::MAX_HEAD + self.limits.max_body {
                         break;
                     }
                 }
@@ -198,7 +223,7 @@ impl ApiServer {
             }
         }
         while !conn.closing {
-            match http::parse(&conn.input) {
+            match http::parse(&conn.input, self.limits.max_body) {
                 Parsed::Partial => break,
                 Parsed::Complete(request, used) => {
                     conn.input.drain(..used);

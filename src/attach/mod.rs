@@ -68,6 +68,8 @@ pub struct AttachConfig {
     pub mac: Option<[u8; 6]>,
     pub stack: StackConfig,
     pub api_socket: Option<PathBuf>,
+    /// Most API clients at once.
+    pub max_api_connections: usize,
     pub ready_fd: Option<RawFd>,
     pub exit_fd: Option<RawFd>,
     pub sandbox: Hardening,
@@ -130,8 +132,9 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
 
     let mut api = match &cfg.api_socket {
         Some(path) => {
-            let mut server = ApiServer::bind(path, cfg.stack.policy.net.guest)
-                .map_err(|e| anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
+            let mut server =
+                ApiServer::bind(path, cfg.stack.policy.net.guest, cfg.max_api_connections)
+                    .map_err(|e| anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
             server
                 .register(&registry)
                 .context("cannot watch the API socket")?;

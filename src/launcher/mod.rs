@@ -77,6 +77,8 @@ pub struct RunConfig {
     /// Sandbox and seccomp filter for this process once set up.
     pub sandbox: Hardening,
     pub seccomp: Hardening,
+    /// Bounds of api.sock.
+    pub api_limits: crate::api::Limits,
 }
 
 impl From<RunArgs> for RunConfig {
@@ -92,6 +94,10 @@ impl From<RunArgs> for RunConfig {
             publish: a.publish,
             sandbox: a.harden.sandbox,
             seccomp: a.harden.seccomp,
+            api_limits: crate::api::Limits {
+                max_connections: a.max_api_connections,
+                max_body: a.max_api_request,
+            },
         }
     }
 }
@@ -215,8 +221,13 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     };
     let info = api_info(&cfg, state.path(), pid);
     state.write_child_pid(pid.as_raw())?;
-    let mut control = Control::new(&state.path().join("api.sock"), info, forwarder)
-        .context("cannot listen on api.sock")?;
+    let mut control = Control::new(
+        &state.path().join("api.sock"),
+        info,
+        cfg.api_limits,
+        forwarder,
+    )
+    .context("cannot listen on api.sock")?;
     for spec in std::mem::take(&mut cfg.publish) {
         control
             .publish(spec.clone())

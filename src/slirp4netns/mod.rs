@@ -110,6 +110,7 @@ fn config(
         mac,
         stack,
         api_socket: o.api_socket.clone(),
+        max_api_connections: crate::slirp4netns::server::DEFAULT_MAX_CONNECTIONS,
         ready_fd: o.ready_fd,
         exit_fd: o.exit_fd,
         sandbox: harden(o.enable_sandbox),

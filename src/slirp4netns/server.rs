@@ -5,7 +5,7 @@
 //! slirp4netns served one connection at a time with a blocking read, so a client that
 //! connected and sent nothing froze all networking. Here each connection is an ordinary
 //! non-blocking socket with a deadline: a silent client holds only its own slot, at most
-//! [`MAX_CONNECTIONS`] exist at once, and a request is at most [`api::MAX_REQUEST`] bytes.
+//! [`DEFAULT_MAX_CONNECTIONS`] (or `--max-api-connections`) exist at once, and a request is at most [`api::MAX_REQUEST`] bytes.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown};
@@ -24,8 +24,9 @@ use crate::stack::slab::{Id, Slab};
 pub const LISTENER_TOKEN: Token = Token(16);
 /// Token kind of connections (an embedder's kind, see `crate::stack::FIRST_EMBEDDER_KIND`).
 pub const KIND_CONNECTION: u8 = 130;
-/// Connections at once; more are answered with an error and closed.
-pub const MAX_CONNECTIONS: usize = 16;
+/// Connections at once, unless `--max-api-connections` says otherwise; more are answered
+/// with an error and closed.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
 /// How long a client has to send its request and read the answer.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -43,11 +44,12 @@ pub struct ApiServer {
     connections: Slab<Connection>,
     /// The address `guest_addr` defaults to.
     guest: Ipv4Addr,
+    max_connections: usize,
 }
 
 impl ApiServer {
     /// Listen on `path`, replacing whatever is there (as slirp4netns does), private to us.
-    pub fn bind(path: &Path, guest: Ipv4Addr) -> io::Result<ApiServer> {
+    pub fn bind(path: &Path, guest: Ipv4Addr, max_connections: usize) -> io::Result<ApiServer> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -56,6 +58,7 @@ impl ApiServer {
             listener,
             connections: Slab::default(),
             guest,
+            max_connections,
         })
     }
 
@@ -81,7 +84,7 @@ impl ApiServer {
                 ));
                 continue;
             }
-            if self.connections.len() >= MAX_CONNECTIONS {
+            if self.connections.len() >= self.max_connections {
                 let _ = stream.write_all(&error("busy: too many API connections"));
                 continue;
             }

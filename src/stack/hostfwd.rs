@@ -211,6 +211,11 @@ impl HostForwards {
         self.forwards.len()
     }
 
+    /// Connections and datagrams waiting for the guest's MAC address.
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.forwards.is_empty()
     }

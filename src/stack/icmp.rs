@@ -76,6 +76,15 @@ pub struct Pinger {
 }
 
 impl Pinger {
+    /// Host ping sockets open (one per guest identifier and destination).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Answer a ping of one of our own addresses.
     pub fn reply_locally(&mut self, e: &GuestEcho<'_>, cx: &mut Ctx<'_>) {
         self.stats.local_replies += 1;

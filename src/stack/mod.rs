@@ -110,6 +110,21 @@ impl StackConfig {
     }
 }
 
+/// Entries in each of the stack's tables ([`Stack::table_sizes`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes {
+    pub tcp_flows: usize,
+    pub udp_flows: usize,
+    pub dns_queries: usize,
+    pub pings: usize,
+    pub neighbors: usize,
+    pub forwards: usize,
+    /// Forwarded connections and datagrams waiting for the guest's MAC address.
+    pub waiting: usize,
+    /// Frames queued for a full TAP.
+    pub tx_backlog: usize,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct StackStats {
     pub frames_in: u64,
@@ -279,63 +294,117 @@ impl Stack {
     ) -> Result<T, StackError> {
         let mut events = Events::with_capacity(1024);
         loop {
-            if let Some(at) = self.wakeup
-                && at <= StdInstant::now()
-            {
-                self.wakeup = None;
-                if let ControlFlow::Break(v) = on_event(self, WAKEUP_TOKEN) {
-                    return Ok(v);
-                }
-            }
-            let timeout = self.timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(StackError::Io(e));
-            }
-            let mut tap_writable = false;
-            for event in events.iter() {
-                match event.token() {
-                    TAP_TOKEN => {
-                        self.tap_readable |= event.is_readable();
-                        tap_writable |= event.is_writable();
-                    }
-                    token if is_embedders(token) => {
-                        if let ControlFlow::Break(v) = on_event(self, token) {
-                            return Ok(v);
-                        }
-                    }
-                    token => self.on_socket_event(token, event),
-                }
-            }
-            let now = self.now();
-            if tap_writable && self.tx.has_backlog() && self.tx.flush() {
-                self.tcp.on_tap_writable(&mut ctx!(self, now));
-            }
-            if self.tap_readable {
-                self.drain_tap(now)?;
-            }
-            let mut cx = ctx!(self, now);
-            self.tcp.service_dirty(&mut cx);
-            self.udp.service_ready(&mut cx, &mut self.recv_buf);
-            self.dns
-                .service_ready(&mut self.upstreams, &mut cx, &mut self.recv_buf);
-            self.tcp.run_timers(&mut cx);
-            self.udp.expire(&mut cx);
-            self.pinger.expire(&mut cx);
-            self.dns.run_timers(&mut self.upstreams, &mut cx);
-            if self.forwards.has_ready() {
-                self.service_forwards(now);
-            }
-            if self
-                .forwards
-                .next_deadline()
-                .is_some_and(|deadline| deadline <= now)
-            {
-                self.check_waiting(now);
+            if let ControlFlow::Break(v) = self.step(&mut events, None, &mut on_event)? {
+                return Ok(v);
             }
         }
+    }
+
+    /// One turn of the loop, waiting at most `max_wait` for something to happen; events on
+    /// embedders' tokens are ignored. For programs and fuzzers that drive the stack by hand
+    /// (with [`Stack::inject_frame`] and [`Stack::advance_clock`]).
+    pub fn turn(&mut self, max_wait: StdDuration) -> Result<(), StackError> {
+        let mut events = Events::with_capacity(64);
+        let mut ignore = |_: &mut Stack, _: Token| ControlFlow::<()>::Continue(());
+        self.step(&mut events, Some(max_wait), &mut ignore)
+            .map(|_| ())
+    }
+
+    /// Handle `frame` as if the guest had just sent it on the TAP.
+    pub fn inject_frame(&mut self, frame: &[u8]) {
+        let now = self.now();
+        self.handle_frame(frame, now);
+    }
+
+    /// Move the stack's clock `by` ahead of the real one: timers (UDP idle, connect and
+    /// retransmission timeouts, DNS failover, ARP waits) see that much more time passed.
+    pub fn advance_clock(&mut self, by: StdDuration) {
+        if let Some(epoch) = self.epoch.checked_sub(by) {
+            self.epoch = epoch;
+        }
+    }
+
+    /// How full each of the stack's tables is.
+    pub fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            tcp_flows: self.tcp.len(),
+            udp_flows: self.udp.len(),
+            dns_queries: self.dns.in_flight(),
+            pings: self.pinger.len(),
+            neighbors: self.neighbors.len(),
+            forwards: self.forwards.len(),
+            waiting: self.forwards.waiting_len(),
+            tx_backlog: self.tx.backlog_len(),
+        }
+    }
+
+    /// Wait for events (at most `max_wait`, if given), handle them, and run what is due.
+    fn step<T>(
+        &mut self,
+        events: &mut Events,
+        max_wait: Option<StdDuration>,
+        on_event: &mut impl FnMut(&mut Stack, Token) -> ControlFlow<T>,
+    ) -> Result<ControlFlow<T>, StackError> {
+        if let Some(at) = self.wakeup
+            && at <= StdInstant::now()
+        {
+            self.wakeup = None;
+            if let ControlFlow::Break(v) = on_event(self, WAKEUP_TOKEN) {
+                return Ok(ControlFlow::Break(v));
+            }
+        }
+        let timeout = match (self.timeout(), max_wait) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (t, m) => t.or(m),
+        };
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(ControlFlow::Continue(()));
+            }
+            return Err(StackError::Io(e));
+        }
+        let mut tap_writable = false;
+        for event in events.iter() {
+            match event.token() {
+                TAP_TOKEN => {
+                    self.tap_readable |= event.is_readable();
+                    tap_writable |= event.is_writable();
+                }
+                token if is_embedders(token) => {
+                    if let ControlFlow::Break(v) = on_event(self, token) {
+                        return Ok(ControlFlow::Break(v));
+                    }
+                }
+                token => self.on_socket_event(token, event),
+            }
+        }
+        let now = self.now();
+        if tap_writable && self.tx.has_backlog() && self.tx.flush() {
+            self.tcp.on_tap_writable(&mut ctx!(self, now));
+        }
+        if self.tap_readable {
+            self.drain_tap(now)?;
+        }
+        let mut cx = ctx!(self, now);
+        self.tcp.service_dirty(&mut cx);
+        self.udp.service_ready(&mut cx, &mut self.recv_buf);
+        self.dns
+            .service_ready(&mut self.upstreams, &mut cx, &mut self.recv_buf);
+        self.tcp.run_timers(&mut cx);
+        self.udp.expire(&mut cx);
+        self.pinger.expire(&mut cx);
+        self.dns.run_timers(&mut self.upstreams, &mut cx);
+        if self.forwards.has_ready() {
+            self.service_forwards(now);
+        }
+        if self
+            .forwards
+            .next_deadline()
+            .is_some_and(|deadline| deadline <= now)
+        {
+            self.check_waiting(now);
+        }
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Take connections and datagrams from forwarded host ports, a budget per listener.

@@ -61,6 +61,11 @@ impl TapWriter {
         !self.backlog.is_empty()
     }
 
+    /// Frames waiting for the TAP to take them.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// Build a frame of `len` bytes with `fill` and send it.
     pub fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
         let len = len.min(self.scratch.len());

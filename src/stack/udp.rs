@@ -7,9 +7,14 @@
 //! socket (`IP_RECVERR`) reach the guest as ICMP errors about its own datagram.
 //!
 //! Entries live until they have been idle for the timeout (`--udp-timeout`), and the table is
-//! bounded: when it is full, the least recently used entry makes room. Idleness is tracked in
-//! an ordered set keyed by a coarse last-use time, refreshed at most once a second per entry,
-//! so a busy flow does not pay an ordered-set update per datagram.
+//! bounded (`--max-udp-flows`). When it is full, a new flow takes the place of the oldest
+//! entry that never saw an answer (one-way traffic: scans, floods, dead servers); when every
+//! entry is a conversation, of the least recently used one if it has been quiet for
+//! [`CONVERSATION_GRACE`]; otherwise the new flow is refused with ICMP "communication
+//! administratively prohibited". So a flood of new flows cannot break the conversations in
+//! progress. Idleness is tracked in an ordered set keyed by a coarse last-use time, refreshed
+//! at most once a second per entry, so a busy flow does not pay an ordered-set update per
+//! datagram; unanswered entries are kept in a second set by creation time.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -41,6 +46,9 @@ pub const DEFAULT_MAX_ENTRIES: usize = 4096;
 const RECV_BUDGET: usize = 64;
 /// Granularity of the idle bookkeeping.
 const TOUCH_GRANULARITY: Duration = Duration::from_secs(1);
+/// How long a conversation (an entry that saw traffic both ways) must have been quiet before
+/// a new flow may take its place in a full table.
+pub const CONVERSATION_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 pub struct UdpConfig {
@@ -64,6 +72,8 @@ pub struct UdpStats {
     pub entries_created: u64,
     pub expired: u64,
     pub evicted: u64,
+    /// New flows refused because the table was full of live conversations.
+    pub refused_full: u64,
     /// Datagrams the host socket would not take (buffer full) or the guest link could not carry.
     pub dropped: u64,
     pub icmp_errors: u64,
@@ -98,6 +108,10 @@ struct Entry {
     idle_key: Instant,
     /// In the ready list.
     queued: bool,
+    /// When it was made (its key in `unanswered`).
+    created: Instant,
+    /// Traffic went both ways (a reply from the host, or from the guest for a forward).
+    answered: bool,
 }
 
 impl Entry {
@@ -122,6 +136,8 @@ pub struct UdpNat {
     by_client: HashMap<(Id, SocketAddr), Id>,
     entries: Slab<Entry>,
     idle: BTreeSet<(Instant, Id)>,
+    /// Entries that never saw an answer, by creation time: the first to make room.
+    unanswered: BTreeSet<(Instant, Id)>,
     /// Entries whose socket reported readable and has not been drained yet.
     ready: Vec<Id>,
     pub stats: UdpStats,
@@ -135,6 +151,7 @@ impl UdpNat {
             by_client: HashMap::new(),
             entries: Slab::default(),
             idle: BTreeSet::new(),
+            unanswered: BTreeSet::new(),
             ready: Vec::new(),
             stats: UdpStats::default(),
         }
@@ -169,8 +186,16 @@ impl UdpNat {
             guest: d.src,
             remote: d.dst,
         };
-        let id = match self.by_key.get(&key) {
-            Some(&id) => id,
+        let id = match self.by_key.get(&key).copied() {
+            Some(id) => id,
+            None if !self.make_room(cx) => {
+                self.stats.refused_full += 1;
+                log::debug!("udp {} -> {target}: refused, the flow table is full", d.src);
+                let net = cx.policy.net;
+                let reason = smoltcp::wire::Icmpv4DstUnreachable::CommProhibited;
+                emit::icmp_unreachable(cx.tap, &net, d.src_mac, net.gateway, reason, d.ip_packet);
+                return;
+            }
             None => match self.create(key, d.src_mac, target, cx) {
                 Ok(id) => id,
                 Err(e) => {
@@ -200,6 +225,11 @@ impl UdpNat {
         };
         entry.last_used = cx.now;
         entry.guest_mac = d.src_mac;
+        if matches!(entry.host, HostEnd::Forwarded { .. }) && !entry.answered {
+            // The guest answered a client of a forwarded port.
+            entry.answered = true;
+            self.unanswered.remove(&(entry.created, id));
+        }
         for attempt in 0..2 {
             let sent = match &entry.host {
                 HostEnd::Connected(socket) => socket.send(d.payload),
@@ -244,8 +274,9 @@ impl UdpNat {
         let id = match self.by_client.get(&(forward, client)) {
             Some(&id) => id,
             None => {
-                if self.entries.len() >= self.config.max_entries {
-                    self.evict_oldest(cx);
+                if !self.make_room(cx) {
+                    self.stats.refused_full += 1;
+                    return;
                 }
                 let net = cx.policy.net;
                 let source = hostfwd::virtual_source(client, &net);
@@ -274,10 +305,13 @@ impl UdpNat {
                     last_used: cx.now,
                     idle_key: cx.now,
                     queued: false,
+                    created: cx.now,
+                    answered: false,
                 });
                 self.by_key.insert(key, id);
                 self.by_client.insert((forward, client), id);
                 self.idle.insert((cx.now, id));
+                self.unanswered.insert((cx.now, id));
                 self.stats.entries_created += 1;
                 id
             }
@@ -317,9 +351,6 @@ impl UdpNat {
         target: SocketAddr,
         cx: &mut Ctx<'_>,
     ) -> io::Result<Id> {
-        if self.entries.len() >= self.config.max_entries {
-            self.evict_oldest(cx);
-        }
         let socket = connect_udp(target, cx.policy.bind_for(&target))?;
         let id = self.entries.insert(Entry {
             key,
@@ -328,6 +359,8 @@ impl UdpNat {
             last_used: cx.now,
             idle_key: cx.now,
             queued: false,
+            created: cx.now,
+            answered: false,
         });
         let entry = self.entries.get_mut(id).expect("just inserted");
         let registered = match &mut entry.host {
@@ -343,6 +376,7 @@ impl UdpNat {
         }
         self.by_key.insert(key, id);
         self.idle.insert((cx.now, id));
+        self.unanswered.insert((cx.now, id));
         self.stats.entries_created += 1;
         Ok(id)
     }
@@ -410,6 +444,10 @@ impl UdpNat {
         drain_errors(entry, cx, &mut self.stats);
         if got_any {
             entry.last_used = cx.now;
+            if !entry.answered {
+                entry.answered = true;
+                self.unanswered.remove(&(entry.created, id));
+            }
             self.refile(id, cx.now);
         }
         more
@@ -427,16 +465,37 @@ impl UdpNat {
         }
     }
 
-    fn evict_oldest(&mut self, cx: &mut Ctx<'_>) {
-        if let Some(&(_, id)) = self.idle.first() {
-            self.stats.evicted += 1;
-            self.remove(id, cx);
+    /// Make room for one more entry if the table is full; false if every entry is a live
+    /// conversation (see the module docs).
+    fn make_room(&mut self, cx: &mut Ctx<'_>) -> bool {
+        if self.entries.len() < self.config.max_entries {
+            return true;
         }
+        let victim = match self.unanswered.first() {
+            Some(&(_, id)) => id,
+            None => {
+                let Some(&(_, id)) = self.idle.first() else {
+                    return true;
+                };
+                let quiet = self
+                    .entries
+                    .get(id)
+                    .is_none_or(|e| cx.now - e.last_used >= CONVERSATION_GRACE);
+                if !quiet {
+                    return false;
+                }
+                id
+            }
+        };
+        self.stats.evicted += 1;
+        self.remove(victim, cx);
+        true
     }
 
     fn remove(&mut self, id: Id, cx: &mut Ctx<'_>) {
         if let Some(mut entry) = self.entries.remove(id) {
             self.idle.remove(&(entry.idle_key, id));
+            self.unanswered.remove(&(entry.created, id));
             self.by_key.remove(&entry.key);
             match &mut entry.host {
                 HostEnd::Connected(socket) => {
@@ -567,4 +626,194 @@ pub fn connect_dgram(
         log::debug!("IP_RECVERR: {e}");
     }
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The table bound, driven through a whole [`Stack`] whose TAP is a socketpair; the host
+    //! side is UDP sockets on this machine's loopback (10.0.2.2 is 127.0.0.1).
+
+    use crate::net::VirtualNetwork;
+    use crate::stack::{Stack, StackConfig};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, IpProtocol,
+        Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    };
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::time::Duration;
+
+    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+
+    struct Guest {
+        stack: Stack,
+        tap: OwnedFd,
+        net: VirtualNetwork,
+    }
+
+    impl Guest {
+        fn new(max_entries: usize) -> Guest {
+            let (a, b) = socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_NONBLOCK,
+            )
+            .unwrap();
+            let net = VirtualNetwork::default();
+            let mut config = StackConfig::new(net, 1500);
+            config.udp.max_entries = max_entries;
+            Guest {
+                stack: Stack::new(a, config).unwrap(),
+                tap: b,
+                net,
+            }
+        }
+
+        /// The guest sends `payload` from its port `sport` to the gateway's `dport`.
+        fn send(&mut self, sport: u16, dport: u16, payload: &[u8]) {
+            let udp = UdpRepr {
+                src_port: sport,
+                dst_port: dport,
+            };
+            let ip = Ipv4Repr {
+                src_addr: self.net.guest,
+                dst_addr: self.net.gateway,
+                next_header: IpProtocol::Udp,
+                payload_len: 8 + payload.len(),
+                hop_limit: 64,
+            };
+            let eth = EthernetRepr {
+                src_addr: GUEST_MAC,
+                dst_addr: self.net.gateway_mac(),
+                ethertype: EthernetProtocol::Ipv4,
+            };
+            let mut buf = vec![0u8; 14 + 20 + 8 + payload.len()];
+            let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+            eth.emit(&mut frame);
+            let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+            let caps = ChecksumCapabilities::default();
+            ip.emit(&mut packet, &caps);
+            let src = self.net.guest.into();
+            let dst = self.net.gateway.into();
+            udp.emit(
+                &mut UdpPacket::new_unchecked(packet.payload_mut()),
+                &src,
+                &dst,
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                &caps,
+            );
+            self.stack.inject_frame(&buf);
+            self.stack.turn(Duration::ZERO).unwrap();
+        }
+
+        /// Run the loop a little, then what reached the guest: (UDP payloads to `sport`,
+        /// ICMP unreachable codes).
+        fn received(&mut self) -> (Vec<(u16, Vec<u8>)>, Vec<u8>) {
+            for _ in 0..5 {
+                self.stack.turn(Duration::from_millis(10)).unwrap();
+            }
+            let (mut udp, mut icmp) = (Vec::new(), Vec::new());
+            let mut buf = vec![0u8; 2048];
+            while let Ok(n) = crate::tap::read_frame(self.tap.as_fd(), &mut buf) {
+                let frame = EthernetFrame::new_checked(&buf[..n]).unwrap();
+                if frame.ethertype() != EthernetProtocol::Ipv4 {
+                    continue;
+                }
+                let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+                match ip.next_header() {
+                    IpProtocol::Udp => {
+                        let d = UdpPacket::new_checked(ip.payload()).unwrap();
+                        udp.push((d.dst_port(), d.payload().to_vec()));
+                    }
+                    IpProtocol::Icmp => {
+                        icmp.push(Icmpv4Packet::new_checked(ip.payload()).unwrap().msg_code())
+                    }
+                    _ => {}
+                }
+            }
+            (udp, icmp)
+        }
+    }
+
+    fn echo_server() -> UdpSocket {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    }
+
+    /// Answer one datagram; the host port it came from.
+    fn echo_one(server: &UdpSocket) -> u16 {
+        let mut buf = [0u8; 2048];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        server.send_to(&buf[..n], from).unwrap();
+        from.port()
+    }
+
+    #[test]
+    fn a_full_table_of_conversations_refuses_new_flows_until_one_is_quiet() {
+        let mut guest = Guest::new(4);
+        let echo = echo_server();
+        let port = echo.local_addr().unwrap().port();
+        for sport in 1000..1004 {
+            guest.send(sport, port, b"hi");
+            echo_one(&echo);
+            let (udp, _) = guest.received();
+            assert_eq!(udp, vec![(sport, b"hi".to_vec())]);
+        }
+        assert_eq!(guest.stack.table_sizes().udp_flows, 4);
+        // A fifth flow would break a conversation: refused with ICMP code 13.
+        guest.send(2000, port, b"new");
+        let (udp, icmp) = guest.received();
+        assert!(udp.is_empty());
+        assert_eq!(icmp, vec![13]);
+        assert_eq!(guest.stack.table_sizes().udp_flows, 4);
+        assert_eq!(guest.stack.udp().stats.refused_full, 1);
+        // The conversations go on with their host sockets.
+        guest.send(1000, port, b"again");
+        echo_one(&echo);
+        assert_eq!(guest.received().0, vec![(1000, b"again".to_vec())]);
+        // Once the others have been quiet long enough, the least recently used makes room.
+        guest.stack.advance_clock(super::CONVERSATION_GRACE.into());
+        guest.send(2000, port, b"new");
+        echo_one(&echo);
+        assert_eq!(guest.received().0, vec![(2000, b"new".to_vec())]);
+        assert_eq!(guest.stack.table_sizes().udp_flows, 4);
+        assert_eq!(guest.stack.udp().stats.evicted, 1);
+    }
+
+    #[test]
+    fn one_way_flows_make_room_among_themselves_and_conversations_keep_their_socket() {
+        let mut guest = Guest::new(4);
+        let echo = echo_server();
+        let port = echo.local_addr().unwrap().port();
+        let sink = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let sink_port = sink.local_addr().unwrap().port();
+        let mut host_ports = Vec::new();
+        for sport in [1000, 1001] {
+            guest.send(sport, port, b"hi");
+            host_ports.push(echo_one(&echo));
+            guest.received();
+        }
+        // A flood of one-way flows, ten times the table.
+        for sport in 3000..3040 {
+            guest.send(sport, sink_port, b"flood");
+        }
+        let (_, icmp) = guest.received();
+        assert!(
+            icmp.is_empty(),
+            "one-way flows replace each other: {icmp:?}"
+        );
+        assert_eq!(guest.stack.table_sizes().udp_flows, 4);
+        assert_eq!(guest.stack.udp().stats.evicted, 38);
+        // The conversations still use the same host sockets (same source ports).
+        for (sport, host_port) in [1000, 1001].into_iter().zip(host_ports) {
+            guest.send(sport, port, b"still");
+            assert_eq!(echo_one(&echo), host_port);
+            assert_eq!(guest.received().0, vec![(sport, b"still".to_vec())]);
+        }
+    }
 }

@@ -8,6 +8,8 @@
 mod attach;
 mod inbound;
 mod lifecycle;
+mod limits;
+mod security;
 mod services;
 mod tcp;
 mod tools;
@@ -76,6 +78,13 @@ fn main() {
         inbound::usernet_ports_and_info_manage_a_running_usernet,
         inbound::publish_errors_are_one_line_and_leave_nothing,
         inbound::privileged_port_as_a_user_says_how_to_allow_it,
+        limits::tcp_flow_bound_resets_new_connections_and_keeps_the_open_ones,
+        limits::pending_connect_bound_resets_new_connections_and_keeps_the_open_ones,
+        limits::udp_flow_bound_refuses_new_flows_and_keeps_the_conversations,
+        limits::api_bounds_answer_503_for_connections_and_413_for_requests,
+        security::host_loopback_policy_cannot_be_bypassed,
+        security::other_users_cannot_reach_the_state_dir_or_the_api,
+        security::after_setup_usernet_holds_no_capability_it_does_not_need,
         attach::slirp4netns_configure_ready_fd_and_exit_fd,
         attach::slirp4netns_api_socket_adds_lists_removes_and_forwards,
         attach::slirp4netns_cidr_macaddress_and_disable_host_loopback,
@@ -93,7 +102,8 @@ fn main() {
             // Becoming another user needs root of the initial user namespace (CI has it).
             let needs_root = name.starts_with("unprivileged_user")
                 || name.starts_with("privileged_port")
-                || name.starts_with("real_rootlesskit");
+                || name.starts_with("real_rootlesskit")
+                || name.starts_with("other_users");
             let needs_ipv6 = name.contains("ipv6");
             let runnable = (!needs_root || lifecycle::is_real_root())
                 && (!needs_ipv6 || services::ipv6_available());

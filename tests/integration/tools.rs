@@ -41,6 +41,13 @@ pub fn main(args: &[String]) -> i32 {
         ["tcp-reuse-port", addr, port, n] => tcp_reuse_port(addr, parse(port) as u16, parse(n)),
         ["tcp-peer", listen] => tcp_peer(listen),
         ["tcp-wait", addr] => tcp_wait(addr),
+        ["tcp-echo", listen] => tcp_echo(listen),
+        ["watch-any", port] => watch_any(parse(port) as u16),
+        ["raw-probe", ifname, port, dsts @ ..] => raw_probe(ifname, parse(port) as u16, dsts),
+        ["unix-request", path, request] => unix_request(path, request),
+        ["tcp-hold", addr, n] => tcp_hold(addr, parse(n) as usize),
+        ["tcp-pending", echo, blackhole, n] => tcp_pending(echo, blackhole, parse(n) as usize),
+        ["udp-conversations", addr, n] => udp_conversations(addr, parse(n) as usize),
         ["udp-echo", listen] => udp_echo(listen),
         ["udp-whoami", listen] => udp_whoami(listen),
         ["udp-blackhole", listen] => udp_blackhole(listen),
@@ -60,6 +67,18 @@ pub fn main(args: &[String]) -> i32 {
             parse(ports) as u16,
             parse(target),
         ),
+        ["tcp-streams", addr, n] => tcp_streams(addr, parse(n), false),
+        ["tcp-streams", addr, n, "download"] => tcp_streams(addr, parse(n), true),
+        ["tcp-stream-server", listen] => tcp_stream_server(listen),
+        ["tcp-reset-midway", listen, sent, received] => {
+            tcp_reset_midway(listen, parse(sent), parse(received))
+        }
+        ["tcp-paced", addr, bytes, rate] => tcp_paced(addr, parse(bytes), parse(rate)),
+        ["udp-flood", addr, seconds, size] => udp_flood(addr, parse(seconds), parse(size) as usize),
+        ["udp-hold", addr] => udp_hold(addr),
+        ["udp-watch", listen] => udp_watch(listen),
+        ["dns-burst", addr, n] => dns_burst(addr, parse(n)),
+        ["syn-flood", count, rate, targets @ ..] => syn_flood(parse(count), parse(rate), targets),
         _ => Err(io::Error::other(format!("unknown tool invocation {a:?}"))),
     };
     match result {
@@ -435,6 +454,332 @@ fn tcp_peer(listen: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Report every TCP connection and UDP datagram arriving on `port`, on any IPv4 or IPv6
+/// address of the world ("tcp FROM" / "udp FROM").
+fn watch_any(port: u16) -> io::Result<()> {
+    let tcp = TcpListener::bind(("::", port))?;
+    let udp = std::net::UdpSocket::bind(("::", port))?;
+    println!("listening [::]:{port}");
+    io::stdout().flush()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            println!("udp {from}");
+            let _ = io::stdout().flush();
+        }
+    });
+    loop {
+        // The address from accept(): the connection may already be reset by the time we
+        // look (the prober never completes its handshakes).
+        if let Ok((_, from)) = tcp.accept() {
+            println!("tcp {from}");
+            io::stdout().flush()?;
+        }
+    }
+}
+
+/// From inside the guest, write hand-made frames on `ifname` (bypassing the guest kernel's
+/// routing): a TCP SYN and a UDP datagram to `port` at each destination, IPv4 or IPv6.
+fn raw_probe(ifname: &str, port: u16, dsts: &[&str]) -> io::Result<()> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        UdpPacket, UdpRepr,
+    };
+    let net = usernet::net::VirtualNetwork::default();
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
+    let our_mac = EthernetAddress::from_bytes(
+        &usernet::cli::parse_mac(mac_text.trim()).map_err(io::Error::other)?,
+    );
+    let index = nix::net::if_::if_nametoindex(ifname)?;
+    // SAFETY: plain socket(2) call; the fd is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let caps = ChecksumCapabilities::default();
+    let mut sport = 40000u16;
+    for dst in dsts {
+        let dst: std::net::IpAddr = dst.parse().map_err(io::Error::other)?;
+        for proto in [IpProtocol::Tcp, IpProtocol::Udp] {
+            sport += 1;
+            let tcp = TcpRepr {
+                src_port: sport,
+                dst_port: port,
+                control: TcpControl::Syn,
+                seq_number: TcpSeqNumber(1000),
+                ack_number: None,
+                window_len: 64000,
+                window_scale: None,
+                max_seg_size: Some(1460),
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload: &[],
+            };
+            let udp = UdpRepr {
+                src_port: sport,
+                dst_port: port,
+            };
+            let l4_len = if proto == IpProtocol::Tcp {
+                tcp.buffer_len()
+            } else {
+                8 + 5
+            };
+            let (ethertype, ip_len) = match dst {
+                std::net::IpAddr::V4(_) => (EthernetProtocol::Ipv4, 20),
+                std::net::IpAddr::V6(_) => (EthernetProtocol::Ipv6, 40),
+            };
+            let mut buf = vec![0u8; 14 + ip_len + l4_len];
+            let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+            EthernetRepr {
+                src_addr: our_mac,
+                dst_addr: net.gateway_mac(),
+                ethertype,
+            }
+            .emit(&mut frame);
+            let (src_ip, dst_ip, l4): (IpAddress, IpAddress, &mut [u8]) = match dst {
+                std::net::IpAddr::V4(d) => {
+                    let repr = Ipv4Repr {
+                        src_addr: net.guest,
+                        dst_addr: d,
+                        next_header: proto,
+                        payload_len: l4_len,
+                        hop_limit: 64,
+                    };
+                    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+                    repr.emit(&mut packet, &caps);
+                    let l4 = &mut frame.payload_mut()[20..];
+                    (net.guest.into(), d.into(), l4)
+                }
+                std::net::IpAddr::V6(d) => {
+                    let src: std::net::Ipv6Addr = "fd00::100".parse().unwrap();
+                    let repr = Ipv6Repr {
+                        src_addr: src,
+                        dst_addr: d,
+                        next_header: proto,
+                        payload_len: l4_len,
+                        hop_limit: 64,
+                    };
+                    let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
+                    repr.emit(&mut packet);
+                    let l4 = &mut frame.payload_mut()[40..];
+                    (src.into(), d.into(), l4)
+                }
+            };
+            if proto == IpProtocol::Tcp {
+                tcp.emit(&mut TcpPacket::new_unchecked(l4), &src_ip, &dst_ip, &caps);
+            } else {
+                udp.emit(
+                    &mut UdpPacket::new_unchecked(l4),
+                    &src_ip,
+                    &dst_ip,
+                    5,
+                    |b| b.copy_from_slice(b"probe"),
+                    &caps,
+                );
+            }
+            // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = u16::from(ethertype).to_be();
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(net.gateway_mac().as_bytes());
+            // SAFETY: buf and addr are live for the call; the lengths are theirs.
+            let sent = unsafe {
+                libc::sendto(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    println!("probed {}", dsts.len());
+    Ok(())
+}
+
+/// Send `request` on the unix socket at `path` and print the first line of the answer.
+fn unix_request(path: &str, request: &str) -> io::Result<()> {
+    let mut conn = std::os::unix::net::UnixStream::connect(path)?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    // A refusal may be written (and the socket closed) before the request is: read anyway.
+    let _ = conn.write_all(request.as_bytes());
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    println!("{}", answer.lines().next().unwrap_or(""));
+    Ok(())
+}
+
+/// Echo everything on every connection, each on a thread of its own.
+fn tcp_echo(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let mut reader = match conn.try_clone() {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let _ = io::copy(&mut reader, &mut conn);
+        });
+    }
+    Ok(())
+}
+
+/// Send 64 KiB of a pattern on `conn` and check the echo; "ok" or what went wrong.
+fn echo_round(conn: &mut TcpStream, seed: u64) -> String {
+    let mut data = vec![0u8; 64 << 10];
+    Pattern::new(seed).fill(&mut data);
+    let mut back = vec![0u8; data.len()];
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let r = conn
+        .write_all(&data)
+        .and_then(|_| conn.read_exact(&mut back));
+    match r {
+        Ok(()) if back == data => "ok".into(),
+        Ok(()) => "corrupt".into(),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+/// Connect until `n` connections are open, showing each; hold them and try one more
+/// ("extra ..."); check each held one still echoes ("held ..."); close them and connect again
+/// ("after ...", retrying for up to 2 s while the flows go away).
+fn tcp_hold(addr: &str, n: usize) -> io::Result<()> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(TcpStream::connect(addr)?);
+    }
+    tcp_connect_as("extra", addr);
+    let results: Vec<String> = held
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| echo_round(c, i as u64))
+        .collect();
+    println!("held {}", results.join(","));
+    drop(held);
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(_) => {
+                println!("after connected");
+                break;
+            }
+            Err(e) if start.elapsed().as_secs() >= 2 => {
+                println!("after {:?}", e.kind());
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    Ok(())
+}
+
+/// One connect to `addr`, printed as "LABEL connected MS" or "LABEL KIND ERRNO MS".
+fn tcp_connect_as(label: &str, addr: &str) {
+    let start = Instant::now();
+    let r = TcpStream::connect_timeout(
+        &addr.parse().expect("an address"),
+        std::time::Duration::from_secs(5),
+    );
+    let ms = start.elapsed().as_millis();
+    match r {
+        Ok(_) => println!("{label} connected {ms}"),
+        Err(e) => println!(
+            "{label} {:?} {} {ms}",
+            e.kind(),
+            e.raw_os_error().unwrap_or(0)
+        ),
+    }
+}
+
+/// With one connection to the echo server open, start `n` connects to `blackhole` that never
+/// complete; try one more connection to the echo server ("extra ..."); check the open one
+/// still echoes ("open ..."); then connect again until it works ("after ...", up to 20 s).
+fn tcp_pending(echo: &str, blackhole: &str, n: usize) -> io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let mut open = TcpStream::connect(echo)?;
+    let target: std::net::SocketAddr = blackhole.parse().map_err(io::Error::other)?;
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        match s.connect(&target.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => pending.push(s),
+            other => println!("pending connect: {other:?}"),
+        }
+    }
+    // Let the SYNs reach usernet and its host connects start.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    tcp_connect_as("extra", echo);
+    println!("open {}", echo_round(&mut open, 7));
+    // The pending connects end when the world's kernel gives up on them (the test makes that
+    // quick); then there is room again.
+    drop(pending);
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(echo) {
+            Ok(_) => {
+                println!("after connected");
+                break;
+            }
+            Err(e) if start.elapsed().as_secs() >= 20 => {
+                println!("after {:?}", e.kind());
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    Ok(())
+}
+
+/// `n` UDP conversations with an echo server at `addr`, then one more flow ("extra ..."),
+/// then each conversation again from the same socket ("again ...").
+fn udp_conversations(addr: &str, n: usize) -> io::Result<()> {
+    let ask = |s: &std::net::UdpSocket, what: &[u8]| -> String {
+        let mut buf = [0u8; 2048];
+        match s.send(what).and_then(|_| s.recv(&mut buf)) {
+            Ok(len) if &buf[..len] == what => "ok".into(),
+            Ok(_) => "wrong".into(),
+            Err(e) => format!("{:?}", e.kind()),
+        }
+    };
+    let mut sockets = Vec::new();
+    let mut first = Vec::new();
+    for i in 0..n {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+        s.connect(addr)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        first.push(ask(&s, format!("hello {i}").as_bytes()));
+        sockets.push(s);
+    }
+    println!("first {}", first.join(","));
+    let extra = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    nix::sys::socket::setsockopt(&extra, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+    extra.connect(addr)?;
+    extra.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    println!("extra {}", ask(&extra, b"one more"));
+    let again: Vec<String> = sockets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ask(s, format!("again {i}").as_bytes()))
+        .collect();
+    println!("again {}", again.join(","));
+    Ok(())
+}
+
 /// Wait (up to 10 s) until something accepts TCP connections at `addr`.
 fn tcp_wait(addr: &str) -> io::Result<()> {
     let start = Instant::now();
@@ -634,4 +979,538 @@ fn udp_sink(host: &str, first_port: u16, ports: u16, target: u64) -> io::Result<
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+// ---- Tools of the fault tests (faults.rs) ----
+
+/// A pattern stream handed out in pieces of any size; the same bytes `send_pattern` writes
+/// for the seed, since both generate it in multiples of 8 bytes.
+struct PatternStream {
+    pattern: Pattern,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl PatternStream {
+    fn new(seed: u64) -> Self {
+        let len = 64 * 1024;
+        PatternStream {
+            pattern: Pattern::new(seed),
+            buf: vec![0; len],
+            pos: len,
+        }
+    }
+
+    /// The next bytes of the stream (never empty), without consuming them.
+    fn peek(&mut self) -> &[u8] {
+        if self.pos == self.buf.len() {
+            self.pattern.fill(&mut self.buf);
+            self.pos = 0;
+        }
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// Whether `data` is what comes next in the stream; consumes it.
+    fn matches(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() {
+            let want = self.peek();
+            let n = want.len().min(data.len());
+            if want[..n] != data[..n] {
+                return false;
+            }
+            self.consume(n);
+            data = &data[n..];
+        }
+        true
+    }
+}
+
+/// How a streaming connection ended.
+enum End {
+    Eof,
+    Reset,
+    Error(io::ErrorKind),
+    /// The bytes received stopped matching the peer's pattern at this offset.
+    Corrupt(u64),
+    /// The caller's condition was met.
+    Stopped,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Eof => write!(f, "eof"),
+            End::Reset => write!(f, "reset"),
+            End::Error(kind) => write!(f, "error:{kind:?}"),
+            End::Corrupt(at) => write!(f, "corrupt@{at}"),
+            End::Stopped => write!(f, "stopped"),
+        }
+    }
+}
+
+fn end_of(e: &io::Error) -> End {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET | libc::EPIPE) => End::Reset,
+        _ => End::Error(e.kind()),
+    }
+}
+
+/// Send the pattern of `out_seed` (if given) and take in whatever arrives (checked against
+/// the pattern of `expect_seed`, if given), both at once, at full speed, until the connection
+/// ends or `stop(sent, received)` holds. Returns (sent, received, how it ended); the first
+/// error ends it, so a reset reads as a reset even if the write side saw it first.
+fn pump(
+    conn: &TcpStream,
+    out_seed: Option<u64>,
+    expect_seed: Option<u64>,
+    stop: &dyn Fn(u64, u64) -> bool,
+) -> (u64, u64, End) {
+    use std::os::fd::AsRawFd;
+    if let Err(e) = conn.set_nonblocking(true) {
+        return (0, 0, end_of(&e));
+    }
+    let mut tx = out_seed.map(PatternStream::new);
+    let mut rx = expect_seed.map(PatternStream::new);
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let retry = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
+    };
+    let end = loop {
+        if stop(sent, received) {
+            break End::Stopped;
+        }
+        let mut pfd = libc::pollfd {
+            fd: conn.as_raw_fd(),
+            events: libc::POLLIN | if tx.is_some() { libc::POLLOUT } else { 0 },
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        match (&*conn).read(&mut buf) {
+            Ok(0) => break End::Eof,
+            Ok(n) => {
+                if let Some(rx) = &mut rx
+                    && !rx.matches(&buf[..n])
+                {
+                    break End::Corrupt(received);
+                }
+                received += n as u64;
+            }
+            Err(e) if retry(&e) => {}
+            Err(e) => break end_of(&e),
+        }
+        let Some(tx) = &mut tx else { continue };
+        match (&*conn).write(tx.peek()) {
+            Ok(n) => {
+                tx.consume(n);
+                sent += n as u64;
+            }
+            Err(e) if retry(&e) => {}
+            Err(e) => break end_of(&e),
+        }
+    };
+    (sent, received, end)
+}
+
+/// `n` connections to `addr`, each streaming both ways at full speed (or only taking in, with
+/// `download`; what arrives is checked against the server's pattern) until it ends. Prints
+/// "connected N" once all are up, then "end HOW sent=S received=R" for each as it ends, then
+/// "done".
+fn tcp_streams(addr: &str, n: u64, download: bool) -> io::Result<()> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(TcpStream::connect(addr)?);
+    }
+    println!("connected {n}");
+    io::stdout().flush()?;
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| {
+            std::thread::spawn(move || {
+                let out = (!download).then_some(CLIENT_SEED + i as u64);
+                let (sent, received, end) = pump(&conn, out, Some(SERVER_SEED), &|_, _| false);
+                println!("end {end} sent={sent} received={received}");
+                let _ = io::stdout().flush();
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    println!("done");
+    Ok(())
+}
+
+/// Every connection streams the server's pattern and takes whatever comes, until it ends:
+/// "accepted" when one arrives, "end HOW sent=S received=R" when it ends.
+fn tcp_stream_server(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        println!("accepted");
+        io::stdout().flush()?;
+        std::thread::spawn(move || {
+            let (sent, received, end) = pump(&conn, Some(SERVER_SEED), None, &|_, _| false);
+            println!("end {end} sent={sent} received={received}");
+            let _ = io::stdout().flush();
+        });
+    }
+    Ok(())
+}
+
+/// Every connection streams both ways until the server has sent at least `min_sent` bytes and
+/// received at least `min_received`, then the server resets it (SO_LINGER 0) with data still
+/// in flight: "reset sent=S received=R" (or "end HOW ..." if the client ended it first).
+fn tcp_reset_midway(listen: &str, min_sent: u64, min_received: u64) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let (sent, received, end) = pump(&conn, Some(SERVER_SEED), None, &|s, r| {
+                s >= min_sent && r >= min_received
+            });
+            if let End::Stopped = end {
+                let _ = socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
+                drop(conn);
+                println!("reset sent={sent} received={received}");
+            } else {
+                println!("end {end} sent={sent} received={received}");
+            }
+            let _ = io::stdout().flush();
+        });
+    }
+    Ok(())
+}
+
+/// Limits a reader or writer to `rate` bytes a second, in pieces of at most 64 KiB.
+struct Paced<T> {
+    inner: T,
+    rate: u64,
+    start: Instant,
+    done: u64,
+}
+
+impl<T> Paced<T> {
+    fn new(inner: T, rate: u64) -> Self {
+        Paced {
+            inner,
+            rate: rate.max(1),
+            start: Instant::now(),
+            done: 0,
+        }
+    }
+
+    /// Wait until the next piece is due; its largest size.
+    fn next_piece(&self, want: usize) -> usize {
+        let due = std::time::Duration::from_secs_f64(self.done as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        want.min(64 * 1024)
+    }
+}
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.next_piece(buf.len());
+        let k = self.inner.read(&mut buf[..n])?;
+        self.done += k as u64;
+        Ok(k)
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.next_piece(buf.len());
+        let k = self.inner.write(&buf[..n])?;
+        self.done += k as u64;
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The duplex exchange of `tcp-client` with a `tcp-server ... duplex`, `bytes` each way,
+/// each direction paced to `rate` bytes a second, so it lasts a known while. Prints
+/// "connected" once connected, "OK sent=N received=N ms=T" when both hashes check out.
+fn tcp_paced(addr: &str, bytes: u64, rate: u64) -> io::Result<()> {
+    let start = Instant::now();
+    let conn = TcpStream::connect(addr)?;
+    println!("connected");
+    io::stdout().flush()?;
+    let writer = conn.try_clone()?;
+    let sender = std::thread::spawn(move || -> io::Result<String> {
+        let mut w = Paced::new(writer, rate);
+        let h = send_pattern(&mut w, CLIENT_SEED, bytes)?;
+        w.inner.shutdown(Shutdown::Write)?;
+        Ok(h)
+    });
+    let mut reader = BufReader::new(Paced::new(conn, rate));
+    let got = recv_exact_hash(&mut reader, bytes)?;
+    check("download", &got, &expected_hash(SERVER_SEED, bytes))?;
+    let sent_hash = sender
+        .join()
+        .map_err(|_| io::Error::other("sender panicked"))??;
+    let mut trailer = String::new();
+    reader.read_line(&mut trailer)?;
+    check(
+        "upload as the server saw it",
+        trailer.trim(),
+        &format!("RECV {bytes} {sent_hash}"),
+    )?;
+    println!(
+        "OK sent={bytes} received={bytes} ms={}",
+        start.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Datagrams of `size` bytes to `addr` from one socket, as fast as they go, for `seconds`.
+fn udp_flood(addr: &str, seconds: u64, size: usize) -> io::Result<()> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(addr)?;
+    let payload = vec![0x55u8; size];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed().as_secs() < seconds {
+        for _ in 0..64 {
+            // A full tap queue drops silently; nothing else is expected to fail.
+            if socket.send(&payload).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    println!("sent {sent}");
+    Ok(())
+}
+
+/// Keep a UDP flow to `addr` busy: a datagram every 100 ms, forever; "talking" once the
+/// first answer came back.
+fn udp_hold(addr: &str) -> io::Result<()> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+    let mut talking = false;
+    let mut buf = [0u8; 2048];
+    loop {
+        socket.send(b"still here")?;
+        if socket.recv(&mut buf).is_ok() && !talking {
+            talking = true;
+            println!("talking");
+            io::stdout().flush()?;
+        }
+    }
+}
+
+/// Wait for one datagram, then keep sending to its sender (every 50 ms) until the sender's
+/// socket is gone (ICMP port unreachable: ECONNREFUSED): "peer ADDR", then "gone".
+fn udp_watch(listen: &str) -> io::Result<()> {
+    let socket = udp_bind_announce(listen)?;
+    let mut buf = [0u8; 2048];
+    let (_, from) = socket.recv_from(&mut buf)?;
+    println!("peer {from}");
+    io::stdout().flush()?;
+    socket.connect(from)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(50)))?;
+    let refused = |e: &io::Error| e.kind() == io::ErrorKind::ConnectionRefused;
+    loop {
+        match socket.send(b"are you there?") {
+            Err(e) if refused(&e) => break,
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        match socket.recv(&mut buf) {
+            Err(e) if refused(&e) => break,
+            _ => {}
+        }
+    }
+    println!("gone");
+    io::stdout().flush()
+}
+
+/// A DNS query for qN.example (A, IN, recursion desired) with id N.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    let label = format!("q{id}");
+    q.push(label.len() as u8);
+    q.extend_from_slice(label.as_bytes());
+    q.extend_from_slice(b"\x07example\x00\x00\x01\x00\x01");
+    q
+}
+
+/// `n` (at most 65536) distinct DNS queries to `addr` over UDP, in batches of 50 every
+/// 5 ms, then wait (up to 8 s after the last) for every answer. Prints "answered A
+/// servfail S other O missing M slow K max_ms X": slow ones took over a second.
+fn dns_burst(addr: &str, n: u64) -> io::Result<()> {
+    let n = n.min(65536) as usize;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // Room for a thousand answers arriving at once (we are root of the guest's namespace).
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: setsockopt on an open socket with a pointer to a live c_int.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    socket.connect(addr)?;
+    socket.set_nonblocking(true)?;
+    let mut sent_at: Vec<Option<Instant>> = vec![None; n];
+    let mut answers: Vec<Option<(std::time::Duration, u8)>> = vec![None; n];
+    let (mut next, mut answered) = (0usize, 0usize);
+    let mut last_batch: Option<Instant> = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        if next < n && last_batch.is_none_or(|t| t.elapsed().as_millis() >= 5) {
+            for _ in 0..50.min(n - next) {
+                match socket.send(&dns_query(next as u16)) {
+                    Ok(_) => {
+                        sent_at[next] = Some(Instant::now());
+                        next += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            last_batch = Some(Instant::now());
+        }
+        loop {
+            match socket.recv(&mut buf) {
+                Ok(k) if k >= 12 => {
+                    let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+                    if let (Some(Some(at)), Some(slot @ None)) =
+                        (sent_at.get(id), answers.get_mut(id))
+                    {
+                        *slot = Some((at.elapsed(), buf[3] & 0x0f));
+                        answered += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if answered == n || (next == n && last_batch.is_some_and(|t| t.elapsed().as_secs() >= 8)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let got: Vec<_> = answers.iter().flatten().collect();
+    let servfail = got.iter().filter(|(_, rcode)| *rcode == 2).count();
+    let slow = got.iter().filter(|(t, _)| t.as_millis() > 1000).count();
+    let max_ms = got.iter().map(|(t, _)| t.as_millis()).max().unwrap_or(0);
+    println!(
+        "answered {answered} servfail {servfail} other {} missing {} slow {slow} max_ms {max_ms}",
+        answered - servfail,
+        n - answered
+    );
+    Ok(())
+}
+
+/// `count` TCP SYNs from a raw socket, `rate` a second, taking turns among `targets` (IPv4
+/// addresses); each target sees distinct destination ports (1..65534, then the source port
+/// moves on). Nothing answers them from here: the guest kernel resets any SYN-ACK. Prints
+/// "sent N ms T".
+fn syn_flood(count: u64, rate: u64, targets: &[&str]) -> io::Result<()> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+    let targets: Vec<std::net::Ipv4Addr> = targets
+        .iter()
+        .map(|t| t.parse().map_err(io::Error::other))
+        .collect::<io::Result<_>>()?;
+    if targets.is_empty() {
+        return Err(io::Error::other("no target"));
+    }
+    // The source address the kernel puts on our packets.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    probe.connect((targets[0], 9))?;
+    let std::net::IpAddr::V4(src) = probe.local_addr()?.ip() else {
+        return Err(io::Error::other("no IPv4 source address"));
+    };
+    // SAFETY: plain socket(2); the fd is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let caps = ChecksumCapabilities::default();
+    let start = Instant::now();
+    let mut seg = [0u8; 24];
+    for i in 0..count {
+        let dst = targets[(i % targets.len() as u64) as usize];
+        let j = i / targets.len() as u64;
+        let repr = TcpRepr {
+            src_port: 10000 + (j / 65534) as u16,
+            dst_port: 1 + (j % 65534) as u16,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(i as i32),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let len = repr.buffer_len();
+        repr.emit(
+            &mut TcpPacket::new_unchecked(&mut seg[..len]),
+            &src.into(),
+            &dst.into(),
+            &caps,
+        );
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address for the duration of the call.
+        let r = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                seg.as_ptr().cast(),
+                len,
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+            ) {
+                return Err(e);
+            }
+        }
+        if i % 250 == 0 {
+            let due = std::time::Duration::from_secs_f64(i as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    println!("sent {count} ms {}", start.elapsed().as_millis());
+    Ok(())
 }

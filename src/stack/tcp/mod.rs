@@ -63,6 +63,11 @@ const CLOSING_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a forwarded connection waits for the guest to answer its SYN.
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most flows at once, unless `--max-tcp-flows` says otherwise.
+pub const DEFAULT_MAX_FLOWS: usize = 65536;
+/// Most host connects in progress at once, unless `--max-pending-connects` says otherwise.
+pub const DEFAULT_MAX_PENDING_CONNECTS: usize = 4096;
+
 /// Sizes and bounds of the TCP relay.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpConfig {
@@ -81,8 +86,8 @@ impl Default for TcpConfig {
         TcpConfig {
             rx_ring: 2 << 20,
             tx_ring: 2 << 20,
-            max_flows: 65536,
-            max_pending_connects: 4096,
+            max_flows: DEFAULT_MAX_FLOWS,
+            max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
         }
     }
 }
