@@ -20,27 +20,45 @@ need_packages() { # command:package ...
     fi
 }
 
+# Whether this process is real root in the initial user namespace (so a world can map a
+# million ids).
+can_map_many_ids() {
+    [ "$(id -u)" = 0 ] && grep -qE '^ +0 +0 +4294967295' /proc/self/uid_map
+}
+
+# Run a command in a new user+network+mount namespace with ids 0-999999 mapped one to one
+# (can_map_many_ids must hold), then exit with its status.
+run_in_many_ids_world() { # [nsenter options] -- command args...
+    local opts=()
+    while [ "$1" != -- ]; do opts+=("$1"); shift; done
+    shift
+    unshare --user --net --mount -- sleep infinity &
+    holder=$!
+    trap 'kill $holder 2>/dev/null' EXIT
+    sleep 0.3
+    echo "0 0 1000000" > /proc/$holder/uid_map
+    echo "0 0 1000000" > /proc/$holder/gid_map
+    local rc=0
+    nsenter -t $holder -U -n -m "${opts[@]}" -- "$@" || rc=$?
+    exit $rc
+}
+
 # Re-run the calling script inside a new user+network+mount namespace (the "world"). As real
 # root the world maps a million ids (so tools that need subordinate ids work there);
 # otherwise only the caller, as root.
 enter_world() { # script args...
     [ "${USERNET_BENCH_WORLD:-}" = 1 ] && return
     (cd "$root_dir" && cargo build --release --quiet)
-    export USERNET_BENCH_WORLD=1 USERNET_BIN="$root_dir/target/release/usernet"
+    # Where that build went (cargo honours CARGO_TARGET_DIR, relative to the crate).
+    local target=${CARGO_TARGET_DIR:-$root_dir/target}
+    case $target in /*) ;; *) target=$root_dir/$target ;; esac
+    export USERNET_BENCH_WORLD=1 USERNET_BIN="$target/release/usernet"
     local script
     script=$(realpath "$1")
     shift
-    if [ "$(id -u)" = 0 ] && grep -qE '^ +0 +0 +4294967295' /proc/self/uid_map; then
-        unshare --user --net --mount -- sleep infinity &
-        holder=$!
-        trap 'kill $holder 2>/dev/null' EXIT
-        sleep 0.3
-        echo "0 0 1000000" > /proc/$holder/uid_map
-        echo "0 0 1000000" > /proc/$holder/gid_map
+    if can_map_many_ids; then
         export USERNET_BENCH_IDS=many
-        local rc=0
-        nsenter -t $holder -U -n -m -- "$script" "$@" || rc=$?
-        exit $rc
+        run_in_many_ids_world -- "$script" "$@"
     fi
     exec unshare --user --map-root-user --net --mount -- "$script" "$@"
 }

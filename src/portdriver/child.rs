@@ -297,8 +297,24 @@ fn setup_family(v6: bool) -> io::Result<()> {
         v6,
     };
     nl.add_rule(&selector, TRANSPARENT_TABLE, RULE_PRIORITY_MARK)?;
-    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")
-        .map_err(|e| io::Error::new(e.kind(), format!("net.ipv4.tcp_fwmark_accept: {e}")))
+    // Replies the kernel makes itself carry the mark of what they answer, so the reset from a
+    // port where nothing listens comes back to our socket too (without it the SYN is retried
+    // until the connect times out).
+    let reflect = if v6 {
+        "/proc/sys/net/ipv6/fwmark_reflect"
+    } else {
+        "/proc/sys/net/ipv4/fwmark_reflect"
+    };
+    for (path, name) in [
+        (
+            "/proc/sys/net/ipv4/tcp_fwmark_accept",
+            "net.ipv4.tcp_fwmark_accept",
+        ),
+        (reflect, "fwmark_reflect"),
+    ] {
+        std::fs::write(path, "1").map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
+    }
+    Ok(())
 }
 
 fn dial_transparent(source: SocketAddr, target: SocketAddr, udp: bool) -> io::Result<OwnedFd> {
@@ -410,6 +426,36 @@ mod tests {
         assert_eq!(source_of(&r), Some("198.18.0.1:4000".parse().unwrap()));
         r.source_port = 0;
         assert_eq!(source_of(&r), None);
+    }
+
+    /// Found by the `bp_request` fuzz target: a transparent dial to a port where nothing
+    /// listens waited for the whole connect timeout, because the reset went to the client's
+    /// address instead of back to our socket. Runs itself again in a throwaway namespace.
+    #[test]
+    fn transparent_dial_to_a_closed_port_is_refused_at_once() {
+        const NAME: &str =
+            "portdriver::child::tests::transparent_dial_to_a_closed_port_is_refused_at_once";
+        if std::env::var_os("USERNET_TEST_IN_NAMESPACE").is_none() {
+            let status = std::process::Command::new("unshare")
+                .args(["--user", "--map-root-user", "--net", "--"])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1"])
+                .env("USERNET_TEST_IN_NAMESPACE", "1")
+                .status();
+            match status {
+                Ok(s) => assert!(s.success(), "in the namespace: {s}"),
+                Err(e) => eprintln!("skipped: cannot run unshare: {e}"),
+            }
+            return;
+        }
+        let mut nl = Netlink::open().unwrap();
+        nl.link_up("lo").unwrap();
+        setup_family(false).unwrap();
+        let closed: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let started = std::time::Instant::now();
+        let e = dial_transparent("198.18.0.9:4000".parse().unwrap(), closed, false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

@@ -87,6 +87,12 @@ impl Pinger {
 
     /// Answer a ping of one of our own addresses.
     pub fn reply_locally(&mut self, e: &GuestEcho<'_>, cx: &mut Ctx<'_>) {
+        // The reply is as large as the request. One too large for the link (a guest that set
+        // a bigger MTU on its side, or wrote the frame itself) is not answered, as replies
+        // from the host that would not fit are not.
+        if e.data.len() > cx.link.mtu.saturating_sub(emit::IPV4_LEN + 8) {
+            return;
+        }
         self.stats.local_replies += 1;
         let net = cx.policy.net;
         emit::icmp_echo_reply(
@@ -300,6 +306,77 @@ impl Pinger {
             let _ = cx
                 .registry
                 .deregister(&mut SourceFd(&entry.socket.as_raw_fd()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Local echo replies, through a whole [`Stack`](crate::stack::Stack) whose TAP is a
+    //! socketpair.
+
+    use std::os::fd::AsFd;
+
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
+        IpProtocol, Ipv4Packet, Ipv4Repr,
+    };
+
+    use crate::net::VirtualNetwork;
+    use crate::stack::{Stack, StackConfig};
+
+    fn echo_request(net: &VirtualNetwork, data: &[u8]) -> Vec<u8> {
+        let icmp = Icmpv4Repr::EchoRequest {
+            ident: 1,
+            seq_no: 1,
+            data,
+        };
+        let ip = Ipv4Repr {
+            src_addr: net.guest,
+            dst_addr: net.gateway,
+            next_header: IpProtocol::Icmp,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; 14 + 20 + icmp.buffer_len()];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress([0x02, 0, 0, 0, 0, 0x64]),
+            dst_addr: net.gateway_mac(),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut frame);
+        let caps = ChecksumCapabilities::default();
+        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet, &caps);
+        icmp.emit(
+            &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
+            &caps,
+        );
+        buf
+    }
+
+    /// Found by the `stateful` fuzz target: a 1676-byte ping of the gateway at MTU 1500 got a
+    /// 1690-byte reply.
+    #[test]
+    fn local_replies_never_exceed_the_link_mtu() {
+        let (ours, theirs) = crate::tap::test_pair();
+        let net = VirtualNetwork::default();
+        let mut stack = Stack::new(ours, StackConfig::new(net, 1500)).unwrap();
+        let mut buf = vec![0u8; 70_000];
+        for (len, answered) in [(1472, true), (1473, false), (3000, false), (0, true)] {
+            stack.inject_frame(&echo_request(&net, &vec![7u8; len]));
+            match crate::tap::read_frame(theirs.as_fd(), &mut buf) {
+                Ok(n) => {
+                    assert!(answered, "a {len}-byte ping was answered");
+                    assert_eq!(n, 14 + 20 + 8 + len);
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+                    assert!(!answered, "a {len}-byte ping was not answered");
+                }
+            }
         }
     }
 }

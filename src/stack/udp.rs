@@ -635,7 +635,6 @@ mod tests {
 
     use crate::net::VirtualNetwork;
     use crate::stack::{Stack, StackConfig};
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
         EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, IpProtocol,
@@ -655,13 +654,7 @@ mod tests {
 
     impl Guest {
         fn new(max_entries: usize) -> Guest {
-            let (a, b) = socketpair(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                None,
-                SockFlag::SOCK_NONBLOCK,
-            )
-            .unwrap();
+            let (a, b) = crate::tap::test_pair();
             let net = VirtualNetwork::default();
             let mut config = StackConfig::new(net, 1500);
             config.udp.max_entries = max_entries;

@@ -95,13 +95,28 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 /// Hand `fds` to the command as the given fd numbers.
 fn give_fds(cmd: &mut Command, fds: &[(&OwnedFd, RawFd)]) {
     let pairs: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    // SAFETY: dup2 is async-signal-safe; the fds stay open until after spawn returns.
+    // A source may itself be one of the target numbers (fds 3 and 4 are often free in the
+    // busy test process): dup2 onto itself would keep O_CLOEXEC, and an earlier dup2 could
+    // overwrite a later source. So every source first moves above all targets.
+    let above = pairs.iter().map(|&(_, to)| to).max().unwrap_or(0) + 1;
+    let mut moved: Vec<RawFd> = vec![-1; pairs.len()];
+    // SAFETY: fcntl, dup2 and close are async-signal-safe; nothing allocates; the fds stay
+    // open until after spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            for (from, to) in &pairs {
-                if libc::dup2(*from, *to) < 0 {
+            for (slot, (from, _)) in moved.iter_mut().zip(&pairs) {
+                *slot = libc::fcntl(*from, libc::F_DUPFD, above);
+                if *slot < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            for (fd, (_, to)) in moved.iter().zip(&pairs) {
+                if libc::dup2(*fd, *to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for fd in &moved {
+                libc::close(*fd);
             }
             Ok(())
         });

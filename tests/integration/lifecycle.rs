@@ -179,18 +179,7 @@ pub fn nothing_is_left_behind_after_exit() {
         tmp = tmp.display(),
         state = state.display()
     );
-    let out = run(
-        &mut world.usernet(&[
-            "run",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]),
-        LIMIT,
-    );
+    let out = run(&mut world.usernet_sh(&state, &script), LIMIT);
     out.assert_ok();
     assert!(!state.exists(), "state dir {} left behind", state.display());
     for f in ["bg", "child", "cmd"] {
@@ -234,18 +223,7 @@ pub fn state_dir_holds_child_pid_and_a_lock() {
         state.display(),
         state.display()
     );
-    let out = run(
-        &mut world.usernet(&[
-            "run",
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]),
-        LIMIT,
-    );
+    let out = run(&mut world.usernet_sh(&state, &script), LIMIT);
     out.assert_ok();
     assert!(out.stdout.lines().any(|l| l == "child_pid"), "{out:#?}");
     assert!(out.stdout.lines().any(|l| l == "lock"), "{out:#?}");

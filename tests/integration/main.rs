@@ -6,6 +6,7 @@
 //! `main` (libtest-mimic provides the usual test-runner command line).
 
 mod attach;
+mod faults;
 mod inbound;
 mod lifecycle;
 mod limits;
@@ -85,6 +86,12 @@ fn main() {
         security::host_loopback_policy_cannot_be_bypassed,
         security::other_users_cannot_reach_the_state_dir_or_the_api,
         security::after_setup_usernet_holds_no_capability_it_does_not_need,
+        faults::host_peer_resets_mid_transfer_with_data_in_flight_both_ways,
+        faults::guest_killed_mid_transfer_ends_the_host_connections_and_frees_the_flows,
+        faults::dns_with_every_upstream_dead_fails_fast_without_piling_up,
+        faults::tap_queue_full_for_seconds_then_tcp_completes,
+        faults::command_exit_with_connections_open_ends_them_and_leaves_nothing,
+        faults::syn_flood_from_the_guest_stays_bounded_and_responsive,
         attach::slirp4netns_configure_ready_fd_and_exit_fd,
         attach::slirp4netns_api_socket_adds_lists_removes_and_forwards,
         attach::slirp4netns_cidr_macaddress_and_disable_host_loopback,

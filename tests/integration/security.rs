@@ -120,8 +120,7 @@ pub fn other_users_cannot_reach_the_state_dir_or_the_api() {
     let state = tmp.join("state");
     let mut usernet = Server::from_child(
         world
-            .usernet(&["run", "--state-dir", state.to_str().unwrap(), "--"])
-            .args(["sh", "-c", "echo up; sleep 60"])
+            .usernet_sh(&state, "echo up; sleep 60")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),

@@ -1059,24 +1059,25 @@ fn end_of(e: &io::Error) -> End {
     }
 }
 
-/// Send the pattern of `out_seed` (if given) and take in whatever arrives (checked against
-/// the pattern of `expect_seed`, if given), both at once, at full speed, until the connection
-/// ends or `stop(sent, received)` holds. Returns (sent, received, how it ended); the first
-/// error ends it, so a reset reads as a reset even if the write side saw it first.
+/// Send `out` (up to `out_limit` bytes of it) and take in whatever arrives (checked against
+/// `expect`, if given), both at once, at full speed, until the connection ends or
+/// `stop(sent, received)` holds. Returns (sent, received, how it ended). The first error is
+/// how it ended, so a reset reads as a reset even if the write side saw it first; after a
+/// write error what is still queued for us is read (and counted) before returning.
 fn pump(
     conn: &TcpStream,
-    out_seed: Option<u64>,
-    expect_seed: Option<u64>,
+    mut out: Option<PatternStream>,
+    out_limit: u64,
+    mut expect: Option<PatternStream>,
     stop: &dyn Fn(u64, u64) -> bool,
 ) -> (u64, u64, End) {
     use std::os::fd::AsRawFd;
     if let Err(e) = conn.set_nonblocking(true) {
         return (0, 0, end_of(&e));
     }
-    let mut tx = out_seed.map(PatternStream::new);
-    let mut rx = expect_seed.map(PatternStream::new);
     let mut buf = vec![0u8; 64 * 1024];
     let (mut sent, mut received) = (0u64, 0u64);
+    let mut write_error = None;
     let retry = |e: &io::Error| {
         matches!(
             e.kind(),
@@ -1084,20 +1085,23 @@ fn pump(
         )
     };
     let end = loop {
-        if stop(sent, received) {
+        if write_error.is_none() && stop(sent, received) {
             break End::Stopped;
+        }
+        if sent >= out_limit {
+            out = None;
         }
         let mut pfd = libc::pollfd {
             fd: conn.as_raw_fd(),
-            events: libc::POLLIN | if tx.is_some() { libc::POLLOUT } else { 0 },
+            events: libc::POLLIN | if out.is_some() { libc::POLLOUT } else { 0 },
             revents: 0,
         };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, 100) };
         match (&*conn).read(&mut buf) {
-            Ok(0) => break End::Eof,
+            Ok(0) => break write_error.take().unwrap_or(End::Eof),
             Ok(n) => {
-                if let Some(rx) = &mut rx
+                if let Some(rx) = &mut expect
                     && !rx.matches(&buf[..n])
                 {
                     break End::Corrupt(received);
@@ -1105,25 +1109,54 @@ fn pump(
                 received += n as u64;
             }
             Err(e) if retry(&e) => {}
-            Err(e) => break end_of(&e),
+            Err(e) => break write_error.take().unwrap_or_else(|| end_of(&e)),
         }
-        let Some(tx) = &mut tx else { continue };
-        match (&*conn).write(tx.peek()) {
+        let Some(tx) = &mut out else { continue };
+        let piece = tx.peek();
+        let piece = &piece[..piece.len().min((out_limit - sent) as usize)];
+        match (&*conn).write(piece) {
             Ok(n) => {
                 tx.consume(n);
                 sent += n as u64;
             }
             Err(e) if retry(&e) => {}
-            Err(e) => break end_of(&e),
+            Err(e) => {
+                write_error = Some(end_of(&e));
+                out = None;
+            }
         }
     };
     (sent, received, end)
 }
 
-/// `n` connections to `addr`, each streaming both ways at full speed (or only taking in, with
-/// `download`; what arrives is checked against the server's pattern) until it ends. Prints
-/// "connected N" once all are up, then "end HOW sent=S received=R" for each as it ends, then
-/// "done".
+/// The pattern seed of a `tcp-streams` client's connection `i`: the seeds step by 2, since
+/// [`Pattern`] sets the lowest bit itself.
+fn stream_seed(i: u64) -> u64 {
+    CLIENT_SEED + 2 * i
+}
+
+/// Which of the first 1024 `tcp-streams` connections starts its pattern with `head`.
+fn client_index(head: &[u8; 8]) -> Option<u64> {
+    (0..1024).find(|&i| {
+        let mut first = [0u8; 8];
+        Pattern::new(stream_seed(i)).fill(&mut first);
+        &first == head
+    })
+}
+
+/// Bytes written to `conn` that its peer has not acknowledged yet (SIOCOUTQ).
+fn unacked(conn: &TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer.
+    let r = unsafe { libc::ioctl(conn.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 { 0 } else { n as u64 }
+}
+
+/// `n` connections to `addr`, each streaming both ways at full speed (with `download`, only
+/// the first 8 bytes of its pattern, which tell the server which connection it is, then only
+/// taking in); what arrives is checked against the server's pattern. Prints "connected N"
+/// once all are up, then "end HOW conn=I sent=S received=R" for each as it ends, then "done".
 fn tcp_streams(addr: &str, n: u64, download: bool) -> io::Result<()> {
     let mut conns = Vec::new();
     for _ in 0..n {
@@ -1136,9 +1169,12 @@ fn tcp_streams(addr: &str, n: u64, download: bool) -> io::Result<()> {
         .enumerate()
         .map(|(i, conn)| {
             std::thread::spawn(move || {
-                let out = (!download).then_some(CLIENT_SEED + i as u64);
-                let (sent, received, end) = pump(&conn, out, Some(SERVER_SEED), &|_, _| false);
-                println!("end {end} sent={sent} received={received}");
+                let out = PatternStream::new(stream_seed(i as u64));
+                let limit = if download { 8 } else { u64::MAX };
+                let expect = PatternStream::new(SERVER_SEED);
+                let (sent, received, end) =
+                    pump(&conn, Some(out), limit, Some(expect), &|_, _| false);
+                println!("end {end} conn={i} sent={sent} received={received}");
                 let _ = io::stdout().flush();
             })
         })
@@ -1159,7 +1195,8 @@ fn tcp_stream_server(listen: &str) -> io::Result<()> {
         println!("accepted");
         io::stdout().flush()?;
         std::thread::spawn(move || {
-            let (sent, received, end) = pump(&conn, Some(SERVER_SEED), None, &|_, _| false);
+            let out = PatternStream::new(SERVER_SEED);
+            let (sent, received, end) = pump(&conn, Some(out), u64::MAX, None, &|_, _| false);
             println!("end {end} sent={sent} received={received}");
             let _ = io::stdout().flush();
         });
@@ -1167,23 +1204,41 @@ fn tcp_stream_server(listen: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Every connection streams both ways until the server has sent at least `min_sent` bytes and
+/// Every connection streams both ways (what the client sends is checked against its pattern,
+/// found from its first 8 bytes) until the server has sent at least `min_sent` bytes and
 /// received at least `min_received`, then the server resets it (SO_LINGER 0) with data still
-/// in flight: "reset sent=S received=R" (or "end HOW ..." if the client ended it first).
+/// in flight: "reset conn=I sent=S received=R acked=A", where A of the S bytes had been
+/// acknowledged by the client's side (so they were out of this host's hands), or "end HOW
+/// ..." if the client ended it first.
 fn tcp_reset_midway(listen: &str, min_sent: u64, min_received: u64) -> io::Result<()> {
     let listener = listen_announce(listen)?;
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+        let Ok(mut conn) = conn else { continue };
         std::thread::spawn(move || {
-            let (sent, received, end) = pump(&conn, Some(SERVER_SEED), None, &|s, r| {
-                s >= min_sent && r >= min_received
+            let mut head = [0u8; 8];
+            let index = conn
+                .read_exact(&mut head)
+                .ok()
+                .and_then(|_| client_index(&head));
+            let Some(i) = index else {
+                println!("end unknown-client");
+                let _ = io::stdout().flush();
+                return;
+            };
+            let mut expect = PatternStream::new(stream_seed(i));
+            expect.matches(&head);
+            let out = PatternStream::new(SERVER_SEED);
+            let (sent, received, end) = pump(&conn, Some(out), u64::MAX, Some(expect), &|s, r| {
+                s >= min_sent && r + 8 >= min_received
             });
+            let received = received + 8;
             if let End::Stopped = end {
+                let acked = sent - unacked(&conn).min(sent);
                 let _ = socket2::SockRef::from(&conn).set_linger(Some(std::time::Duration::ZERO));
                 drop(conn);
-                println!("reset sent={sent} received={received}");
+                println!("reset conn={i} sent={sent} received={received} acked={acked}");
             } else {
-                println!("end {end} sent={sent} received={received}");
+                println!("end {end} conn={i} sent={sent} received={received}");
             }
             let _ = io::stdout().flush();
         });
@@ -1350,26 +1405,24 @@ fn dns_query(id: u16) -> Vec<u8> {
     q
 }
 
-/// `n` (at most 65536) distinct DNS queries to `addr` over UDP, in batches of 50 every
+/// `n` (at most 65536) distinct DNS queries to `addr` over UDP, in batches of 20 every
 /// 5 ms, then wait (up to 8 s after the last) for every answer. Prints "answered A
-/// servfail S other O missing M slow K max_ms X": slow ones took over a second.
+/// servfail S other O missing M slow K max_ms X rcvbuf_drops D": slow ones took over a
+/// second; D answers arrived but found a full socket buffer (the guest's kernel counts them,
+/// as UDP RcvbufErrors). Inside a namespace the buffer cannot be raised past rmem_max
+/// (SO_RCVBUFFORCE needs the initial namespace's CAP_NET_ADMIN), so the queries are spread
+/// over 16 sockets, each with its own buffer.
 fn dns_burst(addr: &str, n: u64) -> io::Result<()> {
+    const SOCKETS: usize = 16;
     let n = n.min(65536) as usize;
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    // Room for a thousand answers arriving at once (we are root of the guest's namespace).
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt on an open socket with a pointer to a live c_int.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    socket.connect(addr)?;
-    socket.set_nonblocking(true)?;
+    let mut sockets = Vec::new();
+    for _ in 0..SOCKETS {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(addr)?;
+        socket.set_nonblocking(true)?;
+        sockets.push(socket);
+    }
+    let drops_before = udp_rcvbuf_errors();
     let mut sent_at: Vec<Option<Instant>> = vec![None; n];
     let mut answers: Vec<Option<(std::time::Duration, u8)>> = vec![None; n];
     let (mut next, mut answered) = (0usize, 0usize);
@@ -1377,8 +1430,8 @@ fn dns_burst(addr: &str, n: u64) -> io::Result<()> {
     let mut buf = [0u8; 4096];
     loop {
         if next < n && last_batch.is_none_or(|t| t.elapsed().as_millis() >= 5) {
-            for _ in 0..50.min(n - next) {
-                match socket.send(&dns_query(next as u16)) {
+            for _ in 0..20.min(n - next) {
+                match sockets[next % SOCKETS].send(&dns_query(next as u16)) {
                     Ok(_) => {
                         sent_at[next] = Some(Instant::now());
                         next += 1;
@@ -1389,20 +1442,22 @@ fn dns_burst(addr: &str, n: u64) -> io::Result<()> {
             }
             last_batch = Some(Instant::now());
         }
-        loop {
-            match socket.recv(&mut buf) {
-                Ok(k) if k >= 12 => {
-                    let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
-                    if let (Some(Some(at)), Some(slot @ None)) =
-                        (sent_at.get(id), answers.get_mut(id))
-                    {
-                        *slot = Some((at.elapsed(), buf[3] & 0x0f));
-                        answered += 1;
+        for socket in &sockets {
+            loop {
+                match socket.recv(&mut buf) {
+                    Ok(k) if k >= 12 => {
+                        let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+                        if let (Some(Some(at)), Some(slot @ None)) =
+                            (sent_at.get(id), answers.get_mut(id))
+                        {
+                            *slot = Some((at.elapsed(), buf[3] & 0x0f));
+                            answered += 1;
+                        }
                     }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
             }
         }
         if answered == n || (next == n && last_batch.is_some_and(|t| t.elapsed().as_secs() >= 8)) {
@@ -1410,16 +1465,33 @@ fn dns_burst(addr: &str, n: u64) -> io::Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    let drops = udp_rcvbuf_errors().saturating_sub(drops_before);
     let got: Vec<_> = answers.iter().flatten().collect();
     let servfail = got.iter().filter(|(_, rcode)| *rcode == 2).count();
     let slow = got.iter().filter(|(t, _)| t.as_millis() > 1000).count();
     let max_ms = got.iter().map(|(t, _)| t.as_millis()).max().unwrap_or(0);
     println!(
-        "answered {answered} servfail {servfail} other {} missing {} slow {slow} max_ms {max_ms}",
+        "answered {answered} servfail {servfail} other {} missing {} slow {slow} max_ms {max_ms} \
+         rcvbuf_drops {drops}",
         answered - servfail,
         n - answered
     );
     Ok(())
+}
+
+/// This network namespace's count of UDP datagrams dropped for a full socket buffer.
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `count` TCP SYNs from a raw socket, `rate` a second, taking turns among `targets` (IPv4

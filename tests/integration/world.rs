@@ -140,6 +140,16 @@ impl World {
         c
     }
 
+    /// `usernet run --state-dir STATE -- sh -c SCRIPT` inside the world.
+    pub fn usernet_sh(&self, state: &std::path::Path, script: &str) -> Command {
+        let mut c = self.command(usernet_bin());
+        c.arg("run")
+            .arg("--state-dir")
+            .arg(state)
+            .args(["--", "sh", "-c", script]);
+        c
+    }
+
     /// `usernet run FLAGS -- <this binary> __tool TOOL_ARGS...` inside the world: a tool run
     /// as the command in usernet's namespaces.
     pub fn usernet_tool(&self, flags: &[&str], tool_args: &[&str]) -> Command {

@@ -19,7 +19,8 @@
 //! | guest FIN | once the rx ring is drained to the host: `shutdown(SHUT_WR)`; data keeps flowing the other way |
 //! | host EOF | `close()`: smoltcp sends FIN after the tx ring drains |
 //! | guest RST | host socket closed with `SO_LINGER` 0, so the host peer sees a reset |
-//! | host error (`ECONNRESET`…) | `abort()`: RST to the guest |
+//! | host reset (`ECONNRESET`, `EPIPE`), seen by a read or a write | no more writes; what the host sent before it is still read and delivered, then RST to the guest |
+//! | other host error | `abort()`: RST to the guest |
 //! | both directions done | flow removed at once (no TIME-WAIT), so a reused guest port connects at once |
 //! | segment for no flow | RST, as a closed port would answer |
 //!
@@ -788,7 +789,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
 
 /// Move what the guest sent from smoltcp's rx ring into the host socket.
 fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
-    while host.writable && !host.failed && sock.can_recv() {
+    while host.writable && !host.failed && !host.reset && sock.can_recv() {
         let r = sock.recv(|buf| match (&host.stream).write(buf) {
             Ok(n) => (n, Ok(n)),
             Err(e) => (0, Err(e)),
@@ -799,12 +800,28 @@ fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
             Ok(Err(e)) => match e.kind() {
                 io::ErrorKind::WouldBlock => host.writable = false,
                 io::ErrorKind::Interrupted => {}
+                // The host peer reset the connection. What it sent before the reset is still
+                // in our socket and readable: deliver it, then the reset (as when a read sees
+                // the reset first), instead of aborting at once and dropping it (issue 6).
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                    log::debug!("host write: {e}");
+                    host.reset = true;
+                    host.readable = true;
+                }
                 _ => {
                     log::debug!("host write failed: {e}");
                     host.failed = true;
                 }
             },
         }
+    }
+    if host.reset {
+        // The host peer is gone: what the guest sends now has nowhere to go. Drop it rather
+        // than let the ring fill, since with our receive window closed smoltcp ignores the
+        // ACKs in guest segments it cannot accept (RFC 9293's allowance for a zero window is
+        // not implemented), and the guest's ACKs of what is still being delivered to it are
+        // what ends the flow.
+        while sock.recv(|buf| (buf.len(), buf.len())).is_ok_and(|n| n > 0) {}
     }
 }
 
@@ -959,7 +976,6 @@ mod tests {
     use crate::stack::frame::{Classified, classify};
     use crate::stack::tx::TapWriter;
     use mio::{Events, Poll};
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
         EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol, Ipv4Packet,
@@ -982,13 +998,7 @@ mod tests {
 
     impl Harness {
         fn new() -> Self {
-            let (a, b) = socketpair(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                None,
-                SockFlag::SOCK_NONBLOCK,
-            )
-            .unwrap();
+            let (a, b) = crate::tap::test_pair();
             Harness {
                 flows: TcpFlows::new(TcpConfig::default()),
                 tap: TapWriter::new(a),

@@ -1,0 +1,235 @@
+//! A [`Stack`] whose TAP is one end of a `socketpair(AF_UNIX, SOCK_SEQPACKET)`: the stack
+//! reads and writes frames there with plain `read()`/`write()`, as on a real TAP; the harness
+//! holds the other end, drains what the stack sends after every step and checks each frame
+//! (it must parse, and be no bigger than the link allows). It also keeps what a guest would
+//! know about each TCP connection (the next sequence numbers both ways), so the targets can
+//! answer the stack's segments meaningfully even though its initial sequence numbers are
+//! random.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use smoltcp::wire::{
+    ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Packet,
+    TcpPacket, UdpPacket,
+};
+use usernet::stack::{Stack, StackConfig, TableSizes};
+
+/// The guest's side of one TCP connection.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestFlow {
+    /// Next sequence number the guest sends.
+    pub snd_nxt: u32,
+    /// Next sequence number the guest expects from the stack (what it acknowledges).
+    pub rcv_nxt: u32,
+    /// Whether the stack's SYN has been seen (there is something to acknowledge).
+    pub synced: bool,
+}
+
+/// Key of a guest flow: the guest's address and the remote address it talks to.
+pub type FlowKey = (SocketAddrV4, SocketAddrV4);
+
+/// The guest's initial sequence number for connections it opens or accepts.
+pub const GUEST_ISN: u32 = 0x1000_0000;
+
+pub struct Harness {
+    pub stack: Stack,
+    peer: OwnedFd,
+    config: StackConfig,
+    buf: Vec<u8>,
+    /// TCP connections, as the guest sees them.
+    pub flows: BTreeMap<FlowKey, GuestFlow>,
+    /// Frames the stack sent since the harness was made.
+    pub frames_out: u64,
+}
+
+/// The stack configuration the targets use: small tables, so their bounds are reached.
+pub fn small_config(mtu: u32) -> StackConfig {
+    let mut config = StackConfig::new(usernet::net::VirtualNetwork::default(), mtu);
+    config.tcp.rx_ring = 64 * 1024;
+    config.tcp.tx_ring = 64 * 1024;
+    config.tcp.max_flows = 8;
+    config.tcp.max_pending_connects = 4;
+    config.udp.max_entries = 8;
+    config.dns_upstreams = crate::host::dns_upstreams();
+    config.search_domains = vec!["fuzz.example".into()];
+    config
+}
+
+impl Harness {
+    /// A stack with `config`, in the fuzz namespace ([`crate::world::enter`] must have run).
+    pub fn new(config: StackConfig) -> Self {
+        assert!(
+            !config.dns_upstreams.is_empty()
+                && config.dns_upstreams.iter().all(|a| a.ip().is_loopback()),
+            "DNS upstreams must be on loopback, never the machine's resolver"
+        );
+        let (ours, peer) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let stack = Stack::new(ours, config.clone()).expect("Stack::new");
+        Harness {
+            stack,
+            peer,
+            config,
+            buf: vec![0u8; 70_000],
+            flows: BTreeMap::new(),
+            frames_out: 0,
+        }
+    }
+
+    pub fn mtu(&self) -> usize {
+        self.config.mtu as usize
+    }
+
+    /// Hand the stack a frame as if the guest sent it, then take what it answered.
+    pub fn inject(&mut self, frame: &[u8]) {
+        self.stack.inject_frame(frame);
+        self.drain();
+    }
+
+    /// Send a frame through the TAP (read by the stack on its next turn).
+    pub fn send(&mut self, frame: &[u8]) {
+        let _ = nix::unistd::write(self.peer.as_fd(), frame);
+    }
+
+    /// Run `n` turns of the event loop, each waiting at most `wait`, draining after each.
+    pub fn turns(&mut self, n: usize, wait: Duration) {
+        for _ in 0..n {
+            self.stack.turn(wait).expect("turn");
+            self.drain();
+        }
+    }
+
+    /// Run `n` turns that do not wait in `epoll_wait` (whose timeouts are whole
+    /// milliseconds), each after a `pause` that lets the simulated host's thread answer.
+    pub fn settle(&mut self, n: usize, pause: Duration) {
+        for _ in 0..n {
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+            self.stack.turn(Duration::ZERO).expect("turn");
+            self.drain();
+        }
+    }
+
+    /// Read every frame the stack sent, check it, and note TCP sequence numbers.
+    pub fn drain(&mut self) {
+        loop {
+            match nix::unistd::read(self.peer.as_fd(), &mut self.buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    self.frames_out += 1;
+                    let frame = std::mem::take(&mut self.buf);
+                    self.check_frame(&frame[..n]);
+                    self.buf = frame;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn check_frame(&mut self, frame: &[u8]) {
+        let eth = EthernetFrame::new_checked(frame).expect("the stack sent a runt frame");
+        if frame.len() > 14 + self.mtu() {
+            let what = match Ipv4Packet::new_checked(eth.payload()) {
+                Ok(ip) => format!(
+                    "{} {} -> {}",
+                    ip.next_header(),
+                    ip.src_addr(),
+                    ip.dst_addr()
+                ),
+                Err(_) => format!("{}", eth.ethertype()),
+            };
+            panic!(
+                "the stack sent a {}-byte frame ({what}) on a link with MTU {}",
+                frame.len(),
+                self.mtu()
+            );
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                let arp = ArpPacket::new_checked(eth.payload()).expect("malformed ARP sent");
+                ArpRepr::parse(&arp).expect("malformed ARP sent");
+            }
+            EthernetProtocol::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(eth.payload()).expect("malformed IPv4 sent");
+                let l4 = ip.payload();
+                match ip.next_header() {
+                    IpProtocol::Tcp => {
+                        let tcp = TcpPacket::new_checked(l4).expect("malformed TCP sent");
+                        self.note_tcp(ip.src_addr(), ip.dst_addr(), &tcp);
+                    }
+                    IpProtocol::Udp => {
+                        let udp = UdpPacket::new_checked(l4).expect("malformed UDP sent");
+                        assert!(usize::from(udp.len()) <= l4.len());
+                    }
+                    IpProtocol::Icmp => {
+                        Icmpv4Packet::new_checked(l4).expect("malformed ICMP sent");
+                    }
+                    other => panic!("the stack sent IP protocol {other}"),
+                }
+            }
+            other => panic!("the stack sent ethertype {other}"),
+        }
+    }
+
+    /// What the stack's segment tells the guest about its connection.
+    fn note_tcp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, tcp: &TcpPacket<&[u8]>) {
+        let key = (
+            SocketAddrV4::new(dst, tcp.dst_port()),
+            SocketAddrV4::new(src, tcp.src_port()),
+        );
+        let seq = tcp.seq_number().0 as u32;
+        let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
+        if tcp.rst() {
+            self.flows.remove(&key);
+            return;
+        }
+        if self.flows.len() >= 256 && !self.flows.contains_key(&key) {
+            return;
+        }
+        let flow = self.flows.entry(key).or_insert(GuestFlow {
+            snd_nxt: GUEST_ISN,
+            rcv_nxt: seq,
+            synced: false,
+        });
+        if tcp.syn() {
+            flow.synced = true;
+            flow.rcv_nxt = seq.wrapping_add(len);
+        } else {
+            let end = seq.wrapping_add(len);
+            if !flow.synced || (end.wrapping_sub(flow.rcv_nxt) as i32) > 0 {
+                flow.rcv_nxt = end;
+                flow.synced = true;
+            }
+        }
+    }
+
+    /// Assert that no table grew past its bound.
+    pub fn check_bounds(&self) {
+        let t = self.stack.table_sizes();
+        let c = &self.config;
+        let ok = t.tcp_flows <= c.tcp.max_flows
+            && t.udp_flows <= c.udp.max_entries
+            && t.dns_queries <= usernet::stack::dns::MAX_QUERIES
+            && t.pings <= usernet::stack::icmp::MAX_ENTRIES
+            && t.neighbors <= usernet::stack::neigh::MAX_NEIGHBORS
+            && t.forwards <= usernet::stack::hostfwd::MAX_FORWARDS
+            && t.waiting <= usernet::stack::hostfwd::MAX_WAITING
+            && t.tx_backlog <= 1024;
+        assert!(ok, "a table outgrew its bound: {t:?}");
+    }
+
+    pub fn sizes(&self) -> TableSizes {
+        self.stack.table_sizes()
+    }
+}
