@@ -173,7 +173,35 @@ pub struct Stack {
     epoch: StdInstant,
     /// The embedding program's next wake-up ([`Stack::wake_at`]).
     wakeup: Option<StdInstant>,
+    heap: HeapTrim,
     pub stats: StackStats,
+}
+
+/// Gives the heap a burst of flows used back to the system once the burst is over. A flow's
+/// small allocations (its smoltcp interface and socket, the table entries) come from glibc's
+/// heap, which keeps free memory below its top for reuse; `malloc_trim` returns every free
+/// page (`bench/latency.sh`: 4.7 MiB PSS after 1000 connections closed without it, 4.0 with
+/// it, 3.4 before they opened). It runs only when the flows fell to half their peak, and by
+/// at least [`HeapTrim::MIN_DROP`], so a steady workload never pays for it.
+#[derive(Default)]
+struct HeapTrim {
+    peak: usize,
+}
+
+impl HeapTrim {
+    const MIN_DROP: usize = 256;
+
+    fn note(&mut self, live: usize) {
+        self.peak = self.peak.max(live);
+        if self.peak - live >= Self::MIN_DROP && live <= self.peak / 2 {
+            self.peak = live;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free heap pages to the system.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
 }
 
 /// Build a [`Ctx`] from the stack's fields (a macro, so the borrows stay field-disjoint).
@@ -229,6 +257,7 @@ impl Stack {
             },
             epoch: StdInstant::now(),
             wakeup: None,
+            heap: HeapTrim::default(),
             stats: StackStats::default(),
         })
     }
@@ -404,6 +433,8 @@ impl Stack {
         {
             self.check_waiting(now);
         }
+        self.heap
+            .note(self.tcp.len() + self.udp.len() + self.pinger.len());
         Ok(ControlFlow::Continue(()))
     }
 

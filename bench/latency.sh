@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Latency and memory of usernet, slirp4netns and pasta, side by side, in one run.
+#
+# Usage: bench/latency.sh        (BENCH_SECONDS=5 per latency test, BENCH_CONNECTS=2000)
+#
+# Everything runs inside a throwaway user+network namespace (the "world"): the servers listen
+# on the world's 127.0.0.1 and each tool's guest reaches them through its gateway alias
+# (10.0.2.2 for usernet and slirp4netns, the mapped gateway for pasta), all at MTU 65520. No
+# packet leaves the world.
+#
+# In each tool's guest, one after the other:
+# - TCP and UDP request/response round trips of 64 bytes (sockperf ping-pong, --full-rtt);
+# - connect, one byte each way, close, BENCH_CONNECTS times in a row (bench/crr.py);
+# - 1000 idle TCP connections held open (to the echo server, which closes when they do),
+#   then 4 iperf3 streams for BENCH_SECONDS.
+# Memory is the proportional set size (PSS, so pages shared between usernet's two processes
+# count once) of the tool's own processes: usernet's parent and its helper inside the
+# namespace, the slirp4netns process, the pasta process. Sampled when the network is up, with
+# the 1000 connections open, halfway through the iperf3 run and 2 s after everything closed.
+set -euo pipefail
+
+source "$(dirname "$0")/lib.sh"
+here=$bench_dir
+seconds=${BENCH_SECONDS:-5}
+connects=${BENCH_CONNECTS:-2000}
+
+need_packages sockperf:sockperf iperf3:iperf3 slirp4netns:slirp4netns pasta:passt \
+    python3:python3 ip:iproute2
+enter_world "$0" "$@"
+
+# ---- inside the world namespace from here on ----
+ulimit -n 65536 2>/dev/null || ulimit -n 4096
+ip link set lo up
+# pasta copies its addresses and routes from a host interface: give it one (a veth pair whose
+# both ends stay in this world).
+ip link add bench0 type veth peer name bench1
+ip addr add 192.0.2.1/24 dev bench0
+ip link set bench0 up
+ip link set bench1 up
+ip route add default via 192.0.2.254 dev bench0
+
+tmp=$(mktemp -d)
+servers=()
+trap 'kill "${servers[@]}" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+sockperf sr -i 127.0.0.1 -p 11111 --tcp >/dev/null 2>&1 & servers+=($!)
+sockperf sr -i 127.0.0.1 -p 11112 >/dev/null 2>&1 & servers+=($!)
+python3 "$here/echo_server.py" 127.0.0.1 7000 & servers+=($!)
+iperf3 -s -B 127.0.0.1 -p 5201 >/dev/null 2>&1 & servers+=($!)
+sleep 1
+
+# What runs in each guest, with GW the gateway. "MEM label" asks for a memory sample now;
+# "RES name p50 p99" is a result.
+guest_script='
+set -e
+pp() { sockperf pp -i "$GW" -t '"$seconds"' --full-rtt -m 64 "$@" 2>&1 |
+    awk "/percentile 50.000/ {p50 = \$NF} /percentile 99.000/ {p99 = \$NF} END {print p50, p99}"; }
+sleep 1; echo "MEM idle"; sleep 0.5
+echo "RES tcp_rr $(pp -p 11111 --tcp)"
+echo "RES udp_rr $(pp -p 11112)"
+echo "RES tcp_crr $(python3 '"$here"'/crr.py "$GW" 7000 '"$connects"')"
+python3 '"$here"'/idle_clients.py "$GW" 7000 1000 2>/dev/null & idle=$!
+sleep 4; echo "MEM conns"; sleep 0.5
+kill $idle; wait $idle 2>/dev/null || true
+iperf3 -c "$GW" -P 4 -t '"$seconds"' >/dev/null & load=$!
+sleep '"$((seconds / 2))"'; echo "MEM load"
+wait $load
+sleep 2; echo "MEM after"; sleep 0.5
+'
+
+run_usernet() {
+    GW=10.0.2.2 "$USERNET_BIN" run --mtu 65520 -- sh -c "$guest_script"
+}
+
+run_slirp4netns() {
+    unshare --user --map-root-user --net sleep infinity &
+    local ns=$!
+    sleep 0.2
+    slirp4netns --configure --mtu 65520 "$ns" tap0 >/dev/null 2>&1 &
+    local s4=$!
+    for _ in $(seq 50); do
+        nsenter -t "$ns" -U -n --preserve-credentials ip -o link show tap0 2>/dev/null | grep -q UP && break
+        sleep 0.1
+    done
+    GW=10.0.2.2 nsenter -t "$ns" -U -n --preserve-credentials sh -c "$guest_script" || true
+    kill "$s4" "$ns" 2>/dev/null || true
+    wait "$s4" "$ns" 2>/dev/null || true
+}
+
+run_pasta() {
+    GW=192.0.2.254 pasta --config-net --mtu 65520 --runas 0:0 -q -- sh -c "$guest_script" 2>/dev/null
+}
+
+# PSS in MiB of the networking processes under PID (the tool's own, not the guest's).
+pss_under() { # pid
+    local pids
+    pids=$(ps -e -o pid=,ppid=,comm= | awk -v top="$1" '
+        { parent[$1] = $2; name[$1] = $3 }
+        END {
+            for (p in parent) {
+                if (name[p] !~ /^(usernet|slirp4netns|pasta|passt)/) continue
+                for (q = p; q != "" && q != 0 && q != 1; q = parent[q])
+                    if (q == top) { print p; break }
+            }
+        }')
+    local kib=0 p v
+    for p in $pids; do
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+        kib=$((kib + ${v:-0}))
+    done
+    if [ "$kib" -eq 0 ]; then echo "-"; else awk -v k="$kib" 'BEGIN {printf "%.1f", k / 1024}'; fi
+}
+
+declare -A result
+tools=(slirp4netns pasta usernet)
+for tool in "${tools[@]}"; do
+    echo "measuring $tool..." >&2
+    rm -f "$tmp/out"
+    mkfifo "$tmp/out"
+    "run_$tool" >"$tmp/out" &
+    top=$!
+    while IFS= read -r line; do
+        case $line in
+            "MEM "*) result[$tool,mem_${line#MEM }]=$(pss_under "$top") ;;
+            "RES "*)
+                read -r _ name p50 p99 <<<"$line"
+                result[$tool,$name]=${p50:-failed}
+                result[$tool,${name}_p99]=${p99:-failed}
+                ;;
+        esac
+    done <"$tmp/out"
+    wait "$top" || true
+done
+
+cell() { # tool key
+    echo "${result[$1,$2]:-failed}"
+}
+
+echo
+echo "round trips through each tool, µs (median / 99th percentile; lower is better)"
+printf '%-40s %17s %17s %17s %9s %9s\n' "test" "slirp4netns" "pasta" "usernet" "vs s4nns" "vs pasta"
+for t in tcp_rr udp_rr tcp_crr; do
+    case $t in
+        tcp_rr) label="TCP request/response, 64 B" ;;
+        udp_rr) label="UDP request/response, 64 B" ;;
+        tcp_crr) label="TCP connect+1 B each way+close" ;;
+    esac
+    printf '%-40s' "$label"
+    for tool in "${tools[@]}"; do
+        printf ' %17s' "$(cell "$tool" "$t") / $(cell "$tool" "${t}_p99")"
+    done
+    printf ' %9s %9s\n' "$(ratio "$(cell usernet "$t")" "$(cell slirp4netns "$t")")" \
+        "$(ratio "$(cell usernet "$t")" "$(cell pasta "$t")")"
+done
+echo
+echo "memory of the tool's own processes, PSS MiB (lower is better)"
+printf '%-40s %17s %17s %17s %9s %9s\n' "when" "slirp4netns" "pasta" "usernet" "vs s4nns" "vs pasta"
+for m in idle conns load after; do
+    case $m in
+        idle) label="network up, idle" ;;
+        conns) label="1000 TCP connections open" ;;
+        load) label="4 iperf3 streams" ;;
+        after) label="after, everything closed" ;;
+    esac
+    printf '%-40s' "$label"
+    for tool in "${tools[@]}"; do
+        printf ' %17s' "$(cell "$tool" "mem_$m")"
+    done
+    printf ' %9s %9s\n' "$(ratio "$(cell usernet "mem_$m")" "$(cell slirp4netns "mem_$m")")" \
+        "$(ratio "$(cell usernet "mem_$m")" "$(cell pasta "mem_$m")")"
+done
