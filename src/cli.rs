@@ -6,13 +6,13 @@
 //! bad flag fails before anything is set up, with one line naming the flag and the problem.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::harden::Hardening;
-use crate::net::{DEFAULT_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
+use crate::net::{DEFAULT_MTU, Ipv6Network, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
 use crate::portdriver::spec::PortSpec;
 use crate::resolv::parse_upstream;
@@ -184,6 +184,21 @@ pub struct StackArgs {
     #[arg(long, value_name = "ADDR|IFNAME", value_parser = parse_outbound)]
     pub outbound_addr: Option<Ipv4Addr>,
 
+    /// Give the command IPv6 too: fd00::100/64 on the tap device, the gateway fd00::2 (and
+    /// fe80::2) reaching the host's ::1, the DNS forwarder on fd00::3.
+    #[arg(long)]
+    pub ipv6: bool,
+
+    /// The IPv6 network (a /64; implies --ipv6): gateway ::2, DNS forwarder ::3, the command
+    /// ::100.
+    #[arg(long, value_name = "PREFIX/64", value_parser = parse_cidr6)]
+    pub cidr6: Option<Ipv6Network>,
+
+    /// Bind IPv6 host-side sockets to this address, or to the first global IPv6 address of
+    /// this interface.
+    #[arg(long, value_name = "ADDR|IFNAME", value_parser = parse_outbound6)]
+    pub outbound_addr6: Option<Ipv6Addr>,
+
     /// Seconds an idle UDP flow is kept.
     #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub udp_timeout: u64,
@@ -213,12 +228,29 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
+    /// Flags that each parse but do not go together.
+    pub fn check(&self) -> Result<(), String> {
+        if (self.ipv6 || self.cidr6.is_some()) && self.mtu < crate::net::IPV6_MIN_MTU {
+            return Err(format!(
+                "--ipv6 needs --mtu {} or more (the smallest link IPv6 works on), not {}",
+                crate::net::IPV6_MIN_MTU,
+                self.mtu
+            ));
+        }
+        Ok(())
+    }
+
     /// The stack configuration these flags describe.
     pub fn stack_config(&self) -> crate::stack::StackConfig {
-        let mut stack = crate::stack::StackConfig::new(self.cidr, self.mtu);
+        let mut net = self.cidr;
+        if self.ipv6 || self.cidr6.is_some() {
+            net = net.with_ipv6(self.cidr6.unwrap_or_default());
+        }
+        let mut stack = crate::stack::StackConfig::new(net, self.mtu);
         stack.policy.disable_host_loopback = self.disable_host_loopback;
         stack.policy.disable_dns = self.disable_dns;
         stack.policy.outbound = self.outbound_addr;
+        stack.policy.outbound6 = self.outbound_addr6;
         stack.udp.timeout = smoltcp::time::Duration::from_secs(self.udp_timeout);
         stack.dns_upstreams = self.dns_upstream.clone();
         stack.tcp.max_flows = self.max_tcp_flows;
@@ -310,6 +342,10 @@ fn parse_mtu(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+fn parse_cidr6(s: &str) -> Result<Ipv6Network, String> {
+    Ipv6Network::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_cidr(s: &str) -> Result<VirtualNetwork, String> {
     VirtualNetwork::parse(s).map_err(|e| e.to_string())
 }
@@ -364,14 +400,28 @@ pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
     })
 }
 
-/// The first IPv6 address of the interface `name`.
-pub fn interface_ipv6(name: &str) -> Option<std::net::Ipv6Addr> {
+/// An IPv6 address of this host, given as itself or as an interface name.
+fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
+    let addr = match s.parse::<Ipv6Addr>() {
+        Ok(a) => a,
+        Err(_) => interface_ipv6(s).ok_or_else(|| {
+            format!("'{s}' is neither an IPv6 address nor an interface with a global IPv6 address")
+        })?,
+    };
+    std::net::UdpSocket::bind((addr, 0))
+        .map_err(|e| format!("{addr} is not an address of this host ({e})"))?;
+    Ok(addr)
+}
+
+/// The first IPv6 address of the interface `name` that is not link-local (a host socket
+/// bound to one could only reach that link).
+pub fn interface_ipv6(name: &str) -> Option<Ipv6Addr> {
     nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
         if ifa.interface_name != name {
             return None;
         }
-        let sin6 = ifa.address?.as_sockaddr_in6().copied()?;
-        Some(sin6.ip())
+        let ip = ifa.address?.as_sockaddr_in6().copied()?.ip();
+        (!ip.is_unicast_link_local()).then_some(ip)
     })
 }
 
@@ -407,6 +457,33 @@ mod tests {
         };
         assert_eq!(r.stack.mtu, DEFAULT_MTU);
         assert_eq!(r.command.len(), 3);
+    }
+
+    #[test]
+    fn ipv6_flags_build_the_network_and_need_a_big_enough_mtu() {
+        let stack = |args: &[&str]| {
+            let mut all = vec!["run"];
+            all.extend_from_slice(args);
+            all.extend(["--", "true"]);
+            match parse(&all).unwrap().command {
+                Command::Run(r) => r.stack,
+                _ => panic!("not run"),
+            }
+        };
+        assert_eq!(stack(&[]).stack_config().policy.net.v6, None);
+        let s = stack(&["--ipv6"]);
+        assert!(s.check().is_ok());
+        assert_eq!(s.stack_config().policy.net.v6, Some(Ipv6Network::default()));
+        let s = stack(&["--cidr6", "fd12::/64", "--mtu", "1280"]);
+        assert!(s.check().is_ok());
+        let v6 = s.stack_config().policy.net.v6.unwrap();
+        assert_eq!(v6.guest, "fd12::100".parse::<Ipv6Addr>().unwrap());
+        let err = stack(&["--ipv6", "--mtu", "1000"]).check().unwrap_err();
+        assert!(err.contains("--mtu 1280"), "{err}");
+        assert!(parse(&["run", "--cidr6", "fd00::/48", "--", "true"]).is_err());
+        assert!(parse(&["run", "--outbound-addr6", "no-such-if0", "--", "true"]).is_err());
+        let s = stack(&["--ipv6", "--outbound-addr6", "::1"]);
+        assert_eq!(s.stack_config().policy.outbound6, Some(Ipv6Addr::LOCALHOST));
     }
 
     #[test]

@@ -25,6 +25,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let stack_args = match &cli.command {
+        Command::Run(a) => Some(&a.stack),
+        Command::Attach(a) => Some(&a.stack),
+        _ => None,
+    };
+    if let Some(Err(line)) = stack_args.map(|s| s.check()) {
+        eprintln!("usernet: {line} (see 'usernet --help')");
+        return ExitCode::from(2);
+    }
     init_logging(cli.debug);
     let result =
         match cli.command {

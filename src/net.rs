@@ -1,11 +1,12 @@
 //! The virtual network the guest sees: its subnet, the gateway, the DNS forwarder and the
-//! guest's own address, all derived from one CIDR, plus the MAC addresses we answer with.
+//! guest's own address, all derived from one CIDR, plus the MAC addresses we answer with; and,
+//! with `--ipv6`, the same on an IPv6 /64 ([`Ipv6Network`]).
 //!
 //! This module is pure data: no sockets, no I/O. The launcher uses it to configure tap0 in the
 //! child, the stack uses it to decide which frames are addressed to us.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use smoltcp::wire::EthernetAddress;
 
@@ -21,6 +22,8 @@ pub const MAX_MTU: u32 = 65520;
 const GATEWAY_HOST: u32 = 2;
 const DNS_HOST: u32 = 3;
 const GUEST_HOST: u32 = 100;
+/// The guest's host number on IPv6, written like its IPv4 one: fd00::100.
+const GUEST_HOST6: u128 = 0x100;
 
 /// A `--cidr` value that cannot hold the virtual network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,14 @@ pub enum CidrError {
         prefix: u8,
     },
     TooSmall(u8),
+    /// Not an IPv6 prefix like fd00::/64.
+    Syntax6(String),
+    /// An IPv6 prefix that is not a /64.
+    PrefixLen6(u8),
+    NotNetworkAddress6 {
+        given: Ipv6Addr,
+        network: Ipv6Addr,
+    },
 }
 
 impl fmt::Display for CidrError {
@@ -50,6 +61,15 @@ impl fmt::Display for CidrError {
                 f,
                 "a /{p} network is too small: the guest takes host number {GUEST_HOST}, so the prefix must be /25 or shorter"
             ),
+            CidrError::Syntax6(s) => write!(f, "'{s}' is not an IPv6 prefix like fd00::/64"),
+            CidrError::PrefixLen6(p) => write!(
+                f,
+                "an IPv6 /{p} cannot be used: the guest's link is a /{IPV6_PREFIX_LEN}, as address autoconfiguration needs"
+            ),
+            CidrError::NotNetworkAddress6 { given, network } => write!(
+                f,
+                "{given}/{IPV6_PREFIX_LEN} is not a network address; did you mean {network}/{IPV6_PREFIX_LEN}?"
+            ),
         }
     }
 }
@@ -64,6 +84,8 @@ pub struct VirtualNetwork {
     pub gateway: Ipv4Addr,
     pub dns: Ipv4Addr,
     pub guest: Ipv4Addr,
+    /// The IPv6 side, when the guest has IPv6 (`--ipv6`).
+    pub v6: Option<Ipv6Network>,
 }
 
 impl Default for VirtualNetwork {
@@ -93,7 +115,16 @@ impl VirtualNetwork {
             gateway: Ipv4Addr::from(base + GATEWAY_HOST),
             dns: Ipv4Addr::from(base + DNS_HOST),
             guest: Ipv4Addr::from(base + GUEST_HOST),
+            v6: None,
         })
+    }
+
+    /// The same network with IPv6 on `v6`.
+    pub fn with_ipv6(self, v6: Ipv6Network) -> Self {
+        VirtualNetwork {
+            v6: Some(v6),
+            ..self
+        }
     }
 
     /// Parse `a.b.c.d/len`.
@@ -134,9 +165,102 @@ impl VirtualNetwork {
     }
 
     /// The source MAC of every frame usernet sends: everything the guest reaches lives behind
-    /// the gateway.
+    /// the gateway. IPv6 neighbour discovery answers with it for every address of ours too.
     pub fn gateway_mac(&self) -> EthernetAddress {
         Self::mac_for(self.gateway)
+    }
+
+    /// The gateway address of `addr`'s family: where our own ICMP errors come from. IPv6
+    /// without `--ipv6` cannot occur (the classifier drops it), and gets the IPv4 gateway.
+    pub fn gateway_for(&self, addr: IpAddr) -> IpAddr {
+        match (addr, self.v6) {
+            (IpAddr::V6(_), Some(v6)) => IpAddr::V6(v6.gateway),
+            _ => IpAddr::V4(self.gateway),
+        }
+    }
+}
+
+/// The smallest link MTU IPv6 works on (RFC 8200 §5); the kernel turns IPv6 off on a link
+/// below it.
+pub const IPV6_MIN_MTU: u32 = 1280;
+
+/// Prefix length of the IPv6 network: always a /64, the size stateless address
+/// autoconfiguration works on.
+pub const IPV6_PREFIX_LEN: u8 = 64;
+
+/// The IPv6 side of the virtual network: a /64 (fd00::/64 by default, as slirp) on which
+/// the gateway, the DNS forwarder and the guest take the same host numbers as on IPv4 (::2,
+/// ::3, ::100), plus the router's link-local address fe80::2, which the guest's default route
+/// points at. The guest also hears of the prefix through router advertisements, so a guest
+/// that configures itself (SLAAC) lands on the same /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Network {
+    pub prefix: Ipv6Addr,
+    pub gateway: Ipv6Addr,
+    pub dns: Ipv6Addr,
+    pub guest: Ipv6Addr,
+    /// The gateway's link-local address.
+    pub router: Ipv6Addr,
+}
+
+impl Default for Ipv6Network {
+    fn default() -> Self {
+        Ipv6Network::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0))
+            .expect("the default prefix is valid")
+    }
+}
+
+impl Ipv6Network {
+    /// The /64 starting at `prefix`, which must have no host bits set.
+    pub fn new(prefix: Ipv6Addr) -> Result<Self, CidrError> {
+        let base = u128::from(prefix);
+        let mask = u128::MAX << (128 - u32::from(IPV6_PREFIX_LEN));
+        if base & !mask != 0 {
+            return Err(CidrError::NotNetworkAddress6 {
+                given: prefix,
+                network: Ipv6Addr::from(base & mask),
+            });
+        }
+        Ok(Ipv6Network {
+            prefix,
+            gateway: Ipv6Addr::from(base + u128::from(GATEWAY_HOST)),
+            dns: Ipv6Addr::from(base + u128::from(DNS_HOST)),
+            guest: Ipv6Addr::from(base + GUEST_HOST6),
+            router: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2),
+        })
+    }
+
+    /// Parse `PREFIX/64`.
+    pub fn parse(s: &str) -> Result<Self, CidrError> {
+        let syntax = || CidrError::Syntax6(s.to_string());
+        let (addr, len) = s.split_once('/').ok_or_else(syntax)?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| syntax())?;
+        let len: u8 = len.parse().map_err(|_| syntax())?;
+        if len > 128 {
+            return Err(syntax());
+        }
+        if len != IPV6_PREFIX_LEN {
+            return Err(CidrError::PrefixLen6(len));
+        }
+        Ipv6Network::new(addr)
+    }
+
+    /// Whether `addr` lies inside the /64.
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) >> (128 - u32::from(IPV6_PREFIX_LEN))
+            == u128::from(self.prefix) >> (128 - u32::from(IPV6_PREFIX_LEN))
+    }
+
+    /// Whether `addr` is one of the addresses usernet itself answers for (neighbour
+    /// discovery, ping).
+    pub fn is_ours(&self, addr: Ipv6Addr) -> bool {
+        addr == self.gateway || addr == self.dns || addr == self.router
+    }
+}
+
+impl fmt::Display for Ipv6Network {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}/{IPV6_PREFIX_LEN}", self.prefix)
     }
 }
 
@@ -200,5 +324,41 @@ mod tests {
             Err(CidrError::TooSmall(26))
         ));
         assert!(VirtualNetwork::parse("10.0.0.0/8").is_ok());
+    }
+
+    #[test]
+    fn default_ipv6_network_matches_slirp() {
+        let n = Ipv6Network::default();
+        assert_eq!(n.gateway, "fd00::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(n.dns, "fd00::3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(n.guest, "fd00::100".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(n.router, "fe80::2".parse::<Ipv6Addr>().unwrap());
+        assert!(n.contains("fd00::1234:5678".parse().unwrap()));
+        assert!(!n.contains("fd00:0:0:1::2".parse().unwrap()));
+        assert!(n.is_ours(n.router) && n.is_ours(n.dns) && !n.is_ours(n.guest));
+        assert_eq!(n.to_string(), "fd00::/64");
+    }
+
+    #[test]
+    fn ipv6_prefix_must_be_a_clean_64() {
+        let n = Ipv6Network::parse("fd12:3456:789a:1::/64").unwrap();
+        assert_eq!(
+            n.guest,
+            "fd12:3456:789a:1::100".parse::<Ipv6Addr>().unwrap()
+        );
+        assert!(matches!(
+            Ipv6Network::parse("fd00::1/64"),
+            Err(CidrError::NotNetworkAddress6 { .. })
+        ));
+        assert!(matches!(
+            Ipv6Network::parse("fd00::/48"),
+            Err(CidrError::PrefixLen6(48))
+        ));
+        for bad in ["fd00::", "10.0.2.0/24", "fd00::/129", "x/64"] {
+            assert!(
+                matches!(Ipv6Network::parse(bad), Err(CidrError::Syntax6(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -8,13 +8,15 @@
 //! says what was being done.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -107,21 +109,61 @@ impl Netlink {
 
     /// Add `default via gateway dev name` to the main table.
     pub fn add_default_ipv4_route(&mut self, name: &str, gateway: Ipv4Addr) -> io::Result<()> {
+        self.add_default_route(name, IpAddr::V4(gateway))
+    }
+
+    /// Add `addr/prefix` to the link called `name` without duplicate address detection, so it
+    /// is usable at once (nobody else on the link can hold it: the other end is us).
+    pub fn add_ipv6_address(&mut self, name: &str, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        msg.header.prefix_len = prefix;
+        msg.header.index = ifindex(name)?;
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V6(addr)));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|e| annotate(e, format!("adding address {addr}/{prefix} to {name}")))
+    }
+
+    /// Add `default via gateway dev name` to the main IPv6 table (`gateway` may be
+    /// link-local: the route names the link).
+    pub fn add_default_ipv6_route(&mut self, name: &str, gateway: Ipv6Addr) -> io::Result<()> {
+        self.add_default_route(name, IpAddr::V6(gateway))
+    }
+
+    fn add_default_route(&mut self, name: &str, gateway: IpAddr) -> io::Result<()> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        let (family, via) = match gateway {
+            IpAddr::V4(g) => (AddressFamily::Inet, RouteAddress::Inet(g)),
+            IpAddr::V6(g) => (AddressFamily::Inet6, RouteAddress::Inet6(g)),
+        };
+        msg.header.address_family = family;
         msg.header.destination_prefix_length = 0;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
         msg.header.scope = RouteScope::Universe;
         msg.header.kind = RouteType::Unicast;
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        msg.attributes.push(RouteAttribute::Gateway(via));
         msg.attributes.push(RouteAttribute::Oif(ifindex(name)?));
         self.request(
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .map_err(|e| annotate(e, format!("adding default route via {gateway} on {name}")))
+    }
+
+    /// Give the link `name` the guest's side of the IPv6 network `v6`: its address (::100/64,
+    /// usable at once) and the default route via fe80::2 (see [`prepare_guest_ipv6`]).
+    /// Either already in place is fine.
+    pub fn add_guest_ipv6(&mut self, name: &str, v6: &crate::net::Ipv6Network) -> io::Result<()> {
+        ignore_exists(self.add_ipv6_address(name, v6.guest, crate::net::IPV6_PREFIX_LEN))?;
+        ignore_exists(self.add_default_ipv6_route(name, v6.router))
     }
 
     /// Add `local default dev lo table TABLE` for `v6` or IPv4: everything routed by that
@@ -227,6 +269,21 @@ impl Netlink {
     }
 }
 
+/// Get the link `name` ready for the guest's IPv6 address before it goes up: router
+/// advertisements and duplicate address detection are turned off on it, so the kernel
+/// neither adds a second, autoconfigured address beside the one we give it
+/// ([`Netlink::add_guest_ipv6`]) nor holds the link's addresses back for a second. These are
+/// sysctls; where /proc/sys cannot be written they stay on, which only costs that second and
+/// an extra address.
+pub fn prepare_guest_ipv6(name: &str) {
+    for (key, value) in [("accept_ra", "0"), ("accept_dad", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/{key}");
+        if let Err(e) = std::fs::write(&path, value) {
+            log::debug!("cannot set {path} to {value}: {e}");
+        }
+    }
+}
+
 /// The index of the link called `name` in the current network namespace.
 pub fn ifindex(name: &str) -> io::Result<u32> {
     nix::net::if_::if_nametoindex(name).map_err(|e| {
@@ -246,9 +303,10 @@ pub enum RuleSelector {
     UdpFrom { source: IpAddr, port: u16 },
 }
 
-fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
+/// Already present is fine (errors keep their kind through [`annotate`], not their errno).
+pub fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
     match r {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         r => r,
     }
 }

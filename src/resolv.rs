@@ -51,10 +51,13 @@ impl ResolvConf {
             .unwrap_or_default()
     }
 
-    /// The resolv.conf for the namespace: our forwarder, then the host's search list and
-    /// options.
-    pub fn for_guest(&self, forwarder: IpAddr) -> String {
-        let mut out = format!("nameserver {forwarder}\n");
+    /// The resolv.conf for the namespace: our forwarder's addresses, then the host's search
+    /// list and options.
+    pub fn for_guest(&self, forwarders: &[IpAddr]) -> String {
+        let mut out = String::new();
+        for f in forwarders {
+            out.push_str(&format!("nameserver {f}\n"));
+        }
         if !self.search.is_empty() {
             out.push_str(&format!("search {}\n", self.search.join(" ")));
         }
@@ -109,7 +112,7 @@ mod tests {
         assert_eq!(c.search, ["a.example", "b.example"]);
         assert_eq!(c.options, ["ndots:2", "edns0", "trust-ad"]);
         assert_eq!(
-            c.for_guest("10.0.2.3".parse().unwrap()),
+            c.for_guest(&["10.0.2.3".parse().unwrap()]),
             "nameserver 10.0.2.3\nsearch a.example b.example\noptions ndots:2 edns0 trust-ad\n"
         );
     }

@@ -8,7 +8,9 @@
 //!
 //! Input format (every byte sequence decodes; missing bytes read as zero):
 //! - byte 0, the configuration: bits 0-1 the MTU (1500, 576, 65520, 9000), bit 2
-//!   `--disable-host-loopback`, bit 3 `--disable-dns`;
+//!   `--disable-host-loopback`, bit 3 `--disable-dns`, bit 4 IPv6: the guest's TCP, UDP and
+//!   ping operations go to the IPv6 destinations (`TCP_DESTS6`...) from fd00::100, and the
+//!   ARP operation becomes neighbour discovery (the stack has IPv6 either way);
 //! - then operations, each an opcode byte (modulo the number of operations) and its fields:
 //!
 //! | op | fields | what |
@@ -17,7 +19,7 @@
 //! | 1 tcp | flow u8, sport u8, flags u8, [optlen u8, options], window u16, len u16, payload | a segment with the guest's numbers for that flow. flow: bit 7 picks a connection the harness already knows (also ones the stack opened into the guest); else `TCP_DESTS[flow % len]` from port 40000+sport. flags: TCP flags (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32), bit 6 shifts seq by `sport` (out of window), bit 7 says options follow |
 //! | 2 udp | dest u8, sport u8, len u16, payload | a datagram to `UDP_DESTS[dest % len]` from port 50000+sport |
 //! | 3 ping | dest u8, ident u16, seq u16, len u16, data | an echo request to `PING_DESTS[dest % len]` |
-//! | 4 arp | op u8, who u8 | ARP request/reply/other from the guest (or another or a bogus sender) about one of a few addresses |
+//! | 4 arp | op u8, who u8 | ARP request/reply/other from the guest (or another or a bogus sender) about one of a few addresses; in IPv6 mode a neighbour solicitation (op bit 0 clear) or router solicitation (set) from the guest, the unspecified address or a bogus sender, about one of a few addresses |
 //! | 5 turn | n u8 | 1 + n%4 turns of the loop, each after a pause of [0, 100, 300, 1000] µs (bits 2-3) that lets the host's servers answer (at most 5 ms of pauses per input) |
 //! | 6 clock | ms u16 | advance the stack's clock by ms×10 ms, then turn |
 //! | 7 forward | spec u8 | add a forward: bit 0 UDP, bits 1-2 slot (host port 47000+slot), bit 3 guest port 7 instead of 80, bit 4 a guest address that never answers ARP |
@@ -34,17 +36,17 @@
 #![no_main]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use smoltcp::wire::{ArpOperation, EthernetAddress};
+use smoltcp::wire::{ArpOperation, EthernetAddress, NdiscRepr};
 use usernet::stack::hostfwd::{ForwardSpec, Proto};
 use usernet_fuzz::Input;
 use usernet_fuzz::guest::{self, GUEST_MAC, OTHER_MAC, Segment, flags};
 use usernet_fuzz::harness::{GUEST_ISN, GuestFlow, Harness, small_config};
 use usernet_fuzz::host::{self, Client};
-use usernet_fuzz::world::{self, REMOTE};
+use usernet_fuzz::world::{self, REMOTE, REMOTE6};
 
 const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -54,12 +56,25 @@ const UNREACHABLE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 /// Inside the virtual subnet, but nobody.
 const NOBODY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 50);
 
-const fn dest(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
+const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3);
+const UNREACHABLE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5);
+const NOBODY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x50);
+/// An IPv4-mapped address (never valid on a wire; an IPv6 socket would reach 127.0.0.1).
+const MAPPED_LOOPBACK: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1);
+
+const fn dest(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+const fn dest6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::V6(std::net::SocketAddrV6::new(ip, port, 0, 0))
 }
 
 /// Where guest TCP connections go (the index is the `flow` field).
-pub const TCP_DESTS: [SocketAddrV4; 14] = [
+pub const TCP_DESTS: [SocketAddr; 14] = [
     dest(GATEWAY, host::PORT_ECHO),
     dest(GATEWAY, host::PORT_DISCARD),
     dest(GATEWAY, host::PORT_CHARGEN),
@@ -76,7 +91,25 @@ pub const TCP_DESTS: [SocketAddrV4; 14] = [
     dest(GATEWAY, 47000),
 ];
 
-pub const UDP_DESTS: [SocketAddrV4; 10] = [
+/// The same in IPv6 mode, one for one.
+pub const TCP_DESTS6: [SocketAddr; 14] = [
+    dest6(GATEWAY6, host::PORT_ECHO),
+    dest6(GATEWAY6, host::PORT_DISCARD),
+    dest6(GATEWAY6, host::PORT_CHARGEN),
+    dest6(ROUTER6, host::PORT_DAYTIME),
+    dest6(GATEWAY6, host::PORT_RESET),
+    dest6(GATEWAY6, host::PORT_CLOSED),
+    dest6(DNS6, 53),
+    dest6(DNS6, 80),
+    dest6(REMOTE6, host::PORT_ECHO),
+    dest6(REMOTE6, host::PORT_CHARGEN),
+    dest6(UNREACHABLE6, 80),
+    dest6(NOBODY6, 80),
+    dest6(Ipv6Addr::LOCALHOST, host::PORT_ECHO),
+    dest6(MAPPED_LOOPBACK, host::PORT_ECHO),
+];
+
+pub const UDP_DESTS: [SocketAddr; 10] = [
     dest(GATEWAY, host::PORT_ECHO),
     dest(GATEWAY, host::PORT_DISCARD),
     dest(DNS, 53),
@@ -89,13 +122,35 @@ pub const UDP_DESTS: [SocketAddrV4; 10] = [
     dest(Ipv4Addr::BROADCAST, 7),
 ];
 
-pub const PING_DESTS: [Ipv4Addr; 6] = [
-    GATEWAY,
-    DNS,
-    REMOTE,
-    UNREACHABLE,
-    NOBODY,
-    Ipv4Addr::LOCALHOST,
+pub const UDP_DESTS6: [SocketAddr; 10] = [
+    dest6(GATEWAY6, host::PORT_ECHO),
+    dest6(ROUTER6, host::PORT_DISCARD),
+    dest6(DNS6, 53),
+    dest6(DNS6, 54),
+    dest6(GATEWAY6, host::PORT_DNS),
+    dest6(REMOTE6, host::PORT_ECHO),
+    dest6(UNREACHABLE6, 53),
+    dest6(GATEWAY6, host::PORT_CLOSED),
+    dest6(NOBODY6, 7),
+    dest6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 7),
+];
+
+pub const PING_DESTS: [IpAddr; 6] = [
+    IpAddr::V4(GATEWAY),
+    IpAddr::V4(DNS),
+    IpAddr::V4(REMOTE),
+    IpAddr::V4(UNREACHABLE),
+    IpAddr::V4(NOBODY),
+    IpAddr::V4(Ipv4Addr::LOCALHOST),
+];
+
+pub const PING_DESTS6: [IpAddr; 6] = [
+    IpAddr::V6(GATEWAY6),
+    IpAddr::V6(ROUTER6),
+    IpAddr::V6(REMOTE6),
+    IpAddr::V6(UNREACHABLE6),
+    IpAddr::V6(NOBODY6),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
 ];
 
 const FORWARD_PORT: u16 = 47000;
@@ -108,6 +163,8 @@ const PAUSE_BUDGET_US: u64 = 5_000;
 
 struct Run {
     h: Harness,
+    /// IPv6 mode (configuration bit 4).
+    ipv6: bool,
     paused_us: u64,
     forwards: [Option<i64>; 4],
     clients: Vec<Client>,
@@ -128,6 +185,7 @@ fuzz_target!(
         config.policy.disable_dns = conf & 8 != 0;
         let mut run = Run {
             h: Harness::new(config),
+            ipv6: conf & 16 != 0,
             paused_us: 0,
             forwards: [None; 4],
             clients: Vec::new(),
@@ -162,18 +220,21 @@ impl Run {
             }
             1 => self.tcp(input),
             2 => {
-                let dst = UDP_DESTS[usize::from(input.u8()) % UDP_DESTS.len()];
-                let src = SocketAddrV4::new(GUEST, 50000 + u16::from(input.u8()));
+                let dests = if self.ipv6 { &UDP_DESTS6 } else { &UDP_DESTS };
+                let dst = dests[usize::from(input.u8()) % dests.len()];
+                let src = SocketAddr::new(self.guest(), 50000 + u16::from(input.u8()));
                 let payload = input.chunk();
                 self.h.inject(&guest::udp_frame(src, dst, payload));
             }
             3 => {
-                let dst = PING_DESTS[usize::from(input.u8()) % PING_DESTS.len()];
+                let dests = if self.ipv6 { &PING_DESTS6 } else { &PING_DESTS };
+                let dst = dests[usize::from(input.u8()) % dests.len()];
                 let (ident, seq) = (input.u16(), input.u16());
                 let data = input.chunk();
-                self.h
-                    .inject(&guest::echo_frame(GUEST, dst, ident, seq, data));
+                let frame = guest::echo_frame(self.guest(), dst, ident, seq, data);
+                self.h.inject(&frame);
             }
+            4 if self.ipv6 => self.ndp(input.u8(), input.u8()),
             4 => {
                 let op = input.u8();
                 let who = input.u8();
@@ -210,11 +271,11 @@ impl Run {
             7 => self.forward(input.u8()),
             8 => {
                 let slot = usize::from(input.u8()) % self.forwards.len();
-                let from = (input.u8() & 1 == 1).then_some(REMOTE);
+                let from = (input.u8() & 1 == 1).then_some(IpAddr::V4(REMOTE));
                 if self.clients.len() < MAX_CLIENTS
                     && let Ok(c) = host::connect_from(
                         from,
-                        SocketAddrV4::new(Ipv4Addr::LOCALHOST, FORWARD_PORT + slot as u16),
+                        dest(Ipv4Addr::LOCALHOST, FORWARD_PORT + slot as u16),
                     )
                 {
                     self.clients.push(c);
@@ -295,8 +356,9 @@ impl Run {
         let key = if which & 0x80 != 0 && !known.is_empty() {
             known[usize::from(which & 0x7f) % known.len()]
         } else {
-            let dst = TCP_DESTS[usize::from(which) % TCP_DESTS.len()];
-            (SocketAddrV4::new(GUEST, 40000 + u16::from(sport)), dst)
+            let dests = if self.ipv6 { &TCP_DESTS6 } else { &TCP_DESTS };
+            let dst = dests[usize::from(which) % dests.len()];
+            (SocketAddr::new(self.guest(), 40000 + u16::from(sport)), dst)
         };
         let flow = self.h.flows.entry(key).or_insert(GuestFlow {
             snd_nxt: GUEST_ISN,
@@ -328,6 +390,43 @@ impl Run {
             self.h.flows.remove(&key);
         }
         self.h.inject(&segment.frame());
+    }
+
+    /// The guest's address of the mode's family.
+    fn guest(&self) -> IpAddr {
+        if self.ipv6 {
+            IpAddr::V6(GUEST6)
+        } else {
+            IpAddr::V4(GUEST)
+        }
+    }
+
+    /// A neighbour or router solicitation, from the guest or a stranger, about one of a few
+    /// addresses.
+    fn ndp(&mut self, op: u8, who: u8) {
+        let sender = match who & 3 {
+            0 => GUEST6,
+            1 => Ipv6Addr::UNSPECIFIED,
+            2 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0x42, 0xaff, 0xfe00, 0x264),
+            _ => GATEWAY6,
+        };
+        let lladdr = (who & 0x10 != 0).then(|| GUEST_MAC.into());
+        let frame = if op & 1 == 0 {
+            let target = [GATEWAY6, DNS6, ROUTER6, GUEST6][usize::from(who >> 2) & 3];
+            let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2);
+            guest::ndisc_frame(
+                sender,
+                dst,
+                NdiscRepr::NeighborSolicit {
+                    target_addr: target,
+                    lladdr,
+                },
+            )
+        } else {
+            let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+            guest::ndisc_frame(sender, dst, NdiscRepr::RouterSolicit { lladdr })
+        };
+        self.h.inject(&frame);
     }
 
     fn forward(&mut self, spec: u8) {

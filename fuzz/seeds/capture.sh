@@ -3,8 +3,9 @@
 # (unshare --user --map-root-user --net --mount: nothing leaves this machine's loopback).
 #
 # The world has the same servers as the fuzz targets' simulated host (servers.py) on
-# 127.0.0.1 and 198.18.0.1 (on the world's lo), and dnsmasq on 127.0.0.1:53. usernet runs
-# there at MTU 1500 with --dns-upstream 127.0.0.1:53 and two published ports; inside it,
+# 127.0.0.1, ::1, 198.18.0.1 and 2001:2::1 (on the world's lo), and dnsmasq on 127.0.0.1:53.
+# usernet runs there at MTU 1500 with --ipv6, --dns-upstream 127.0.0.1:53 and two published
+# ports; inside it,
 # tcpdump records tap0 while guest.py makes the traffic (DHCP with busybox udhcpc, ARP, pings
 # including a fragmented one, TCP and UDP to every server, DNS over UDP and TCP, published
 # ports, the REST API through `usernet ports`, rootlessctl and curl). tcpdump on the world's
@@ -39,6 +40,7 @@ fi
 # In the world.
 ip link set lo up
 ip addr add 198.18.0.1/32 dev lo
+ip addr add 2001:2::1/128 dev lo
 max=$(awk '{print $2 + $3 - 1; exit}' /proc/self/gid_map)
 echo "0 $max" > /proc/sys/net/ipv4/ping_group_range
 export PATH="$root/target/release:$PATH"
@@ -57,7 +59,7 @@ sleep 1
 echo "== usernet run, capturing tap0"
 trace=(strace -f -qq -e trace=read,recvfrom,recvmsg -e signal=none -xx -s 70000)
 "${trace[@]}" -o "$out/run.strace" \
-    usernet run --mtu 1500 --dns-upstream 127.0.0.1:53 --sandbox=false --seccomp=false \
+    usernet run --mtu 1500 --ipv6 --dns-upstream 127.0.0.1:53 --sandbox=false --seccomp=false \
     -p 127.0.0.1:8080:80 -p 127.0.0.1:8053:80/udp -- \
     sh -c 'tcpdump -i tap0 -U -s 0 -w "$0/tap0.pcap" 2>/dev/null & t=$!; sleep 1; python3 "$1/guest.py"; sleep 0.5; kill $t; wait $t' \
     "$out" "$here" || echo "usernet run exited with $?"
@@ -83,5 +85,7 @@ done <<'REQUESTS'
 {"execute": "add_hostfwd", "arguments": {"proto": "sctp", "host_port": 1, "guest_port": 1}}
 {"execute": "bogus"}
 REQUESTS
+# slirp4netns does not exit with its target (neither does ours, as slirp4netns): stop it.
+pkill -f "$out/slirp4netns -c" || true
 echo "== captured"
 ls -la "$out"

@@ -2,8 +2,9 @@
 """The guest's side of the capture (runs inside `usernet run`, tcpdump on tap0 watching):
 DHCP, ARP, pings (one fragmented), TCP connections to each of the world's servers (data,
 half-close, FIN, RST, refused, unreachable), UDP (echo, DNS queries, a fragmented datagram,
-closed ports), DNS over TCP, published ports (so the parent sends .bp.sock requests), and
-the REST API through `usernet ports`, rootlessctl and curl."""
+closed ports), DNS over TCP, published ports (so the parent sends .bp.sock requests), the
+REST API through `usernet ports`, rootlessctl and curl; then the same over IPv6 (usernet runs
+with --ipv6): neighbour and router solicitations, pings, TCP, UDP and DNS."""
 import os
 import socket
 import struct
@@ -12,6 +13,11 @@ import threading
 import time
 
 GW, DNS, REMOTE = "10.0.2.2", "10.0.2.3", "198.18.0.1"
+GW6, DNS6, REMOTE6 = "fd00::2", "fd00::3", "2001:2::1"
+
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
 
 
 def sh(*cmd):
@@ -22,7 +28,7 @@ def sh(*cmd):
 
 def tcp(addr, send=b"", shut=True, read=True, rst=False, timeout=2.0, limit=1 << 20):
     print("+ tcp", addr, len(send), flush=True)
-    s = socket.socket()
+    s = socket.socket(family(addr))
     s.settimeout(timeout)
     try:
         s.connect(addr)
@@ -53,7 +59,7 @@ def dns_query(name, qtype=1, txid=0x1234, rd=True):
 
 def udp(addr, payload, wait=1.0):
     print("+ udp", addr, len(payload), flush=True)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(addr), socket.SOCK_DGRAM)
     s.settimeout(wait)
     try:
         s.sendto(payload, addr)
@@ -156,4 +162,42 @@ sh("curl", "-s", "-X", "PUT", "--unix-socket", api, "http://rootlesskit/v1/ports
 sh("curl", "-s", "-X", "POST", "-H", "Transfer-Encoding: chunked", "-d", "{}", "--unix-socket", api,
    "http://rootlesskit/v1/ports")
 sh("curl", "-s", "-X", "DELETE", "--unix-socket", api, "http://rootlesskit/v1/ports/abc")
+# IPv6. The kernel's own traffic on link-up (duplicate address detection, multicast listener
+# reports) is in the capture already; solicit our neighbours and the router explicitly.
+def router_solicit():
+    print("+ router solicitation", flush=True)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    mac = open("/sys/class/net/tap0/address").read().strip()
+    option = bytes([1, 1]) + bytes.fromhex(mac.replace(":", ""))
+    index = socket.if_nametoindex("tap0")
+    s.sendto(bytes([133, 0, 0, 0, 0, 0, 0, 0]) + option, ("ff02::2", 0, 0, index))
+    s.close()
+    time.sleep(0.2)
+
+
+router_solicit()
+sh("ip", "-6", "neigh", "flush", "dev", "tap0")
+sh("busybox", "ping", "-6", "-c", "2", "-W", "1", GW6)
+sh("busybox", "ping", "-6", "-c", "1", "-W", "1", "-I", "tap0", "fe80::2")
+sh("busybox", "ping", "-6", "-c", "1", "-W", "1", DNS6)
+sh("busybox", "ping", "-6", "-c", "1", "-W", "1", REMOTE6)
+sh("busybox", "ping", "-6", "-c", "1", "-W", "1", "2001:db8::5")
+sh("busybox", "ping", "-6", "-c", "1", "-W", "1", "fd00::50")
+tcp((GW6, 7), b"hello, echo over IPv6\n")
+tcp((REMOTE6, 7), b"y" * 3000)
+tcp((REMOTE6, 19), shut=False, limit=20000, rst=True)
+tcp((GW6, 5), b"reset me")
+tcp((GW6, 1))
+tcp((DNS6, 80))
+tcp(("2001:db8::5", 80), timeout=1.0)
+q = dns_query("test.example", qtype=28, txid=0x2223)
+tcp((DNS6, 53), struct.pack(">H", len(q)) + q)
+udp((GW6, 7), b"udp echo over IPv6")
+udp((REMOTE6, 7), b"remote udp echo over IPv6")
+udp((GW6, 1), b"closed port")
+udp((DNS6, 54), b"not dns")
+udp(("2001:db8::5", 53), b"unreachable")
+udp((DNS6, 53), dns_query("test.example", qtype=28, txid=0x1010))
+udp((DNS6, 53), dns_query("big.example", txid=0x1011))
 print("guest done", flush=True)

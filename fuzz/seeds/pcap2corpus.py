@@ -19,8 +19,13 @@ the top of fuzz/fuzz_targets/*.rs):
 - api:        REST requests from `usernet ports`, rootlessctl and curl, and slirp4netns API
               requests.
 
+IPv6 frames become operations of the stateful target's IPv6 mode (configuration bit 4) and
+IPv6 records of the services target. With --ipv6-only, only the guest's IPv6 frames are
+converted (to add IPv6 seeds to a corpus made before).
+
 Existing files are kept; only new ones are added. Pure Python, no dependencies.
 """
+import ipaddress
 import hashlib
 import os
 import re
@@ -37,6 +42,15 @@ TCP_DESTS = [(GW, 7), (GW, 9), (GW, 19), (GW, 13), (GW, 5), (GW, 1), (DNS, 53), 
 UDP_DESTS = [(GW, 7), (GW, 9), (DNS, 53), (DNS, 54), (GW, 53), (REMOTE, 7), (UNREACHABLE, 53),
              (GW, 1), (NOBODY, 7), ("255.255.255.255", 7)]
 PING_DESTS = [GW, DNS, REMOTE, UNREACHABLE, NOBODY, "127.0.0.1"]
+GW6, ROUTER6, DNS6, REMOTE6 = "fd00::2", "fe80::2", "fd00::3", "2001:2::1"
+UNREACHABLE6, NOBODY6 = "2001:db8::5", "fd00::50"
+TCP_DESTS6 = [(GW6, 7), (GW6, 9), (GW6, 19), (ROUTER6, 13), (GW6, 5), (GW6, 1), (DNS6, 53),
+              (DNS6, 80), (REMOTE6, 7), (REMOTE6, 19), (UNREACHABLE6, 80), (NOBODY6, 80),
+              ("::1", 7), ("::ffff:127.0.0.1", 7)]
+UDP_DESTS6 = [(GW6, 7), (ROUTER6, 9), (DNS6, 53), (DNS6, 54), (GW6, 53), (REMOTE6, 7),
+              (UNREACHABLE6, 53), (GW6, 1), (NOBODY6, 7), ("ff02::1", 7)]
+PING_DESTS6 = [GW6, ROUTER6, REMOTE6, UNREACHABLE6, NOBODY6, "::1"]
+CONF_IPV6 = 16
 
 OP_RAW, OP_TCP, OP_UDP, OP_PING, OP_ARP, OP_TURN, OP_CLOCK = 0, 1, 2, 3, 4, 5, 6
 OP_FORWARD, OP_CONNECT, OP_CLIENT, OP_CLOSE, OP_DATAGRAM, OP_UNFORWARD = 7, 8, 9, 10, 11, 12
@@ -72,18 +86,28 @@ def ip4(b):
     return ".".join(str(x) for x in b)
 
 
+def ip6(b):
+    return str(ipaddress.IPv6Address(bytes(b)))
+
+
 def parse(frame):
     """A dict describing an Ethernet frame (enough for the conversions below)."""
     d = {"raw": frame, "src_mac": frame[6:12], "type": struct.unpack(">H", frame[12:14])[0]}
-    if d["type"] != 0x0800 or len(frame) < 34:
+    if d["type"] == 0x86dd and len(frame) >= 54:
+        ip = frame[14:]
+        plen = struct.unpack(">H", ip[4:6])[0]
+        d.update(proto=ip[6], src=ip6(ip[8:24]), dst=ip6(ip[24:40]), fragment=ip[6] == 44)
+        l4 = ip[40:40 + plen]
+    elif d["type"] == 0x0800 and len(frame) >= 34:
+        ip = frame[14:]
+        ihl = (ip[0] & 15) * 4
+        total = struct.unpack(">H", ip[2:4])[0]
+        frag = struct.unpack(">H", ip[6:8])[0]
+        d.update(proto=ip[9], src=ip4(ip[12:16]), dst=ip4(ip[16:20]),
+                 fragment=bool(frag & 0x2000 or frag & 0x1fff))
+        l4 = ip[ihl:total]
+    else:
         return d
-    ip = frame[14:]
-    ihl = (ip[0] & 15) * 4
-    total = struct.unpack(">H", ip[2:4])[0]
-    frag = struct.unpack(">H", ip[6:8])[0]
-    d.update(proto=ip[9], src=ip4(ip[12:16]), dst=ip4(ip[16:20]),
-             fragment=bool(frag & 0x2000 or frag & 0x1fff))
-    l4 = ip[ihl:total]
     d["l4"] = l4
     if d["fragment"]:
         return d
@@ -95,10 +119,14 @@ def parse(frame):
     elif d["proto"] == 17 and len(l4) >= 8:
         d.update(sport=struct.unpack(">H", l4[0:2])[0], dport=struct.unpack(">H", l4[2:4])[0],
                  payload=l4[8:])
-    elif d["proto"] == 1 and len(l4) >= 8:
+    elif d["proto"] in (1, 58) and len(l4) >= 8:
         d.update(icmp_type=l4[0], ident=struct.unpack(">H", l4[4:6])[0],
                  seq=struct.unpack(">H", l4[6:8])[0], payload=l4[8:])
     return d
+
+
+def is_ipv6(d):
+    return d["type"] == 0x86dd
 
 
 def from_guest(d):
@@ -115,11 +143,17 @@ def chunk(b):
     return u16(len(b)) + b
 
 
-def as_op(d):
-    """One guest frame as stateful operations (without the turn after it)."""
+def as_op(d, ipv6=False):
+    """One guest frame as stateful operations (without the turn after it), in the target's
+    IPv4 or IPv6 mode."""
     proto = d.get("proto")
-    if proto == 6 and "sport" in d and (d["dst"], d["dport"]) in TCP_DESTS:
-        which = TCP_DESTS.index((d["dst"], d["dport"]))
+    tcp_dests, udp_dests, ping_dests = ((TCP_DESTS6, UDP_DESTS6, PING_DESTS6) if ipv6
+                                        else (TCP_DESTS, UDP_DESTS, PING_DESTS))
+    echo = 128 if ipv6 else 8
+    if is_ipv6(d) != ipv6:
+        return bytes([OP_RAW]) + chunk(d["raw"])
+    if proto == 6 and "sport" in d and (d["dst"], d["dport"]) in tcp_dests:
+        which = tcp_dests.index((d["dst"], d["dport"]))
         bits = d["flags"]
         opts = b""
         if d["options"]:
@@ -127,18 +161,18 @@ def as_op(d):
             opts = bytes([len(d["options"])]) + d["options"]
         return (bytes([OP_TCP, which, d["sport"] & 0xff, bits]) + opts + u16(d["window"])
                 + chunk(d["payload"]))
-    if proto == 17 and "sport" in d and (d["dst"], d["dport"]) in UDP_DESTS:
-        which = UDP_DESTS.index((d["dst"], d["dport"]))
+    if proto == 17 and "sport" in d and (d["dst"], d["dport"]) in udp_dests:
+        which = udp_dests.index((d["dst"], d["dport"]))
         return bytes([OP_UDP, which, d["sport"] & 0xff]) + chunk(d["payload"])
-    if proto == 1 and d.get("icmp_type") == 8 and d["dst"] in PING_DESTS:
-        return (bytes([OP_PING, PING_DESTS.index(d["dst"])]) + u16(d["ident"]) + u16(d["seq"])
+    if proto in (1, 58) and d.get("icmp_type") == echo and d["dst"] in ping_dests:
+        return (bytes([OP_PING, ping_dests.index(d["dst"])]) + u16(d["ident"]) + u16(d["seq"])
                 + chunk(d["payload"]))
     return bytes([OP_RAW]) + chunk(d["raw"])
 
 
 def expects_answer(d):
     """Whether the host side has something to answer to this guest frame."""
-    if d.get("proto") in (1, 17):
+    if d.get("proto") in (1, 17, 58):
         return True
     return d.get("proto") == 6 and bool(d.get("flags", 0) & 0x03 or d.get("payload"))
 
@@ -148,13 +182,17 @@ def stateful(frames, conf=0):
     when the host has something to answer)."""
     out = bytes([conf])
     for d in frames:
-        out += as_op(d) + bytes([OP_TURN, TURN_1MS if expects_answer(d) else TURN_NOW])
+        out += (as_op(d, bool(conf & CONF_IPV6))
+                + bytes([OP_TURN, TURN_1MS if expects_answer(d) else TURN_NOW]))
     return out
 
 
 def signature(d):
     """Frames with the same signature exercise the same paths; one of each is kept."""
-    if d["type"] != 0x0800:
+    if d["type"] == 0x86dd and d.get("proto") == 58:
+        l4 = d.get("l4", b"")
+        return ("icmpv6", d.get("dst"), l4[:1], len(l4) > 100)
+    if d["type"] not in (0x0800, 0x86dd):
         return ("eth", d["type"], d["raw"][14:22] if d["type"] == 0x0806 else len(d["raw"]))
     if d.get("fragment"):
         return ("frag", d["proto"], d["raw"][20:22])
@@ -183,13 +221,15 @@ def strace_reads(path):
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    cap = sys.argv[1]
-    corpus = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
+    ipv6_only = "--ipv6-only" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--ipv6-only"]
+    cap = args[0]
+    corpus = args[1] if len(args) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "corpus")
     seeds = {t: [] for t in ("frame", "stateful", "services", "bp_request", "api")}
 
     tap = [(t, parse(f)) for t, f in pcap_frames(os.path.join(cap, "tap0.pcap"))]
-    guest = [d for _, d in tap if from_guest(d)]
+    guest = [d for _, d in tap if from_guest(d) and (is_ipv6(d) or not ipv6_only)]
     lo = [parse(f) for _, f in pcap_frames(os.path.join(cap, "lo.pcap"))]
 
     # frame: one of each kind.
@@ -220,13 +260,20 @@ def main():
         # Long transfers: their start and end are what matters.
         if len(frames) > 40:
             frames = frames[:20] + frames[-20:]
-        seeds["stateful"].append(stateful(frames))
+        seeds["stateful"].append(stateful(frames, CONF_IPV6 if is_ipv6(frames[0]) else 0))
     everything = [d for d in guest if not (d.get("proto") == 6 and len(d.get("payload", b"")) > 1000)]
-    seeds["stateful"].append(stateful(everything[:400]))
-    for conf in (1, 2, 4, 8):  # other MTUs, --disable-host-loopback, --disable-dns
-        seeds["stateful"].append(stateful(everything[:120], conf))
+    v4 = [d for d in everything if not is_ipv6(d)]
+    v6 = [d for d in everything if is_ipv6(d)]
+    if v4:
+        seeds["stateful"].append(stateful(everything[:400]))
+        for conf in (1, 2, 4, 8):  # other MTUs, --disable-host-loopback, --disable-dns
+            seeds["stateful"].append(stateful(everything[:120], conf))
+    if v6:
+        seeds["stateful"].append(stateful(v6[:400], CONF_IPV6))
+        for conf in (1, 4, 8):
+            seeds["stateful"].append(stateful(v6[:120], CONF_IPV6 | conf))
     syn = next((d for d in guest if d.get("proto") == 6 and d.get("flags") == 0x02), None)
-    if syn:
+    if syn and not ipv6_only:
         # A connection whose host side stalls, then the clock runs past every timeout.
         seeds["stateful"].append(stateful([syn]) + bytes([OP_CLOCK]) + u16(3100)
                                  + bytes([OP_CLOCK]) + u16(12100))
@@ -236,7 +283,8 @@ def main():
     # operations rather than captured frames.
     arp = next((d["raw"] for d in guest if d["type"] == 0x0806), None)
     learn = bytes([OP_RAW]) + chunk(arp) if arp else bytes([OP_ARP, 0, 0])
-    seeds["stateful"].append(
+    forwards = [] if ipv6_only else seeds["stateful"]
+    forwards.append(
         bytes([0]) + learn + bytes([OP_FORWARD, 0, OP_CONNECT, 0, 0, OP_TURN, TURN_2X1MS])
         + bytes([OP_TCP, 0x80, 0, 0x12]) + u16(65535) + chunk(b"")
         + bytes([OP_CLIENT, 0]) + chunk(b"hello guest\n") + bytes([OP_TURN, TURN_1MS])
@@ -244,10 +292,10 @@ def main():
         + bytes([OP_CLOSE, 0, 2, OP_TURN, TURN_1MS])
         + bytes([OP_TCP, 0x80, 0, 0x11]) + u16(65535) + chunk(b"")
         + bytes([OP_TURN, TURN_2X1MS, OP_UNFORWARD, 0]))
-    seeds["stateful"].append(
+    forwards.append(
         bytes([0]) + learn + bytes([OP_FORWARD, 1, OP_DATAGRAM, 0, 1]) + chunk(b"datagram")
         + bytes([OP_TURN, TURN_1MS, OP_CLOCK]) + u16(13000) + bytes([OP_UNFORWARD, 0]))
-    seeds["stateful"].append(
+    forwards.append(
         bytes([0, OP_FORWARD, 0x10, OP_CONNECT, 0, 1, OP_TURN, TURN_1MS, OP_CLOCK]) + u16(100)
         + bytes([OP_CLOCK]) + u16(400))
 
@@ -264,14 +312,19 @@ def main():
             if d["src"] != "0.0.0.0":
                 flags |= 4
             rec = bytes([0]) + chunk(bytes([flags]) + d["payload"])
-        elif d.get("proto") == 17 and (d.get("dst"), d.get("dport")) == (DNS, 53):
+        elif d.get("proto") == 17 and (d.get("dst"), d.get("dport")) in ((DNS, 53), (DNS6, 53)):
             q = d["payload"]
-            rec = bytes([1]) + chunk(bytes([d["sport"] & 0xff]) + q)
+            kind = 5 if is_ipv6(d) else 1
+            rec = bytes([kind]) + chunk(bytes([d["sport"] & 0xff]) + q)
             queries.append(rec)
             if q[:2] in answers:
                 rec += bytes([2]) + chunk(bytes([0b110]) + answers[q[:2]])
         elif d["type"] == 0x0806:
             rec = bytes([3]) + chunk(d["raw"][14:42])
+        elif d.get("proto") == 58 and d.get("l4", b"")[:1] in (b"\x85", b"\x87"):
+            # A router or neighbour solicitation: the NDP record overwrites a solicitation of
+            # the same kind (the first byte, its type, picks it) from the ICMPv6 header on.
+            rec = bytes([6]) + chunk(d["l4"])
         if rec and rec not in all_records:
             all_records.append(rec)
             seeds["services"].append(rec)
@@ -284,7 +337,7 @@ def main():
     # bp_request, api: what usernet read from its sockets.
     reads = strace_reads(os.path.join(cap, "run.strace")) + strace_reads(
         os.path.join(cap, "slirp.strace"))
-    for b in reads:
+    for b in [] if ipv6_only else reads:
         if re.match(rb"(GET|POST|PUT|DELETE|HEAD) /\S* HTTP/1\.[01]\r\n", b):
             seeds["api"].append(b"\x00" + b)
         elif b.lstrip().startswith(b'{"execute"'):

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """The capture world's servers, the same ports as the fuzz targets' simulated host
 (fuzz/src/host.rs): TCP 5 reset, 7 echo, 9 discard, 13 daytime, 19 chargen (256 KiB);
-UDP 7 echo, 9 discard. DNS (53) is dnsmasq. Runs until killed."""
+UDP 7 echo, 9 discard. DNS (53) is dnsmasq. Dual-stack: each listens on [::], which takes
+IPv4 too. Runs until killed."""
 import socket
 import struct
 import threading
 
 
 def tcp(port, handler):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
     s.listen(64)
 
     def loop():
@@ -54,8 +56,9 @@ def reset(c):
 
 
 def udp(port, reply):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
 
     def loop():
         while True:

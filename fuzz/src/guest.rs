@@ -2,13 +2,14 @@
 //! checksums are right and the fuzzed part (payloads, flags, options) reaches the parsers
 //! behind the classifier.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscRepr, TcpPacket, UdpPacket,
 };
-use usernet::net::VirtualNetwork;
+use usernet::net::{Ipv6Network, VirtualNetwork};
 
 /// The guest's MAC address.
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x00, 0x02, 0x64]);
@@ -17,10 +18,61 @@ pub const OTHER_MAC: EthernetAddress = EthernetAddress([0x02, 0x42, 0x0a, 0x00, 
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+/// The all-nodes and all-routers multicast groups' Ethernet addresses.
+const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
 
-/// The default virtual network (10.0.2.0/24).
+/// The default virtual network (10.0.2.0/24 and fd00::/64).
 pub fn net() -> VirtualNetwork {
-    VirtualNetwork::default()
+    VirtualNetwork::default().with_ipv6(Ipv6Network::default())
+}
+
+/// An IP packet of either family in a frame from the guest's MAC: `src` and `dst` are of the
+/// same family.
+pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => ipv6_frame(s, d, proto, 64, l4),
+        (IpAddr::V4(s), IpAddr::V4(d)) => ipv4_frame(s, d, proto, l4),
+        // The guest's own address of dst's family.
+        (_, IpAddr::V4(d)) => ipv4_frame(net().guest, d, proto, l4),
+        (_, IpAddr::V6(d)) => ipv6_frame(net().v6.unwrap_or_default().guest, d, proto, 64, l4),
+    }
+}
+
+/// An IPv6 packet in a frame from the guest's MAC to the gateway's (or the multicast MAC of a
+/// multicast destination).
+pub fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, proto: IpProtocol, hops: u8, l4: &[u8]) -> Vec<u8> {
+    let l4 = &l4[..l4.len().min(65535)];
+    let mut ip = vec![0u8; IPV6_LEN + l4.len()];
+    let mut packet = Ipv6Packet::new_unchecked(&mut ip[..]);
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: l4.len(),
+        hop_limit: hops,
+    }
+    .emit(&mut packet);
+    packet.payload_mut().copy_from_slice(l4);
+    let dst_mac = if dst.is_multicast() {
+        ALL_NODES_MAC
+    } else {
+        net().gateway_mac()
+    };
+    ethernet(GUEST_MAC, dst_mac, EthernetProtocol::Ipv6, &ip)
+}
+
+/// A neighbour discovery message (hop limit 255, as on a link).
+pub fn ndisc_frame(src: Ipv6Addr, dst: Ipv6Addr, repr: NdiscRepr<'_>) -> Vec<u8> {
+    let icmp = Icmpv6Repr::Ndisc(repr);
+    let mut l4 = vec![0u8; icmp.buffer_len()];
+    icmp.emit(
+        &src,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
+        &Default::default(),
+    );
+    ipv6_frame(src, dst, IpProtocol::Icmpv6, 255, &l4)
 }
 
 /// An Ethernet frame to the gateway's MAC (or `dst`).
@@ -80,7 +132,7 @@ pub fn ipv4_frame_from(
 }
 
 /// A UDP datagram's L4 bytes (header with checksum, then `payload`).
-pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let payload = &payload[..payload.len().min(65535 - IPV4_LEN - 8)];
     let mut l4 = vec![0u8; 8 + payload.len()];
     let mut p = UdpPacket::new_unchecked(&mut l4[..]);
@@ -88,18 +140,13 @@ pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     p.set_dst_port(dst.port());
     p.set_len((8 + payload.len()) as u16);
     p.payload_mut().copy_from_slice(payload);
-    p.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+    p.fill_checksum(&IpAddress::from(src.ip()), &IpAddress::from(dst.ip()));
     l4
 }
 
 /// A whole UDP frame from the guest's MAC.
-pub fn udp_frame(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    ipv4_frame(
-        *src.ip(),
-        *dst.ip(),
-        IpProtocol::Udp,
-        &udp(src, dst, payload),
-    )
+pub fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    ip_frame(src.ip(), dst.ip(), IpProtocol::Udp, &udp(src, dst, payload))
 }
 
 /// TCP flag bits as on the wire (low byte of the flags field).
@@ -115,8 +162,8 @@ pub mod flags {
 /// One TCP segment, any flags, raw options (padded to a multiple of 4, at most 40 bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct Segment<'a> {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub seq: u32,
     pub ack: u32,
     pub flags: u8,
@@ -148,25 +195,47 @@ impl Segment<'_> {
         p.set_window_len(self.window);
         p.set_urgent_at(0);
         p.payload_mut().copy_from_slice(payload);
-        p.fill_checksum(&(*self.src.ip()).into(), &(*self.dst.ip()).into());
-        ipv4_frame(*self.src.ip(), *self.dst.ip(), IpProtocol::Tcp, &l4)
+        p.fill_checksum(
+            &IpAddress::from(self.src.ip()),
+            &IpAddress::from(self.dst.ip()),
+        );
+        ip_frame(self.src.ip(), self.dst.ip(), IpProtocol::Tcp, &l4)
     }
 }
 
-/// An ICMP echo request from the guest.
-pub fn echo_frame(src: Ipv4Addr, dst: Ipv4Addr, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
+/// An ICMP (or ICMPv6) echo request from the guest.
+pub fn echo_frame(src: IpAddr, dst: IpAddr, ident: u16, seq_no: u16, data: &[u8]) -> Vec<u8> {
     let data = &data[..data.len().min(65535 - IPV4_LEN - 8)];
-    let repr = Icmpv4Repr::EchoRequest {
-        ident,
-        seq_no,
-        data,
-    };
-    let mut l4 = vec![0u8; repr.buffer_len()];
-    repr.emit(
-        &mut Icmpv4Packet::new_unchecked(&mut l4[..]),
-        &Default::default(),
-    );
-    ipv4_frame(src, dst, IpProtocol::Icmp, &l4)
+    match (src, dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let repr = Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            };
+            let mut l4 = vec![0u8; repr.buffer_len()];
+            repr.emit(
+                &s,
+                &d,
+                &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
+                &Default::default(),
+            );
+            ipv6_frame(s, d, IpProtocol::Icmpv6, 64, &l4)
+        }
+        _ => {
+            let repr = Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            };
+            let mut l4 = vec![0u8; repr.buffer_len()];
+            repr.emit(
+                &mut Icmpv4Packet::new_unchecked(&mut l4[..]),
+                &Default::default(),
+            );
+            ip_frame(src, dst, IpProtocol::Icmp, &l4)
+        }
+    }
 }
 
 /// An ARP message on the link.

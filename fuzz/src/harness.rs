@@ -7,14 +7,14 @@
 //! random.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use smoltcp::wire::{
-    ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Packet,
-    TcpPacket, UdpPacket,
+    ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol,
+    Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
 use usernet::stack::{Stack, StackConfig, TableSizes};
 
@@ -30,7 +30,7 @@ pub struct GuestFlow {
 }
 
 /// Key of a guest flow: the guest's address and the remote address it talks to.
-pub type FlowKey = (SocketAddrV4, SocketAddrV4);
+pub type FlowKey = (SocketAddr, SocketAddr);
 
 /// The guest's initial sequence number for connections it opens or accepts.
 pub const GUEST_ISN: u32 = 0x1000_0000;
@@ -46,9 +46,10 @@ pub struct Harness {
     pub frames_out: u64,
 }
 
-/// The stack configuration the targets use: small tables, so their bounds are reached.
+/// The stack configuration the targets use: small tables, so their bounds are reached, and
+/// IPv6 on (fd00::/64), so its paths are reached too.
 pub fn small_config(mtu: u32) -> StackConfig {
-    let mut config = StackConfig::new(usernet::net::VirtualNetwork::default(), mtu);
+    let mut config = StackConfig::new(crate::guest::net(), mtu);
     config.tcp.rx_ring = 64 * 1024;
     config.tcp.tx_ring = 64 * 1024;
     config.tcp.max_flows = 8;
@@ -141,13 +142,13 @@ impl Harness {
         let eth = EthernetFrame::new_checked(frame).expect("the stack sent a runt frame");
         if frame.len() > 14 + self.mtu() {
             let what = match Ipv4Packet::new_checked(eth.payload()) {
-                Ok(ip) => format!(
+                Ok(ip) if ip.version() == 4 => format!(
                     "{} {} -> {}",
                     ip.next_header(),
                     ip.src_addr(),
                     ip.dst_addr()
                 ),
-                Err(_) => format!("{}", eth.ethertype()),
+                _ => format!("{}", eth.ethertype()),
             };
             panic!(
                 "the stack sent a {}-byte frame ({what}) on a link with MTU {}",
@@ -166,7 +167,7 @@ impl Harness {
                 match ip.next_header() {
                     IpProtocol::Tcp => {
                         let tcp = TcpPacket::new_checked(l4).expect("malformed TCP sent");
-                        self.note_tcp(ip.src_addr(), ip.dst_addr(), &tcp);
+                        self.note_tcp(ip.src_addr().into(), ip.dst_addr().into(), &tcp);
                     }
                     IpProtocol::Udp => {
                         let udp = UdpPacket::new_checked(l4).expect("malformed UDP sent");
@@ -178,15 +179,44 @@ impl Harness {
                     other => panic!("the stack sent IP protocol {other}"),
                 }
             }
+            EthernetProtocol::Ipv6 => {
+                let ip = Ipv6Packet::new_checked(eth.payload()).expect("malformed IPv6 sent");
+                assert_eq!(ip.version(), 6);
+                let (src, dst) = (ip.src_addr(), ip.dst_addr());
+                let l4 = ip.payload();
+                match ip.next_header() {
+                    IpProtocol::Tcp => {
+                        let tcp = TcpPacket::new_checked(l4).expect("malformed TCP sent");
+                        assert!(
+                            tcp.verify_checksum(&src.into(), &dst.into()),
+                            "bad TCP checksum"
+                        );
+                        self.note_tcp(src.into(), dst.into(), &tcp);
+                    }
+                    IpProtocol::Udp => {
+                        let udp = UdpPacket::new_checked(l4).expect("malformed UDP sent");
+                        assert!(usize::from(udp.len()) <= l4.len());
+                        assert!(
+                            udp.verify_checksum(&src.into(), &dst.into()),
+                            "bad UDP checksum"
+                        );
+                    }
+                    IpProtocol::Icmpv6 => {
+                        let icmp = Icmpv6Packet::new_checked(l4).expect("malformed ICMPv6 sent");
+                        assert!(icmp.verify_checksum(&src, &dst), "bad ICMPv6 checksum");
+                    }
+                    other => panic!("the stack sent IPv6 next header {other}"),
+                }
+            }
             other => panic!("the stack sent ethertype {other}"),
         }
     }
 
     /// What the stack's segment tells the guest about its connection.
-    fn note_tcp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, tcp: &TcpPacket<&[u8]>) {
+    fn note_tcp(&mut self, src: IpAddr, dst: IpAddr, tcp: &TcpPacket<&[u8]>) {
         let key = (
-            SocketAddrV4::new(dst, tcp.dst_port()),
-            SocketAddrV4::new(src, tcp.src_port()),
+            SocketAddr::new(dst, tcp.dst_port()),
+            SocketAddr::new(src, tcp.src_port()),
         );
         let seq = tcp.seq_number().0 as u32;
         let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());

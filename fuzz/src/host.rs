@@ -1,7 +1,8 @@
-//! The simulated host: servers on the fuzz namespace's loopback (bound to 0.0.0.0, so they
-//! also answer on [`REMOTE`](crate::world::REMOTE)), run by one background thread for the
-//! whole process. The guest reaches them as 10.0.2.2:PORT (the gateway maps to 127.0.0.1) or
-//! as 198.18.0.1:PORT (an "outside" host).
+//! The simulated host: servers on the fuzz namespace's loopback (bound to the dual-stack
+//! wildcard [::], so they also answer on [`REMOTE`](crate::world::REMOTE), ::1 and
+//! [`REMOTE6`](crate::world::REMOTE6)), run by one background thread for the whole process.
+//! The guest reaches them as 10.0.2.2:PORT or [fd00::2]:PORT (the gateway maps to the host's
+//! loopback) or as 198.18.0.1:PORT or [2001:2::1]:PORT (an "outside" host).
 //!
 //! | port | TCP | UDP |
 //! |---|---|---|
@@ -20,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Once;
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
@@ -82,8 +83,9 @@ pub fn start() {
         .into_iter()
         .enumerate()
         {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            let mut l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("TCP {addr}: {e}"));
+            let mut l = TcpListener::bind(wildcard(port))
+                .or_else(|_| TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+                .unwrap_or_else(|e| panic!("TCP port {port}: {e}"));
             poll.registry()
                 .register(&mut l, Token(i), Interest::READABLE)
                 .expect("register");
@@ -91,8 +93,9 @@ pub fn start() {
         }
         let mut udp = Vec::new();
         for (i, port) in [PORT_ECHO, PORT_DISCARD, PORT_DNS].into_iter().enumerate() {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            let mut s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("UDP {addr}: {e}"));
+            let mut s = UdpSocket::bind(wildcard(port))
+                .or_else(|_| UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+                .unwrap_or_else(|e| panic!("UDP port {port}: {e}"));
             poll.registry()
                 .register(&mut s, Token(100 + i), Interest::READABLE)
                 .expect("register");
@@ -103,6 +106,11 @@ pub fn start() {
             .spawn(move || serve(poll, tcp, udp))
             .expect("spawn");
     });
+}
+
+/// [::]:port, which takes IPv4 too (net.ipv6.bindv6only is 0 in a new namespace).
+fn wildcard(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
 }
 
 fn serve(mut poll: Poll, tcp: Vec<(TcpListener, u16, Option<Kind>)>, udp: Vec<(UdpSocket, u16)>) {
@@ -301,13 +309,14 @@ pub struct Client {
 }
 
 /// Connect (without waiting) to `to`, from `from` if given.
-pub fn connect_from(from: Option<Ipv4Addr>, to: SocketAddrV4) -> io::Result<Client> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+pub fn connect_from(from: Option<IpAddr>, to: SocketAddr) -> io::Result<Client> {
+    let domain = socket2::Domain::for_address(to);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     if let Some(ip) = from {
         socket.bind(&SocketAddr::from((ip, 0)).into())?;
     }
-    match socket.connect(&SocketAddr::V4(to).into()) {
+    match socket.connect(&to.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),

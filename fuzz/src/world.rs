@@ -4,15 +4,17 @@
 //! everything else fails with `ENETUNREACH` before a packet is built.
 //!
 //! [`enter`] refuses to go on anywhere else (with a message saying how to run the targets),
-//! then makes the namespace what the simulated host needs: `lo` up, [`REMOTE`] on `lo` as a
-//! stand-in for a "remote" server, and ping sockets allowed.
+//! then makes the namespace what the simulated host needs: `lo` up, [`REMOTE`] and
+//! [`REMOTE6`] on `lo` as stand-ins for a "remote" server, and ping sockets allowed.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Once;
 
 /// An address on the namespace's `lo` that the policy treats as an ordinary outside host
 /// (from 198.18.0.0/15, the benchmarking range).
 pub const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The same for IPv6 (from 2001:2::/48, the IPv6 benchmarking range).
+pub const REMOTE6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
 
 const HOW: &str = "usernet's fuzz targets open real sockets to whatever the fuzzed frames ask for, \
 so they only run inside a fresh user+network namespace whose only interface is lo. \
@@ -72,6 +74,12 @@ fn setup() {
         && !e.to_string().contains("exists")
     {
         panic!("adding {REMOTE} to lo: {e}");
+    }
+    // Without IPv6 in the kernel the IPv6 paths only see unreachable destinations.
+    if let Err(e) = nl.add_ipv6_address("lo", REMOTE6, 128)
+        && !e.to_string().contains("exists")
+    {
+        eprintln!("adding {REMOTE6} to lo: {e} (IPv6 destinations will be unreachable)");
     }
     // Unprivileged ICMP sockets for the stack's pings (per network namespace; best effort).
     // The range must map into this user namespace, which may map only root.

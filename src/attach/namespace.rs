@@ -214,14 +214,15 @@ fn child(ns: &Namespaces, ifname: &str, configure: Option<&Configure>) -> Result
 }
 
 /// `--configure`: lo up; the TAP's MAC, MTU, queue length and up; the guest address and the
-/// default route via the gateway. What is already configured is left as is.
+/// default route via the gateway, for IPv6 too with `--ipv6`. What is already configured is
+/// left as is.
 fn configure_inside(ifname: &str, c: &Configure) -> Result<(), String> {
-    let exists = |r: io::Result<()>| match r {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        other => other,
-    };
+    let exists = crate::netconf::ignore_exists;
     let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
     nl.link_up("lo").map_err(|e| e.to_string())?;
+    if c.net.v6.is_some() {
+        crate::netconf::prepare_guest_ipv6(ifname);
+    }
     let settings = LinkSettings {
         up: true,
         mtu: Some(c.mtu),
@@ -231,5 +232,8 @@ fn configure_inside(ifname: &str, c: &Configure) -> Result<(), String> {
     nl.set_link(ifname, &settings).map_err(|e| e.to_string())?;
     exists(nl.add_ipv4_address(ifname, c.net.guest, c.net.prefix)).map_err(|e| e.to_string())?;
     exists(nl.add_default_ipv4_route(ifname, c.net.gateway)).map_err(|e| e.to_string())?;
+    if let Some(v6) = &c.net.v6 {
+        exists(nl.add_guest_ipv6(ifname, v6)).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }

@@ -192,6 +192,9 @@ fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
     chan.send_with_fd(&Msg::Tap, std::os::fd::AsFd::as_fd(&tap))
         .map_err(|e| fail(format!("cannot pass the tap fd to the parent: {e}")))?;
     drop(tap);
+    if cfg.net.v6.is_some() {
+        crate::netconf::prepare_guest_ipv6(&cfg.ifname);
+    }
     let settings = LinkSettings {
         up: true,
         mtu: Some(cfg.mtu),
@@ -204,6 +207,10 @@ fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
         .map_err(|e| fail(e.to_string()))?;
     nl.add_default_ipv4_route(&cfg.ifname, cfg.net.gateway)
         .map_err(|e| fail(e.to_string()))?;
+    if let Some(v6) = &cfg.net.v6 {
+        nl.add_guest_ipv6(&cfg.ifname, v6)
+            .map_err(|e| fail(e.to_string()))?;
+    }
     if let Some(resolv) = &cfg.resolv_conf {
         bind_over_etc_resolv_conf(resolv)?;
     }

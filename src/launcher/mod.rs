@@ -131,7 +131,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     let host_resolv = ResolvConf::read(Path::new(HOST_RESOLV_CONF));
     cfg.stack.search_domains = host_resolv.search.clone();
     let resolv_conf = if cfg.net_mode == NetMode::Builtin && !cfg.stack.policy.disable_dns {
-        let text = host_resolv.for_guest(net.dns.into());
+        let text = host_resolv.for_guest(&dns_addresses(&net));
         state.write_file("resolv.conf", text.as_bytes(), 0o644)?;
         Some(state.path().join("resolv.conf"))
     } else {
@@ -337,6 +337,13 @@ fn command_env(state_dir: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// The DNS forwarder's addresses, IPv4 first (as rootlesskit lists them with `--ipv6`).
+fn dns_addresses(net: &crate::net::VirtualNetwork) -> Vec<std::net::IpAddr> {
+    let mut out = vec![std::net::IpAddr::V4(net.dns)];
+    out.extend(net.v6.map(|v6| std::net::IpAddr::V6(v6.dns)));
+    out
+}
+
 /// What `GET /v1/info` reports.
 fn api_info(cfg: &RunConfig, state_dir: &Path, child: Pid) -> Info {
     let net = cfg.stack.policy.net;
@@ -346,7 +353,7 @@ fn api_info(cfg: &RunConfig, state_dir: &Path, child: Pid) -> Info {
             dns: if cfg.stack.policy.disable_dns {
                 Vec::new()
             } else {
-                vec![net.dns.to_string()]
+                dns_addresses(&net).iter().map(|a| a.to_string()).collect()
             },
             child_ip: net.guest.to_string(),
         }),

@@ -292,10 +292,7 @@ pub fn parse(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> Par
             },
             c if c == b'6' as i32 => {
                 o.enable_ipv6 = true;
-                let _ = writeln!(
-                    out,
-                    "WARNING: IPv6 is not supported by usernet yet; the namespace gets IPv4 only"
-                );
+                let _ = writeln!(out, "WARNING: Support for IPv6 is experimental");
             }
             c if c == b'a' as i32 => o.api_socket = arg.map(PathBuf::from),
             long::CIDR => o.cidr = Some(text),

@@ -74,7 +74,17 @@ fn config(
         Some(c) => args::parse_cidr(c)?,
         None => (Ipv4Addr::new(10, 0, 2, 0), 24),
     };
-    let net = VirtualNetwork::new(network, prefix).map_err(|e| e.to_string())?;
+    let mut net = VirtualNetwork::new(network, prefix).map_err(|e| e.to_string())?;
+    if o.enable_ipv6 && o.mtu < crate::net::IPV6_MIN_MTU {
+        let _ = writeln!(
+            std::io::stdout(),
+            "WARNING: IPv6 needs an MTU of at least {}; the namespace gets IPv4 only",
+            crate::net::IPV6_MIN_MTU
+        );
+    } else if o.enable_ipv6 {
+        // slirp4netns's prefix, which it does not let anyone change.
+        net = net.with_ipv6(crate::net::Ipv6Network::default());
+    }
     let outbound = o
         .outbound_addr
         .as_deref()
@@ -94,6 +104,7 @@ fn config(
     stack.policy.disable_host_loopback = o.disable_host_loopback;
     stack.policy.disable_dns = o.disable_dns;
     stack.policy.outbound = outbound;
+    stack.policy.outbound6 = outbound6;
     let target = match target {
         args::Target::Pid(pid) => Target::Namespace(NamespaceRef::Pid(pid)),
         args::Target::Path(p) => Target::Namespace(NamespaceRef::Path(p)),

@@ -223,7 +223,7 @@ impl DhcpServer {
         };
         let from = SocketAddrV4::new(net.gateway, DHCP_SERVER_PORT);
         let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT);
-        emit::udp_datagram(cx.tap, &net, dst_mac, from, to, &payload);
+        emit::udp_datagram(cx.tap, &net, dst_mac, from.into(), to.into(), &payload);
     }
 }
 

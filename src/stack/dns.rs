@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -162,7 +162,7 @@ pub struct DnsStats {
 }
 
 struct Query {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     guest_mac: EthernetAddress,
     txid: u16,
     message: Box<[u8]>,
@@ -183,7 +183,7 @@ struct Attempt {
 pub struct DnsForwarder {
     queries: Slab<Query>,
     attempts: Slab<Attempt>,
-    by_guest: HashMap<(SocketAddrV4, u16), Id>,
+    by_guest: HashMap<(SocketAddr, u16), Id>,
     deadlines: BTreeSet<(Instant, Id)>,
     ready: Vec<Id>,
     pub stats: DnsStats,
@@ -194,7 +194,7 @@ impl DnsForwarder {
         self.queries.len()
     }
 
-    /// A query from the guest to 10.0.2.3:53.
+    /// A query from the guest to 10.0.2.3:53 or [fd00::3]:53.
     pub fn on_guest_query(
         &mut self,
         d: &GuestUdp<'_>,
@@ -344,8 +344,11 @@ impl DnsForwarder {
                     }
                     upstreams.answered(upstream);
                     self.stats.answered += 1;
-                    let max_payload = cx.link.mtu.saturating_sub(emit::IPV4_LEN + UDP_LEN);
                     let (mac, guest) = (q.guest_mac, q.guest);
+                    let max_payload = cx
+                        .link
+                        .mtu
+                        .saturating_sub(emit::ip_header_len(guest.ip()) + UDP_LEN);
                     if n > max_payload {
                         self.stats.truncated += 1;
                         reply_to_guest(
@@ -439,10 +442,21 @@ impl DnsForwarder {
     }
 }
 
-fn reply_to_guest(cx: &mut Ctx<'_>, mac: EthernetAddress, guest: SocketAddrV4, message: &[u8]) {
+/// Answer the guest from the forwarder's address of its family.
+fn reply_to_guest(cx: &mut Ctx<'_>, mac: EthernetAddress, guest: SocketAddr, message: &[u8]) {
     let net = cx.policy.net;
-    let from = SocketAddrV4::new(net.dns, 53);
-    emit::udp_datagram(cx.tap, &net, mac, from, guest, message);
+    let server = match (guest, net.v6) {
+        (SocketAddr::V6(_), Some(v6)) => IpAddr::V6(v6.dns),
+        _ => IpAddr::V4(net.dns),
+    };
+    emit::udp_datagram(
+        cx.tap,
+        &net,
+        mac,
+        SocketAddr::new(server, 53),
+        guest,
+        message,
+    );
 }
 
 fn header_rcode(msg: &[u8]) -> u8 {

@@ -1,25 +1,32 @@
-//! Frames usernet writes on its own, outside any smoltcp socket: ARP replies, TCP resets for
-//! connections that do not exist or were refused, UDP datagrams (NAT replies, DNS, DHCP),
-//! ICMP echo replies and ICMP errors.
+//! Frames usernet writes on its own, outside any smoltcp socket: ARP replies, IPv6 neighbour
+//! and router advertisements, TCP resets for connections that do not exist or were refused,
+//! UDP datagrams (NAT replies, DNS, DHCP), ICMP and ICMPv6 echo replies and errors.
 //!
 //! Each builder writes a complete Ethernet frame through the [`TapWriter`], using smoltcp's
-//! `Repr::emit` so headers and checksums are right by construction.
+//! `Repr::emit` so headers and checksums are right by construction. Builders that take
+//! addresses work for both families; the addresses' family picks IPv4 or IPv6 (and ICMP or
+//! ICMPv6), and a mixed pair, which no caller makes, emits nothing.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::Duration;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags,
+    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress, TcpControl, TcpPacket,
+    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
-use super::frame::{ArpRequest, GuestTcp};
+use super::frame::{ArpRequest, GuestTcp, NeighborSolicit};
+use super::policy::Unreachable;
 use super::tx::TapWriter;
 use crate::net::VirtualNetwork;
 
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
+pub const IPV6_LEN: usize = 40;
 pub const UDP_LEN: usize = 8;
 const ICMP_HEADER_LEN: usize = 8;
 /// Hop limit of everything we originate.
@@ -27,6 +34,35 @@ const HOP_LIMIT: u8 = 64;
 /// How much of the offending datagram an ICMP error quotes: as much as keeps the error within
 /// 576 bytes, as Linux does (RFC 1812 §4.3.2.3); at least its IP header and 8 bytes.
 pub const ICMP_QUOTE_MAX: usize = 576 - IPV4_LEN - ICMP_HEADER_LEN;
+/// The same for ICMPv6: as much as keeps the error within the minimum IPv6 MTU (RFC 4443
+/// §2.4 (c)).
+pub const ICMPV6_QUOTE_MAX: usize = 1280 - IPV6_LEN - ICMP_HEADER_LEN;
+/// Room for the larger of the two quotes.
+pub const QUOTE_BUF: usize = ICMPV6_QUOTE_MAX;
+/// Hop limit of neighbour discovery messages (RFC 4861 §7.1.2: receivers check it).
+const NDP_HOP_LIMIT: u8 = 255;
+/// The all-nodes link-local multicast group, and its Ethernet address.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
+/// How long the guest may keep us as its default router without hearing from us again; the
+/// stack advertises again well before ([`RA_INTERVAL`]).
+const ROUTER_LIFETIME: Duration = Duration::from_secs(1800);
+/// How often the stack sends an unsolicited router advertisement.
+pub const RA_INTERVAL: Duration = Duration::from_secs(600);
+/// Lifetimes of the prefix in router advertisements (RFC 4861's suggested defaults).
+const PREFIX_VALID: Duration = Duration::from_secs(86400);
+const PREFIX_PREFERRED: Duration = Duration::from_secs(14400);
+/// NDP option type of Recursive DNS Server (RFC 8106 §5.1), which smoltcp does not build.
+const NDP_OPTION_RDNSS: u8 = 25;
+const RDNSS_LEN: usize = 24;
+
+/// Length of the IP header we put in front of a payload to or from `addr`.
+pub fn ip_header_len(addr: IpAddr) -> usize {
+    match addr {
+        IpAddr::V4(_) => IPV4_LEN,
+        IpAddr::V6(_) => IPV6_LEN,
+    }
+}
 
 fn ethernet(frame: &mut [u8], src: EthernetAddress, dst: EthernetAddress, proto: EthernetProtocol) {
     let mut eth = EthernetFrame::new_unchecked(frame);
@@ -35,33 +71,52 @@ fn ethernet(frame: &mut [u8], src: EthernetAddress, dst: EthernetAddress, proto:
     eth.set_ethertype(proto);
 }
 
-/// Write Ethernet and IPv4 headers for an IP payload of `payload_len` bytes from `src` to
-/// `dst`; `fill` writes the payload.
+/// Write Ethernet and IP headers for an IP payload of `payload_len` bytes from `src` to `dst`
+/// (both IPv4 or both IPv6); `fill` writes the payload.
 #[allow(clippy::too_many_arguments)]
-fn ipv4_frame(
+fn ip_frame(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     dst_mac: EthernetAddress,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     proto: IpProtocol,
     payload_len: usize,
     hop_limit: u8,
     fill: impl FnOnce(&mut [u8]),
 ) {
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len,
-        hop_limit,
-    };
-    let caps = ChecksumCapabilities::default();
-    tx.send(ETH_LEN + IPV4_LEN + payload_len, |f| {
-        ethernet(f, net.gateway_mac(), dst_mac, EthernetProtocol::Ipv4);
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]), &caps);
-        fill(&mut f[ETH_LEN + IPV4_LEN..]);
-    });
+    match (src, dst) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            let ip = Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header: proto,
+                payload_len,
+                hop_limit,
+            };
+            let caps = ChecksumCapabilities::default();
+            tx.send(ETH_LEN + IPV4_LEN + payload_len, |f| {
+                ethernet(f, net.gateway_mac(), dst_mac, EthernetProtocol::Ipv4);
+                ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]), &caps);
+                fill(&mut f[ETH_LEN + IPV4_LEN..]);
+            });
+        }
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            let ip = Ipv6Repr {
+                src_addr,
+                dst_addr,
+                next_header: proto,
+                payload_len,
+                hop_limit,
+            };
+            tx.send(ETH_LEN + IPV6_LEN + payload_len, |f| {
+                ethernet(f, net.gateway_mac(), dst_mac, EthernetProtocol::Ipv6);
+                ip.emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH_LEN..]));
+                fill(&mut f[ETH_LEN + IPV6_LEN..]);
+            });
+        }
+        _ => {}
+    }
 }
 
 /// Answer an ARP request for one of our addresses.
@@ -120,8 +175,8 @@ pub fn tcp_refuse(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
-    remote: SocketAddrV4,
-    guest: SocketAddrV4,
+    remote: SocketAddr,
+    guest: SocketAddr,
     syn_end: u32,
 ) {
     emit_tcp(tx, net, guest_mac, remote, guest, 0, Some(syn_end));
@@ -132,8 +187,8 @@ fn emit_tcp(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
-    from: SocketAddrV4,
-    to: SocketAddrV4,
+    from: SocketAddr,
+    to: SocketAddr,
     seq: u32,
     ack: Option<u32>,
 ) {
@@ -152,8 +207,8 @@ fn emit_tcp(
         payload: &[],
     };
     let caps = ChecksumCapabilities::default();
-    let (src, dst) = (*from.ip(), *to.ip());
-    ipv4_frame(
+    let (src, dst) = (from.ip(), to.ip());
+    ip_frame(
         tx,
         net,
         guest_mac,
@@ -165,8 +220,8 @@ fn emit_tcp(
         |p| {
             tcp.emit(
                 &mut TcpPacket::new_unchecked(p),
-                &src.into(),
-                &dst.into(),
+                &IpAddress::from(src),
+                &IpAddress::from(dst),
                 &caps,
             );
         },
@@ -178,8 +233,8 @@ pub fn udp_datagram(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     dst_mac: EthernetAddress,
-    from: SocketAddrV4,
-    to: SocketAddrV4,
+    from: SocketAddr,
+    to: SocketAddr,
     payload: &[u8],
 ) {
     let udp = UdpRepr {
@@ -187,9 +242,9 @@ pub fn udp_datagram(
         dst_port: to.port(),
     };
     let caps = ChecksumCapabilities::default();
-    let (src, dst) = (*from.ip(), *to.ip());
+    let (src, dst) = (from.ip(), to.ip());
     let len = UDP_LEN + payload.len();
-    ipv4_frame(
+    ip_frame(
         tx,
         net,
         dst_mac,
@@ -201,8 +256,8 @@ pub fn udp_datagram(
         |p| {
             udp.emit(
                 &mut UdpPacket::new_unchecked(p),
-                &src.into(),
-                &dst.into(),
+                &IpAddress::from(src),
+                &IpAddress::from(dst),
                 payload.len(),
                 |b| b.copy_from_slice(payload),
                 &caps,
@@ -211,127 +266,277 @@ pub fn udp_datagram(
     );
 }
 
-/// An ICMP echo reply to the guest, from `from`.
+/// An ICMP (or ICMPv6) echo reply to the guest, from `from`.
 #[allow(clippy::too_many_arguments)]
 pub fn icmp_echo_reply(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
+    from: IpAddr,
+    to: IpAddr,
     ident: u16,
     seq_no: u16,
     data: &[u8],
     hop_limit: u8,
 ) {
-    let (msg, route) = (Icmpv4Message::EchoReply, (from, to, hop_limit));
-    icmp(tx, net, guest_mac, route, msg, 0, [ident, seq_no], data);
+    let msg_type = match from {
+        IpAddr::V4(_) => u8::from(Icmpv4Message::EchoReply),
+        IpAddr::V6(_) => u8::from(Icmpv6Message::EchoReply),
+    };
+    let word = u32::from(ident) << 16 | u32::from(seq_no);
+    icmp(
+        tx,
+        net,
+        guest_mac,
+        (from, to, hop_limit),
+        msg_type,
+        0,
+        word,
+        data,
+    );
 }
 
-/// An ICMP error (destination unreachable, time exceeded...) from `from` to the guest at
-/// `to`, quoting `quote` (the start of the offending packet, IP header first).
+/// An ICMP or ICMPv6 error (destination unreachable, time exceeded, packet too big...) from
+/// `from` to the guest at `to`, quoting `quote` (the start of the offending packet, IP header
+/// first). `word` is the header's second word: zero, or the MTU of "fragmentation needed"
+/// and "packet too big".
 #[allow(clippy::too_many_arguments)]
 pub fn icmp_error(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
+    from: IpAddr,
+    to: IpAddr,
     msg_type: u8,
     code: u8,
+    word: u32,
     quote: &[u8],
 ) {
-    let quote = &quote[..quote.len().min(ICMP_QUOTE_MAX)];
-    // The second header word is unused for these message types and must be zero.
-    let msg = Icmpv4Message::from(msg_type);
+    let max = match from {
+        IpAddr::V4(_) => ICMP_QUOTE_MAX,
+        IpAddr::V6(_) => ICMPV6_QUOTE_MAX,
+    };
+    let quote = &quote[..quote.len().min(max)];
     icmp(
         tx,
         net,
         guest_mac,
         (from, to, HOP_LIMIT),
-        msg,
+        msg_type,
         code,
-        [0, 0],
+        word,
         quote,
     );
 }
 
-/// One ICMP message: type, code, the header's second word (as two 16-bit halves), body.
+/// One ICMP or ICMPv6 message: type, code, the header's second word, body.
 #[allow(clippy::too_many_arguments)]
 fn icmp(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
-    (from, to, hop_limit): (Ipv4Addr, Ipv4Addr, u8),
-    msg_type: Icmpv4Message,
+    (from, to, hop_limit): (IpAddr, IpAddr, u8),
+    msg_type: u8,
     code: u8,
-    word: [u16; 2],
+    word: u32,
     body: &[u8],
 ) {
     let len = ICMP_HEADER_LEN + body.len();
-    ipv4_frame(
-        tx,
-        net,
-        guest_mac,
-        from,
-        to,
-        IpProtocol::Icmp,
-        len,
-        hop_limit,
-        |p| {
-            let mut icmp = Icmpv4Packet::new_unchecked(p);
-            icmp.set_msg_type(msg_type);
-            icmp.set_msg_code(code);
-            icmp.set_echo_ident(word[0]);
-            icmp.set_echo_seq_no(word[1]);
-            icmp.data_mut().copy_from_slice(body);
-            icmp.fill_checksum();
-        },
-    );
+    let proto = match from {
+        IpAddr::V4(_) => IpProtocol::Icmp,
+        IpAddr::V6(_) => IpProtocol::Icmpv6,
+    };
+    ip_frame(tx, net, guest_mac, from, to, proto, len, hop_limit, |p| {
+        p[0] = msg_type;
+        p[1] = code;
+        p[2..4].fill(0);
+        p[4..8].copy_from_slice(&word.to_be_bytes());
+        p[ICMP_HEADER_LEN..].copy_from_slice(body);
+        match (from, to) {
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                Icmpv6Packet::new_unchecked(p).fill_checksum(&src, &dst);
+            }
+            _ => Icmpv4Packet::new_unchecked(p).fill_checksum(),
+        }
+    });
 }
 
-/// Send an ICMP destination-unreachable from `from` about the IPv4 packet `offending`, which
-/// the guest sent from `guest_mac`. `offending` must be a packet the classifier accepted.
+/// Send an ICMP (or ICMPv6) destination-unreachable about the packet `offending`, which the
+/// guest sent from `guest_mac`, from `from` or else the gateway. `offending` must be a packet
+/// the classifier accepted.
 pub fn icmp_unreachable(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
-    from: Ipv4Addr,
-    reason: Icmpv4DstUnreachable,
+    from: Option<IpAddr>,
+    reason: Unreachable,
     offending: &[u8],
 ) {
-    let Ok(orig) = Ipv4Packet::new_checked(offending) else {
-        return;
+    let (to, msg_type, code) = match offending.first().map(|b| b >> 4) {
+        Some(4) => match Ipv4Packet::new_checked(offending) {
+            Ok(orig) => (IpAddr::V4(orig.src_addr()), 3, reason.icmpv4_code()),
+            Err(_) => return,
+        },
+        Some(6) => match Ipv6Packet::new_checked(offending) {
+            Ok(orig) => (IpAddr::V6(orig.src_addr()), 1, reason.icmpv6_code()),
+            Err(_) => return,
+        },
+        _ => return,
     };
-    let to = orig.src_addr();
-    icmp_error(tx, net, guest_mac, from, to, 3, reason.into(), offending);
+    let from = from.unwrap_or_else(|| net.gateway_for(to));
+    icmp_error(tx, net, guest_mac, from, to, msg_type, code, 0, offending);
 }
 
-/// The start of an IPv4 packet the guest sent, rebuilt from what we know of it: an IPv4
-/// header and the first `l4` bytes of its transport payload (whose full length was
+/// The start of an IP packet the guest sent, rebuilt from what we know of it: an IPv4 or
+/// IPv6 header and the first `l4` bytes of its transport payload (whose full length was
 /// `l4_total`). ICMP errors about packets we only have in pieces quote this.
 pub fn rebuild_quote(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     proto: IpProtocol,
     l4_total: usize,
     l4: &[u8],
 ) -> Vec<u8> {
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len: l4_total,
-        hop_limit: HOP_LIMIT,
+    match (src, dst) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            let ip = Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header: proto,
+                payload_len: l4_total,
+                hop_limit: HOP_LIMIT,
+            };
+            let take = l4.len().min(ICMP_QUOTE_MAX - IPV4_LEN);
+            let mut out = vec![0u8; IPV4_LEN + take];
+            ip.emit(
+                &mut Ipv4Packet::new_unchecked(&mut out[..]),
+                &ChecksumCapabilities::default(),
+            );
+            out[IPV4_LEN..].copy_from_slice(&l4[..take]);
+            out
+        }
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            let ip = Ipv6Repr {
+                src_addr,
+                dst_addr,
+                next_header: proto,
+                payload_len: l4_total,
+                hop_limit: HOP_LIMIT,
+            };
+            let take = l4.len().min(ICMPV6_QUOTE_MAX - IPV6_LEN);
+            let mut out = vec![0u8; IPV6_LEN + take];
+            ip.emit(&mut Ipv6Packet::new_unchecked(&mut out[..]));
+            out[IPV6_LEN..].copy_from_slice(&l4[..take]);
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Answer a neighbour solicitation for one of our addresses: "it is at the gateway's MAC".
+/// A solicitation from the unspecified address (the sender checking whether the address is
+/// free) is answered to all nodes, without the solicited flag (RFC 4861 §7.2.4).
+pub fn neighbor_advert(tx: &mut TapWriter, net: &VirtualNetwork, ns: &NeighborSolicit) {
+    let (dst, dst_mac, mut flags) = if ns.sender_ip.is_unspecified() {
+        (ALL_NODES, ALL_NODES_MAC, NdiscNeighborFlags::OVERRIDE)
+    } else {
+        (
+            ns.sender_ip,
+            ns.sender_mac,
+            NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
+        )
     };
-    let take = l4.len().min(ICMP_QUOTE_MAX - IPV4_LEN);
-    let mut out = vec![0u8; IPV4_LEN + take];
-    ip.emit(
-        &mut Ipv4Packet::new_unchecked(&mut out[..]),
-        &ChecksumCapabilities::default(),
+    // Every address of ours is the router's.
+    flags |= NdiscNeighborFlags::ROUTER;
+    let repr = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags,
+        target_addr: ns.target,
+        lladdr: Some(RawHardwareAddress::from(net.gateway_mac())),
+    });
+    let src = ns.target;
+    let len = repr.buffer_len();
+    ip_frame(
+        tx,
+        net,
+        dst_mac,
+        IpAddr::V6(src),
+        IpAddr::V6(dst),
+        IpProtocol::Icmpv6,
+        len,
+        NDP_HOP_LIMIT,
+        |p| {
+            repr.emit(
+                &src,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(p),
+                &ChecksumCapabilities::default(),
+            );
+        },
     );
-    out[IPV4_LEN..].copy_from_slice(&l4[..take]);
-    out
+}
+
+/// A router advertisement from fe80::2 to `to` (a host that solicited one, or all nodes):
+/// we are the default router, the /64 is on-link and for stateless autoconfiguration, the
+/// link MTU is `mtu`, and `dns` (the forwarder, unless `--disable-dns`) resolves names. No
+/// DHCPv6: everything a guest needs is in here.
+pub fn router_advert(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    to: Option<(Ipv6Addr, EthernetAddress)>,
+    mtu: usize,
+    dns: Option<Ipv6Addr>,
+) {
+    let Some(v6) = net.v6 else {
+        return;
+    };
+    let (dst, dst_mac) = to.unwrap_or((ALL_NODES, ALL_NODES_MAC));
+    let repr = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
+        hop_limit: HOP_LIMIT,
+        flags: NdiscRouterFlags::empty(),
+        router_lifetime: ROUTER_LIFETIME,
+        reachable_time: Duration::ZERO,
+        retrans_time: Duration::ZERO,
+        lladdr: Some(RawHardwareAddress::from(net.gateway_mac())),
+        mtu: u32::try_from(mtu).ok(),
+        prefix_info: Some(NdiscPrefixInformation {
+            prefix_len: crate::net::IPV6_PREFIX_LEN,
+            flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
+            valid_lifetime: PREFIX_VALID,
+            preferred_lifetime: PREFIX_PREFERRED,
+            prefix: v6.prefix,
+        }),
+    });
+    let base = repr.buffer_len();
+    let len = base + if dns.is_some() { RDNSS_LEN } else { 0 };
+    let src = v6.router;
+    ip_frame(
+        tx,
+        net,
+        dst_mac,
+        IpAddr::V6(src),
+        IpAddr::V6(dst),
+        IpProtocol::Icmpv6,
+        len,
+        NDP_HOP_LIMIT,
+        |p| {
+            let caps = ChecksumCapabilities::default();
+            repr.emit(
+                &src,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(&mut p[..]),
+                &caps,
+            );
+            if let Some(dns) = dns {
+                let opt = &mut p[base..base + RDNSS_LEN];
+                opt[0] = NDP_OPTION_RDNSS;
+                opt[1] = (RDNSS_LEN / 8) as u8;
+                opt[2..4].fill(0);
+                opt[4..8].copy_from_slice(&(ROUTER_LIFETIME.secs() as u32).to_be_bytes());
+                opt[8..].copy_from_slice(&dns.octets());
+                Icmpv6Packet::new_unchecked(&mut p[..]).fill_checksum(&src, &dst);
+            }
+        },
+    );
 }
 
 /// Parse what we emitted, for tests: the ICMP message carried by an Ethernet frame.
@@ -344,4 +549,147 @@ pub(crate) fn parse_icmp(frame: &[u8]) -> Option<(Ipv4Repr, smoltcp::wire::Icmpv
     let icmp = Icmpv4Packet::new_checked(&frame[ETH_LEN + IPV4_LEN..]).ok()?;
     let icmp_repr = Icmpv4Repr::parse(&icmp, &caps).ok()?;
     Some((ip_repr, icmp_repr))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::net::Ipv6Network;
+
+    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
+
+    fn setup() -> (TapWriter, std::os::fd::OwnedFd, VirtualNetwork) {
+        let (ours, theirs) = crate::tap::test_pair();
+        let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
+        (TapWriter::new(ours), theirs, net)
+    }
+
+    /// The next frame written: its Ethernet destination, IPv6 header and ICMPv6 bytes, the
+    /// checksum verified.
+    fn next_icmpv6(guest: &std::os::fd::OwnedFd) -> (EthernetAddress, Ipv6Repr, Vec<u8>) {
+        let mut buf = vec![0u8; 2048];
+        let n = crate::tap::read_frame(guest.as_fd(), &mut buf).expect("a frame");
+        let eth = EthernetFrame::new_checked(&buf[..n]).unwrap();
+        assert_eq!(eth.ethertype(), EthernetProtocol::Ipv6);
+        let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+        let repr = Ipv6Repr::parse(&ip).unwrap();
+        assert_eq!(repr.next_header, IpProtocol::Icmpv6);
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(&repr.src_addr, &repr.dst_addr));
+        (eth.dst_addr(), repr, ip.payload().to_vec())
+    }
+
+    #[test]
+    fn neighbour_advert_names_the_gateway_mac_with_router_and_solicited_flags() {
+        let (mut tx, guest, net) = setup();
+        let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
+        let target: Ipv6Addr = "fe80::2".parse().unwrap();
+        let ns = NeighborSolicit {
+            sender_mac: GUEST_MAC,
+            sender_ip: guest_ip,
+            target,
+        };
+        neighbor_advert(&mut tx, &net, &ns);
+        let (dst_mac, ip, icmp) = next_icmpv6(&guest);
+        assert_eq!(
+            (dst_mac, ip.dst_addr, ip.src_addr),
+            (GUEST_MAC, guest_ip, target)
+        );
+        assert_eq!(ip.hop_limit, 255);
+        let packet = Icmpv6Packet::new_checked(&icmp[..]).unwrap();
+        match NdiscRepr::parse(&packet).unwrap() {
+            NdiscRepr::NeighborAdvert {
+                flags,
+                target_addr,
+                lladdr,
+            } => {
+                assert_eq!(target_addr, target);
+                assert!(flags.contains(NdiscNeighborFlags::ROUTER | NdiscNeighborFlags::SOLICITED));
+                assert_eq!(lladdr, Some(RawHardwareAddress::from(net.gateway_mac())));
+            }
+            other => panic!("{other:?}"),
+        }
+        // From the unspecified address (the sender's address check): to all nodes.
+        let dad = NeighborSolicit {
+            sender_ip: Ipv6Addr::UNSPECIFIED,
+            ..ns
+        };
+        neighbor_advert(&mut tx, &net, &dad);
+        let (dst_mac, ip, _) = next_icmpv6(&guest);
+        assert_eq!((dst_mac, ip.dst_addr), (ALL_NODES_MAC, ALL_NODES));
+    }
+
+    #[test]
+    fn router_advert_carries_prefix_mtu_and_dns() {
+        let (mut tx, guest, net) = setup();
+        let dns: Ipv6Addr = "fd00::3".parse().unwrap();
+        router_advert(&mut tx, &net, None, 1500, Some(dns));
+        let (dst_mac, ip, icmp) = next_icmpv6(&guest);
+        assert_eq!((dst_mac, ip.dst_addr), (ALL_NODES_MAC, ALL_NODES));
+        assert_eq!(ip.src_addr, "fe80::2".parse::<Ipv6Addr>().unwrap());
+        let packet = Icmpv6Packet::new_checked(&icmp[..]).unwrap();
+        match NdiscRepr::parse(&packet).unwrap() {
+            NdiscRepr::RouterAdvert {
+                router_lifetime,
+                mtu,
+                prefix_info: Some(prefix),
+                lladdr,
+                ..
+            } => {
+                assert_eq!(router_lifetime, ROUTER_LIFETIME);
+                assert_eq!(mtu, Some(1500));
+                assert_eq!(prefix.prefix, "fd00::".parse::<Ipv6Addr>().unwrap());
+                assert_eq!(prefix.prefix_len, 64);
+                assert!(prefix.is_valid_prefix_info());
+                assert!(prefix.flags.contains(NdiscPrefixInfoFlags::ON_LINK));
+                assert_eq!(lladdr, Some(RawHardwareAddress::from(net.gateway_mac())));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The last option is RDNSS with the forwarder.
+        let rdnss = &icmp[icmp.len() - RDNSS_LEN..];
+        assert_eq!((rdnss[0], rdnss[1]), (NDP_OPTION_RDNSS, 3));
+        assert_eq!(&rdnss[8..], &dns.octets());
+        // Solicited by a host with an address: unicast, and without DNS when it is off.
+        let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
+        router_advert(&mut tx, &net, Some((guest_ip, GUEST_MAC)), 1500, None);
+        let (dst_mac, ip, icmp2) = next_icmpv6(&guest);
+        assert_eq!((dst_mac, ip.dst_addr), (GUEST_MAC, guest_ip));
+        assert_eq!(icmp2.len(), icmp.len() - RDNSS_LEN);
+    }
+
+    #[test]
+    fn ipv6_unreachable_quotes_the_packet_with_icmpv6_codes() {
+        let (mut tx, guest, net) = setup();
+        let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
+        let remote: Ipv6Addr = "2001:2::1".parse().unwrap();
+        let mut offending = vec![0u8; IPV6_LEN + 8 + 2000];
+        Ipv6Repr {
+            src_addr: guest_ip,
+            dst_addr: remote,
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + 2000,
+            hop_limit: 64,
+        }
+        .emit(&mut Ipv6Packet::new_unchecked(&mut offending[..]));
+        icmp_unreachable(
+            &mut tx,
+            &net,
+            GUEST_MAC,
+            None,
+            Unreachable::Port,
+            &offending,
+        );
+        let (_, ip, icmp) = next_icmpv6(&guest);
+        assert_eq!(
+            (ip.src_addr, ip.dst_addr),
+            ("fd00::2".parse().unwrap(), guest_ip)
+        );
+        assert_eq!((icmp[0], icmp[1]), (1, 4));
+        // Quoted up to the minimum IPv6 MTU, no more.
+        assert_eq!(IPV6_LEN + icmp.len(), 1280);
+        assert_eq!(&icmp[8..8 + IPV6_LEN], &offending[..IPV6_LEN]);
+    }
 }

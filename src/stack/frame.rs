@@ -1,21 +1,26 @@
 //! The classifier: every frame the guest sends is parsed here, once, before anything acts on
-//! it, and sorted into what the stack handles (ARP for our addresses, TCP segments, UDP
-//! datagrams, ICMP echo requests, DHCP) or a counted drop.
+//! it, and sorted into what the stack handles (ARP and IPv6 neighbour and router
+//! solicitations for our addresses, TCP segments, UDP datagrams, ICMP and ICMPv6 echo
+//! requests, DHCP) or a counted drop.
 //!
 //! Every byte comes from the guest and is hostile. Parsing goes through smoltcp's
 //! `new_checked` views, so no accessor can panic afterwards, and everything a handler needs
 //! (addresses, ports, flags) is copied out into small plain structs. The function is pure:
 //! same bytes in, same verdict out, which is what the fuzz targets exercise.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, EthernetAddress,
-    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet,
-    TcpPacket, UdpPacket,
+    EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet,
+    IpProtocol, Ipv4Packet, Ipv6Packet, NdiscRepr, TcpPacket, UdpPacket,
 };
 
-use crate::net::VirtualNetwork;
+use crate::net::{Ipv6Network, VirtualNetwork};
+
+/// Hop limit every neighbour discovery message must arrive with (RFC 4861 §6.1, §7.1): proof
+/// that it was not forwarded from off the link.
+const NDP_HOP_LIMIT: u8 = 255;
 
 /// Why a frame was dropped. Each reason has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +48,20 @@ pub enum DropReason {
     Icmp,
     /// An IP protocol we do not relay.
     Protocol,
-    /// IPv6, not handled yet.
-    Ipv6,
+    /// IPv6 while the guest has no IPv6 (`--ipv6` not given).
+    Ipv6Off,
+    /// IPv6 header that fails length or version checks.
+    Ipv6Header,
+    /// IPv6 with extension headers (hop-by-hop options of multicast listener reports,
+    /// fragments, routing headers): nothing we relay needs them.
+    Ipv6Extension,
+    /// Neighbour discovery we do not answer: solicitations for other addresses (the guest's
+    /// duplicate address detection), advertisements, redirects, or malformed messages.
+    Ndp,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 15;
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
         DropReason::EtherType,
@@ -61,7 +74,10 @@ impl DropReason {
         DropReason::UdpHeader,
         DropReason::Icmp,
         DropReason::Protocol,
-        DropReason::Ipv6,
+        DropReason::Ipv6Off,
+        DropReason::Ipv6Header,
+        DropReason::Ipv6Extension,
+        DropReason::Ndp,
     ];
 }
 
@@ -81,6 +97,25 @@ pub struct ArpSender {
     pub ip: Ipv4Addr,
 }
 
+/// An IPv6 neighbour solicitation for one of our addresses, to be answered with an
+/// advertisement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighborSolicit {
+    pub sender_mac: EthernetAddress,
+    /// The unspecified address when the sender is checking that `target` is free (duplicate
+    /// address detection).
+    pub sender_ip: Ipv6Addr,
+    pub target: Ipv6Addr,
+}
+
+/// An IPv6 router solicitation, to be answered with a router advertisement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterSolicit {
+    pub sender_mac: EthernetAddress,
+    /// The unspecified address from a host that has no address yet.
+    pub sender_ip: Ipv6Addr,
+}
+
 /// The TCP flags the flow table acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpFlags {
@@ -94,10 +129,10 @@ pub struct TcpFlags {
 #[derive(Debug, Clone, Copy)]
 pub struct GuestTcp<'a> {
     pub src_mac: EthernetAddress,
-    /// The whole IPv4 packet, trimmed to its total length (Ethernet padding removed).
+    /// The whole IPv4 or IPv6 packet, trimmed to its total length (Ethernet padding removed).
     pub ip_packet: &'a [u8],
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub flags: TcpFlags,
     pub seq: u32,
     pub ack: Option<u32>,
@@ -109,20 +144,20 @@ pub struct GuestTcp<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct GuestUdp<'a> {
     pub src_mac: EthernetAddress,
-    /// The whole IPv4 packet, for quoting in ICMP errors.
+    /// The whole IPv4 or IPv6 packet, for quoting in ICMP errors.
     pub ip_packet: &'a [u8],
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub payload: &'a [u8],
 }
 
-/// A guest ICMP echo request.
+/// A guest ICMP or ICMPv6 echo request (the family of `src` and `dst` says which).
 #[derive(Debug, Clone, Copy)]
 pub struct GuestEcho<'a> {
     pub src_mac: EthernetAddress,
     pub ip_packet: &'a [u8],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub ident: u16,
     pub seq_no: u16,
     pub data: &'a [u8],
@@ -139,6 +174,8 @@ pub struct GuestDhcp<'a> {
 pub enum Classified<'a> {
     Arp(ArpRequest),
     ArpNeighbor(ArpSender),
+    NeighborSolicit(NeighborSolicit),
+    RouterSolicit(RouterSolicit),
     Tcp(GuestTcp<'a>),
     Udp(GuestUdp<'a>),
     Echo(GuestEcho<'a>),
@@ -166,7 +203,10 @@ pub fn classify<'a>(frame: &'a [u8], net: &VirtualNetwork) -> Classified<'a> {
     match eth.ethertype() {
         EthernetProtocol::Arp => classify_arp(payload, net),
         EthernetProtocol::Ipv4 => classify_ipv4(src_mac, payload, net),
-        EthernetProtocol::Ipv6 => Classified::Drop(DropReason::Ipv6),
+        EthernetProtocol::Ipv6 => match net.v6 {
+            Some(v6) => classify_ipv6(src_mac, payload, &v6),
+            None => Classified::Drop(DropReason::Ipv6Off),
+        },
         _ => Classified::Drop(DropReason::EtherType),
     }
 }
@@ -240,24 +280,10 @@ fn classify_ipv4<'a>(
     if dst.is_multicast() || dst.is_broadcast() || dst == net.broadcast() {
         return Classified::Drop(DropReason::Destination);
     }
+    let (src, dst) = (IpAddr::V4(src), IpAddr::V4(dst));
     match proto {
         IpProtocol::Tcp => classify_tcp(src_mac, ip_packet, src, dst, l4),
-        IpProtocol::Udp => {
-            let Ok(udp) = UdpPacket::new_checked(l4) else {
-                return Classified::Drop(DropReason::UdpHeader);
-            };
-            if udp.src_port() == 0 || udp.dst_port() == 0 {
-                return Classified::Drop(DropReason::UdpHeader);
-            }
-            let len = usize::from(udp.len());
-            Classified::Udp(GuestUdp {
-                src_mac,
-                ip_packet,
-                src: SocketAddrV4::new(src, udp.src_port()),
-                dst: SocketAddrV4::new(dst, udp.dst_port()),
-                payload: &l4[8..len],
-            })
-        }
+        IpProtocol::Udp => classify_udp(src_mac, ip_packet, src, dst, l4),
         IpProtocol::Icmp => {
             let Ok(icmp) = Icmpv4Packet::new_checked(l4) else {
                 return Classified::Drop(DropReason::Icmp);
@@ -279,11 +305,141 @@ fn classify_ipv4<'a>(
     }
 }
 
+/// The IPv6 twin of [`classify_ipv4`]. No extension headers are followed: a guest's TCP, UDP
+/// and echo traffic never carries them, and what does (multicast listener reports behind
+/// hop-by-hop options, fragments) is nothing we relay.
+fn classify_ipv6<'a>(
+    src_mac: EthernetAddress,
+    bytes: &'a [u8],
+    v6: &Ipv6Network,
+) -> Classified<'a> {
+    let Ok(ip) = Ipv6Packet::new_checked(bytes) else {
+        return Classified::Drop(DropReason::Ipv6Header);
+    };
+    if ip.version() != 6 {
+        return Classified::Drop(DropReason::Ipv6Header);
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let ip_packet = &bytes[..ip.total_len()];
+    let l4 = &ip_packet[ip.header_len()..];
+    let mut echo = None;
+    match ip.next_header() {
+        IpProtocol::Tcp | IpProtocol::Udp => {}
+        IpProtocol::Icmpv6 => {
+            let Ok(icmp) = Icmpv6Packet::new_checked(l4) else {
+                return Classified::Drop(DropReason::Icmp);
+            };
+            if !icmp.verify_checksum(&src, &dst) {
+                return Classified::Drop(DropReason::Icmp);
+            }
+            match icmp.msg_type() {
+                // new_checked guarantees the 8-byte echo header.
+                Icmpv6Message::EchoRequest if icmp.msg_code() == 0 => {
+                    echo = Some((icmp.echo_ident(), icmp.echo_seq_no()));
+                }
+                Icmpv6Message::NeighborSolicit | Icmpv6Message::RouterSolicit => {
+                    return classify_ndp(src_mac, &ip, &icmp, v6);
+                }
+                Icmpv6Message::NeighborAdvert
+                | Icmpv6Message::RouterAdvert
+                | Icmpv6Message::Redirect => return Classified::Drop(DropReason::Ndp),
+                _ => return Classified::Drop(DropReason::Icmp),
+            }
+        }
+        IpProtocol::HopByHop
+        | IpProtocol::Ipv6Route
+        | IpProtocol::Ipv6Frag
+        | IpProtocol::Ipv6Opts
+        | IpProtocol::IpSecAh
+        | IpProtocol::IpSecEsp
+        | IpProtocol::Ipv6NoNxt => return Classified::Drop(DropReason::Ipv6Extension),
+        _ => return Classified::Drop(DropReason::Protocol),
+    }
+    if !is_guest_source6(src, v6) {
+        return Classified::Drop(DropReason::Source);
+    }
+    if dst.is_multicast() || dst.is_unspecified() {
+        return Classified::Drop(DropReason::Destination);
+    }
+    let (src, dst) = (IpAddr::V6(src), IpAddr::V6(dst));
+    match (ip.next_header(), echo) {
+        (IpProtocol::Tcp, _) => classify_tcp(src_mac, ip_packet, src, dst, l4),
+        (IpProtocol::Udp, _) => classify_udp(src_mac, ip_packet, src, dst, l4),
+        (_, Some((ident, seq_no))) => Classified::Echo(GuestEcho {
+            src_mac,
+            ip_packet,
+            src,
+            dst,
+            ident,
+            seq_no,
+            data: &l4[8..],
+        }),
+        _ => Classified::Drop(DropReason::Icmp),
+    }
+}
+
+/// Neighbour and router solicitations: the ones for us are answered, the rest (duplicate
+/// address detection for the guest's own addresses, solicitations for other neighbours) are
+/// not, since claiming them would break the guest.
+fn classify_ndp<'a>(
+    src_mac: EthernetAddress,
+    ip: &Ipv6Packet<&'a [u8]>,
+    icmp: &Icmpv6Packet<&'a [u8]>,
+    v6: &Ipv6Network,
+) -> Classified<'a> {
+    let src = ip.src_addr();
+    let sender_ok = src.is_unspecified() || (is_unicast6(src) && !v6.is_ours(src));
+    if ip.hop_limit() != NDP_HOP_LIMIT
+        || icmp.msg_code() != 0
+        || !src_mac.is_unicast()
+        || !sender_ok
+    {
+        return Classified::Drop(DropReason::Ndp);
+    }
+    match NdiscRepr::parse(icmp) {
+        Ok(NdiscRepr::NeighborSolicit { target_addr, .. }) if v6.is_ours(target_addr) => {
+            Classified::NeighborSolicit(NeighborSolicit {
+                sender_mac: src_mac,
+                sender_ip: src,
+                target: target_addr,
+            })
+        }
+        Ok(NdiscRepr::RouterSolicit { .. }) => Classified::RouterSolicit(RouterSolicit {
+            sender_mac: src_mac,
+            sender_ip: src,
+        }),
+        _ => Classified::Drop(DropReason::Ndp),
+    }
+}
+
+fn classify_udp<'a>(
+    src_mac: EthernetAddress,
+    ip_packet: &'a [u8],
+    src: IpAddr,
+    dst: IpAddr,
+    l4: &'a [u8],
+) -> Classified<'a> {
+    let Ok(udp) = UdpPacket::new_checked(l4) else {
+        return Classified::Drop(DropReason::UdpHeader);
+    };
+    if udp.src_port() == 0 || udp.dst_port() == 0 {
+        return Classified::Drop(DropReason::UdpHeader);
+    }
+    let len = usize::from(udp.len());
+    Classified::Udp(GuestUdp {
+        src_mac,
+        ip_packet,
+        src: SocketAddr::new(src, udp.src_port()),
+        dst: SocketAddr::new(dst, udp.dst_port()),
+        payload: &l4[8..len],
+    })
+}
+
 fn classify_tcp<'a>(
     src_mac: EthernetAddress,
     ip_packet: &'a [u8],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     l4: &'a [u8],
 ) -> Classified<'a> {
     let Ok(tcp) = TcpPacket::new_checked(l4) else {
@@ -305,8 +461,8 @@ fn classify_tcp<'a>(
     Classified::Tcp(GuestTcp {
         src_mac,
         ip_packet,
-        src: SocketAddrV4::new(src, tcp.src_port()),
-        dst: SocketAddrV4::new(dst, tcp.dst_port()),
+        src: SocketAddr::new(src, tcp.src_port()),
+        dst: SocketAddr::new(dst, tcp.dst_port()),
         flags,
         seq: tcp.seq_number().0 as u32,
         ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
@@ -347,6 +503,18 @@ pub fn is_guest_source(src: Ipv4Addr, net: &VirtualNetwork) -> bool {
         || src.is_loopback()
         || src == net.broadcast()
         || net.is_ours(src))
+}
+
+/// The IPv6 version of [`is_guest_source`]: a unicast address that is not ours. Link-local
+/// sources pass (a guest talks to fe80::2 from its own fe80:: address).
+pub fn is_guest_source6(src: Ipv6Addr, v6: &Ipv6Network) -> bool {
+    is_unicast6(src) && !v6.is_ours(src)
+}
+
+/// Unicast, and not the unspecified or loopback address, nor an IPv4-mapped one (which never
+/// appears on a wire).
+fn is_unicast6(a: Ipv6Addr) -> bool {
+    !(a.is_multicast() || a.is_unspecified() || a.is_loopback() || a.to_ipv4_mapped().is_some())
 }
 
 #[cfg(test)]
@@ -408,7 +576,7 @@ mod tests {
                 assert_eq!(t.seq, 1000);
                 assert_eq!(t.seq_len, 1);
                 assert_eq!(t.ip_packet.len(), 40);
-                assert_eq!(t.dst, SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 80));
+                assert_eq!(t.dst, SocketAddr::from((Ipv4Addr::new(198, 18, 0, 1), 80)));
                 assert_eq!(t.src_mac, GUEST_MAC);
             }
             other => panic!("expected TCP, got {other:?}"),
@@ -519,5 +687,193 @@ mod tests {
             classify(&arp(Ipv4Addr::new(10, 0, 2, 50)), &net).arp_neighbor(),
             Some(sender)
         );
+    }
+
+    const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+
+    fn net6() -> VirtualNetwork {
+        VirtualNetwork::default().with_ipv6(Ipv6Network::default())
+    }
+
+    /// An Ethernet frame carrying an IPv6 packet with `l4` as its payload.
+    fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, proto: IpProtocol, hops: u8, l4: &[u8]) -> Vec<u8> {
+        use smoltcp::wire::Ipv6Repr;
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: hops,
+        };
+        let mut buf = vec![0u8; 14 + 40 + l4.len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.set_src_addr(GUEST_MAC);
+        eth.set_dst_addr(EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
+        eth.set_ethertype(EthernetProtocol::Ipv6);
+        ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[14..]));
+        buf[54..].copy_from_slice(l4);
+        buf
+    }
+
+    /// An ICMPv6 neighbour discovery message from `src` to `dst`.
+    fn ndisc_frame(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, repr: NdiscRepr<'_>) -> Vec<u8> {
+        use smoltcp::wire::Icmpv6Repr;
+        let icmp = Icmpv6Repr::Ndisc(repr);
+        let mut l4 = vec![0u8; icmp.buffer_len()];
+        icmp.emit(
+            &src,
+            &dst,
+            &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
+            &ChecksumCapabilities::default(),
+        );
+        ipv6_frame(src, dst, IpProtocol::Icmpv6, hops, &l4)
+    }
+
+    fn solicit(src: Ipv6Addr, target: Ipv6Addr, hops: u8) -> Vec<u8> {
+        let repr = NdiscRepr::NeighborSolicit {
+            target_addr: target,
+            lladdr: None,
+        };
+        ndisc_frame(src, "ff02::1:ff00:2".parse().unwrap(), hops, repr)
+    }
+
+    #[test]
+    fn ipv6_syn_is_classified_and_ipv6_without_the_flag_is_dropped() {
+        let dst: Ipv6Addr = "2001:2::1".parse().unwrap();
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload: &[],
+        };
+        let mut l4 = vec![0u8; tcp.buffer_len()];
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut l4[..]),
+            &GUEST6.into(),
+            &dst.into(),
+            &ChecksumCapabilities::default(),
+        );
+        let mut f = ipv6_frame(GUEST6, dst, IpProtocol::Tcp, 64, &l4);
+        f.extend_from_slice(&[0; 6]); // Ethernet padding
+        match classify(&f, &net6()) {
+            Classified::Tcp(t) => {
+                assert!(t.flags.syn);
+                assert_eq!(t.ip_packet.len(), 40 + 20);
+                assert_eq!(t.dst, SocketAddr::from((dst, 80)));
+                assert_eq!(t.src, SocketAddr::from((GUEST6, 40000)));
+            }
+            other => panic!("expected TCP, got {other:?}"),
+        }
+        assert!(matches!(
+            classify(&f, &VirtualNetwork::default()),
+            Classified::Drop(DropReason::Ipv6Off)
+        ));
+        // Sources that cannot be the guest, destinations that cannot be relayed.
+        for (src, dst) in [
+            (Ipv6Addr::LOCALHOST, dst),
+            ("fd00::2".parse().unwrap(), dst),
+            ("::ffff:10.0.2.100".parse().unwrap(), dst),
+        ] {
+            let f = ipv6_frame(src, dst, IpProtocol::Tcp, 64, &l4);
+            assert!(
+                matches!(classify(&f, &net6()), Classified::Drop(DropReason::Source)),
+                "{src}"
+            );
+        }
+        let f = ipv6_frame(GUEST6, "ff02::1".parse().unwrap(), IpProtocol::Tcp, 64, &l4);
+        assert!(matches!(
+            classify(&f, &net6()),
+            Classified::Drop(DropReason::Destination)
+        ));
+        // Extension headers (a multicast listener report's hop-by-hop options) are not
+        // followed.
+        let f = ipv6_frame(GUEST6, dst, IpProtocol::HopByHop, 1, &[0; 16]);
+        assert!(matches!(
+            classify(&f, &net6()),
+            Classified::Drop(DropReason::Ipv6Extension)
+        ));
+    }
+
+    #[test]
+    fn neighbour_solicitations_are_answered_only_for_our_addresses() {
+        let net = net6();
+        for target in ["fd00::2", "fd00::3", "fe80::2"] {
+            let target: Ipv6Addr = target.parse().unwrap();
+            match classify(&solicit(GUEST6, target, 255), &net) {
+                Classified::NeighborSolicit(ns) => {
+                    assert_eq!(ns.target, target);
+                    assert_eq!(ns.sender_ip, GUEST6);
+                    assert_eq!(ns.sender_mac, GUEST_MAC);
+                }
+                other => panic!("{target}: expected a solicitation, got {other:?}"),
+            }
+        }
+        // The guest's duplicate address detection for its own address, and other neighbours,
+        // go unanswered; so does anything that did not come from the link (hop limit).
+        for (src, target, hops) in [
+            (Ipv6Addr::UNSPECIFIED, GUEST6, 255),
+            (GUEST6, "fd00::55".parse().unwrap(), 255),
+            (GUEST6, "fd00::2".parse().unwrap(), 64),
+            ("fd00::2".parse().unwrap(), "fd00::3".parse().unwrap(), 255),
+        ] {
+            assert!(
+                matches!(
+                    classify(&solicit(src, target, hops), &net),
+                    Classified::Drop(DropReason::Ndp)
+                ),
+                "{src} -> {target} hops {hops}"
+            );
+        }
+        let rs = ndisc_frame(
+            Ipv6Addr::UNSPECIFIED,
+            "ff02::2".parse().unwrap(),
+            255,
+            NdiscRepr::RouterSolicit { lladdr: None },
+        );
+        assert!(matches!(
+            classify(&rs, &net),
+            Classified::RouterSolicit(RouterSolicit {
+                sender_mac: GUEST_MAC,
+                sender_ip: Ipv6Addr::UNSPECIFIED,
+            })
+        ));
+        // A corrupted checksum is not ICMPv6 at all.
+        let mut bad = solicit(GUEST6, "fd00::2".parse().unwrap(), 255);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(matches!(
+            classify(&bad, &net),
+            Classified::Drop(DropReason::Icmp)
+        ));
+    }
+
+    #[test]
+    fn truncated_ipv6_frames_never_panic() {
+        let net = net6();
+        let f = solicit(GUEST6, "fd00::2".parse().unwrap(), 255);
+        for len in 0..f.len() {
+            let _ = classify(&f[..len], &net);
+        }
+        // A payload length longer than the frame.
+        let mut f = ipv6_frame(
+            GUEST6,
+            "2001:2::1".parse().unwrap(),
+            IpProtocol::Udp,
+            64,
+            &[0; 8],
+        );
+        f[14 + 4] = 0xff;
+        assert!(matches!(
+            classify(&f, &net),
+            Classified::Drop(DropReason::Ipv6Header)
+        ));
     }
 }

@@ -1,5 +1,6 @@
-//! ICMP echo (ping): answered locally for our own addresses, relayed through unprivileged host
-//! ping sockets (`SOCK_DGRAM`/`IPPROTO_ICMP`) for everything else.
+//! ICMP and ICMPv6 echo (ping): answered locally for our own addresses, relayed through
+//! unprivileged host ping sockets (`SOCK_DGRAM` with `IPPROTO_ICMP` or `IPPROTO_ICMPV6`) for
+//! everything else.
 //!
 //! The kernel gives each ping socket its own echo identifier, so every (guest, identifier,
 //! destination) gets a socket of its own and replies are mapped back to the guest's
@@ -12,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 
 use mio::Interest;
@@ -24,8 +25,9 @@ use socket2::{Protocol, Socket};
 use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
+use super::policy::{Unreachable, unreachable_reason};
 use super::slab::{Id, Slab};
-use super::udp::connect_dgram;
+use super::udp::{connect_dgram, error_source};
 use super::{Ctx, RECV_BUF};
 
 /// Token kind of ping sockets.
@@ -39,8 +41,8 @@ pub const MAX_ENTRIES: usize = 1024;
 const LOCAL_TTL: u8 = 255;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_UNREACHABLE: u8 = 3;
-const CODE_ADMIN_PROHIBITED: u8 = 13;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IcmpStats {
@@ -53,9 +55,9 @@ pub struct IcmpStats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PingKey {
-    guest: Ipv4Addr,
+    guest: IpAddr,
     ident: u16,
-    dst: Ipv4Addr,
+    dst: IpAddr,
 }
 
 struct Entry {
@@ -90,7 +92,7 @@ impl Pinger {
         // The reply is as large as the request. One too large for the link (a guest that set
         // a bigger MTU on its side, or wrote the frame itself) is not answered, as replies
         // from the host that would not fit are not.
-        if e.data.len() > cx.link.mtu.saturating_sub(emit::IPV4_LEN + 8) {
+        if e.data.len() > cx.link.mtu.saturating_sub(emit::ip_header_len(e.src) + 8) {
             return;
         }
         self.stats.local_replies += 1;
@@ -101,7 +103,7 @@ impl Pinger {
     }
 
     /// Relay a ping to `dst` through a host ping socket.
-    pub fn forward(&mut self, e: &GuestEcho<'_>, dst: Ipv4Addr, cx: &mut Ctx<'_>) {
+    pub fn forward(&mut self, e: &GuestEcho<'_>, dst: IpAddr, cx: &mut Ctx<'_>) {
         let key = PingKey {
             guest: e.src,
             ident: e.ident,
@@ -124,8 +126,12 @@ impl Pinger {
         entry.last_used = cx.now;
         entry.guest_mac = e.src_mac;
         self.idle.insert((cx.now, id));
+        let request = match dst {
+            IpAddr::V4(_) => ICMP_ECHO_REQUEST,
+            IpAddr::V6(_) => ICMPV6_ECHO_REQUEST,
+        };
         let mut msg = Vec::with_capacity(8 + e.data.len());
-        msg.extend_from_slice(&[ICMP_ECHO_REQUEST, 0, 0, 0]);
+        msg.extend_from_slice(&[request, 0, 0, 0]);
         msg.extend_from_slice(&e.ident.to_be_bytes()); // the kernel puts its own identifier here
         msg.extend_from_slice(&e.seq_no.to_be_bytes());
         msg.extend_from_slice(e.data);
@@ -147,7 +153,11 @@ impl Pinger {
             self.remove(oldest, cx);
         }
         let target = SocketAddr::from((key.dst, 0));
-        let socket = connect_dgram(target, cx.policy.bind_for(&target), Protocol::ICMPV4)?;
+        let protocol = match key.dst {
+            IpAddr::V4(_) => Protocol::ICMPV4,
+            IpAddr::V6(_) => Protocol::ICMPV6,
+        };
+        let socket = connect_dgram(target, cx.policy.bind_for(&target), protocol)?;
         let id = self.entries.insert(Entry {
             key,
             guest_mac,
@@ -172,7 +182,8 @@ impl Pinger {
         Ok(id)
     }
 
-    /// No ping socket: tell the guest the gateway will not relay it, and the user why, once.
+    /// No ping socket: tell the guest why (the network is unreachable, or the gateway will not
+    /// relay pings), and the user, once, when ping sockets are not allowed.
     fn refuse(&mut self, e: &GuestEcho<'_>, err: &io::Error, cx: &mut Ctx<'_>) {
         self.stats.refused += 1;
         if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
@@ -188,17 +199,8 @@ impl Pinger {
             log::debug!("ping {}: {err}", e.dst);
         }
         let net = cx.policy.net;
-        let quote = e.ip_packet;
-        emit::icmp_error(
-            cx.tap,
-            &net,
-            e.src_mac,
-            net.gateway,
-            e.src,
-            ICMP_UNREACHABLE,
-            CODE_ADMIN_PROHIBITED,
-            quote,
-        );
+        let reason = unreachable_reason(err).unwrap_or(Unreachable::Prohibited);
+        emit::icmp_unreachable(cx.tap, &net, e.src_mac, None, reason, e.ip_packet);
     }
 
     /// Replies (or errors) on a ping socket.
@@ -223,8 +225,12 @@ impl Pinger {
                 }
             }
             let msg = &buf[..n as usize];
-            let max_data = cx.link.mtu.saturating_sub(emit::IPV4_LEN + 8);
-            if msg.len() < 8 || msg[0] != ICMP_ECHO_REPLY || msg.len() - 8 > max_data {
+            let max_data = cx.link.mtu.saturating_sub(emit::ip_header_len(key.dst) + 8);
+            let reply = match key.dst {
+                IpAddr::V4(_) => ICMP_ECHO_REPLY,
+                IpAddr::V6(_) => ICMPV6_ECHO_REPLY,
+            };
+            if msg.len() < 8 || msg[0] != reply || msg.len() - 8 > max_data {
                 continue;
             }
             self.stats.replies += 1;
@@ -250,7 +256,7 @@ impl Pinger {
             return;
         };
         let net = cx.policy.net;
-        let mut sent = [0u8; emit::ICMP_QUOTE_MAX];
+        let mut sent = [0u8; emit::QUOTE_BUF];
         while let Some(err) = errqueue::take(entry.socket.as_fd(), &mut sent) {
             let Some((icmp_type, code)) = err.icmp else {
                 continue;
@@ -262,17 +268,18 @@ impl Pinger {
             if len >= 8 {
                 sent[4..6].copy_from_slice(&entry.key.ident.to_be_bytes());
             }
+            let proto = match entry.key.dst {
+                IpAddr::V4(_) => IpProtocol::Icmp,
+                IpAddr::V6(_) => IpProtocol::Icmpv6,
+            };
             let quote = emit::rebuild_quote(
                 entry.key.guest,
                 entry.key.dst,
-                IpProtocol::Icmp,
+                proto,
                 err.payload_len,
                 &sent[..len],
             );
-            let from = err
-                .offender
-                .filter(|o| !o.is_loopback() && !o.is_unspecified())
-                .unwrap_or(entry.key.dst);
+            let from = error_source(&err, entry.key.dst);
             emit::icmp_error(
                 cx.tap,
                 &net,
@@ -281,6 +288,7 @@ impl Pinger {
                 entry.key.guest,
                 icmp_type,
                 code,
+                err.info,
                 &quote,
             );
         }

@@ -3,8 +3,8 @@
 //! [`Stack`] owns the TAP fd and every host socket of the guest's flows, and runs one mio
 //! event loop over them: read a batch of frames from the TAP, [classify](frame) each one and
 //! hand it to its handler ([`tcp`] flows, the [`udp`] NAT, the [`dns`] forwarder, [`icmp`]
-//! echo, the [`dhcp`] server, ARP here), then do host I/O and smoltcp egress for every flow
-//! that was touched, then fire due timers. Nothing runs unless an fd is ready or a deadline
+//! echo, the [`dhcp`] server, ARP and IPv6 neighbour and router discovery here), then do host
+//! I/O and smoltcp egress for every flow that was touched, then fire due timers. Nothing runs unless an fd is ready or a deadline
 //! passed, so an idle stack sleeps in `epoll_wait`.
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
@@ -46,7 +46,7 @@ use frame::{Classified, DropReason, GuestEcho, GuestUdp};
 use hostfwd::{AddError, ForwardSpec, HostForwards, Listener, Waiting};
 use icmp::Pinger;
 use neigh::Neighbors;
-use policy::{EchoVerdict, HostPolicy, Verdict};
+use policy::{EchoVerdict, HostPolicy, Unreachable, Verdict};
 use tcp::{TcpConfig, TcpFlows};
 use tx::{FRAME_BUF, TapWriter};
 use udp::{UdpConfig, UdpNat};
@@ -173,6 +173,8 @@ pub struct Stack {
     epoch: StdInstant,
     /// The embedding program's next wake-up ([`Stack::wake_at`]).
     wakeup: Option<StdInstant>,
+    /// When the next unsolicited router advertisement is due (IPv6 only).
+    advert_due: Option<Instant>,
     heap: HeapTrim,
     pub stats: StackStats,
 }
@@ -219,7 +221,17 @@ macro_rules! ctx {
 
 impl Stack {
     /// A stack serving the guest behind the TAP `tap`.
-    pub fn new(tap: OwnedFd, config: StackConfig) -> io::Result<Self> {
+    /// IPv6 needs a link MTU of at least 1280 (every ICMPv6 error may be that long); below
+    /// it the stack is IPv4 only, as the guest kernel's link would be.
+    pub fn new(tap: OwnedFd, mut config: StackConfig) -> io::Result<Self> {
+        if config.policy.net.v6.is_some() && config.mtu < crate::net::IPV6_MIN_MTU {
+            log::warn!(
+                "IPv6 is off: the link MTU {} is below IPv6's minimum of {}",
+                config.mtu,
+                crate::net::IPV6_MIN_MTU
+            );
+            config.policy.net.v6 = None;
+        }
         tap::set_nonblocking(std::os::fd::AsFd::as_fd(&tap))?;
         let poll = Poll::new()?;
         poll.registry().register(
@@ -257,6 +269,8 @@ impl Stack {
             },
             epoch: StdInstant::now(),
             wakeup: None,
+            // The first one goes out on the first turn of the loop.
+            advert_due: net.v6.map(|_| Instant::from_micros(0)),
             heap: HeapTrim::default(),
             stats: StackStats::default(),
         })
@@ -432,6 +446,10 @@ impl Stack {
             .is_some_and(|deadline| deadline <= now)
         {
             self.check_waiting(now);
+        }
+        if self.advert_due.is_some_and(|due| due <= now) {
+            self.advert_due = Some(now + emit::RA_INTERVAL);
+            self.router_advert(None);
         }
         self.heap
             .note(self.tcp.len() + self.udp.len() + self.pinger.len());
@@ -657,6 +675,7 @@ impl Stack {
             self.pinger.next_deadline(),
             self.dns.next_deadline(),
             self.forwards.next_deadline(),
+            self.advert_due,
             wakeup,
         ]
         .into_iter()
@@ -712,6 +731,13 @@ impl Stack {
                 emit::arp_reply(&mut self.tx, &request);
             }
             Classified::ArpNeighbor(_) => {}
+            Classified::NeighborSolicit(ns) => {
+                emit::neighbor_advert(&mut self.tx, &self.policy.net, &ns)
+            }
+            Classified::RouterSolicit(rs) => {
+                let to = (!rs.sender_ip.is_unspecified()).then_some((rs.sender_ip, rs.sender_mac));
+                self.router_advert(to);
+            }
             Classified::Tcp(segment) => {
                 self.tcp
                     .on_guest_segment(&segment, &mut ctx!(self, now), &self.upstreams);
@@ -723,15 +749,26 @@ impl Stack {
         }
     }
 
+    /// Advertise ourselves as the IPv6 router, to `to` or to all nodes.
+    fn router_advert(&mut self, to: Option<(std::net::Ipv6Addr, EthernetAddress)>) {
+        let net = self.policy.net;
+        let dns = net.v6.filter(|_| !self.policy.disable_dns).map(|v6| v6.dns);
+        emit::router_advert(&mut self.tx, &net, to, self.link.mtu, dns);
+    }
+
     /// Note where the sender of a guest frame lives on the link; release what waited for it.
+    /// Only IPv4 addresses are learned: forwards into the guest (the only users) are IPv4.
     fn learn_neighbor(&mut self, c: &Classified<'_>, now: Instant) {
         let (ip, mac) = match c {
-            Classified::Arp(r) => (r.sender_ip, r.sender_mac),
-            Classified::ArpNeighbor(s) => (s.ip, s.mac),
-            Classified::Tcp(t) => (*t.src.ip(), t.src_mac),
-            Classified::Udp(u) => (*u.src.ip(), u.src_mac),
+            Classified::Arp(r) => (std::net::IpAddr::V4(r.sender_ip), r.sender_mac),
+            Classified::ArpNeighbor(s) => (std::net::IpAddr::V4(s.ip), s.mac),
+            Classified::Tcp(t) => (t.src.ip(), t.src_mac),
+            Classified::Udp(u) => (u.src.ip(), u.src_mac),
             Classified::Echo(e) => (e.src, e.src_mac),
-            Classified::Dhcp(_) | Classified::Drop(_) => return,
+            _ => return,
+        };
+        let std::net::IpAddr::V4(ip) = ip else {
+            return;
         };
         if self.neighbors.learn(ip, mac, now) && self.forwards.has_waiting() {
             self.release_waiting(ip, now);
@@ -748,12 +785,12 @@ impl Stack {
             Verdict::Dns => self.dns.on_guest_query(d, &mut self.upstreams, &mut cx),
             Verdict::Refuse => {
                 let net = self.policy.net;
-                let reason = smoltcp::wire::Icmpv4DstUnreachable::PortUnreachable;
-                emit::icmp_unreachable(cx.tap, &net, d.src_mac, *d.dst.ip(), reason, d.ip_packet);
+                let (from, reason) = (Some(d.dst.ip()), Unreachable::Port);
+                emit::icmp_unreachable(cx.tap, &net, d.src_mac, from, reason, d.ip_packet);
             }
             Verdict::Unreachable(reason) => {
                 let net = self.policy.net;
-                emit::icmp_unreachable(cx.tap, &net, d.src_mac, net.gateway, reason, d.ip_packet);
+                emit::icmp_unreachable(cx.tap, &net, d.src_mac, None, reason, d.ip_packet);
             }
         }
     }
@@ -765,7 +802,7 @@ impl Stack {
             EchoVerdict::Forward(dst) => self.pinger.forward(e, dst, &mut cx),
             EchoVerdict::Unreachable(reason) => {
                 let net = self.policy.net;
-                emit::icmp_unreachable(cx.tap, &net, e.src_mac, net.gateway, reason, e.ip_packet);
+                emit::icmp_unreachable(cx.tap, &net, e.src_mac, None, reason, e.ip_packet);
             }
         }
     }
@@ -802,5 +839,59 @@ impl Stack {
             self.neighbors.stats,
             self.forwards.stats,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::net::{Ipv6Network, VirtualNetwork};
+
+    /// Found by the `stateful` fuzz target: with `--ipv6` on a 576-byte link, an ICMPv6 error
+    /// quoting a guest packet was 1294 bytes long. IPv6 now needs a link of at least 1280.
+    #[test]
+    fn ipv6_is_off_below_its_minimum_mtu_and_errors_fit_from_it_on() {
+        let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
+        // A UDP datagram of 1200 bytes to the guest's own subnet (nobody there: address
+        // unreachable, quoting as much as fits).
+        let mut udp = vec![0u8; 8 + 1200];
+        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&7u16.to_be_bytes());
+        let len = udp.len() as u16;
+        udp[4..6].copy_from_slice(&len.to_be_bytes());
+        let src: std::net::Ipv6Addr = "fd00::100".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "fd00::77".parse().unwrap();
+        let mut frame = vec![0u8; 14 + 40 + udp.len()];
+        frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        frame[6] = 0x02;
+        smoltcp::wire::Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: smoltcp::wire::IpProtocol::Udp,
+            payload_len: udp.len(),
+            hop_limit: 64,
+        }
+        .emit(&mut smoltcp::wire::Ipv6Packet::new_unchecked(
+            &mut frame[14..],
+        ));
+        frame[54..].copy_from_slice(&udp);
+        let mut buf = vec![0u8; 70_000];
+        for mtu in [576, 1279, 1280, 1500] {
+            let (ours, theirs) = crate::tap::test_pair();
+            let mut stack = Stack::new(ours, StackConfig::new(net, mtu)).unwrap();
+            stack.inject_frame(&frame);
+            match crate::tap::read_frame(theirs.as_fd(), &mut buf) {
+                Ok(n) => {
+                    assert!(mtu >= 1280, "an IPv6 answer on a {mtu}-byte link");
+                    assert!(n <= 14 + mtu as usize, "{n} bytes at MTU {mtu}");
+                }
+                Err(_) => {
+                    assert!(mtu < 1280, "no ICMPv6 error at MTU {mtu}");
+                    assert_eq!(stack.stats.drops[DropReason::Ipv6Off as usize], 1);
+                }
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 
@@ -31,7 +31,7 @@ use super::emit::{self, UDP_LEN};
 use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
-use super::policy::unreachable_reason;
+use super::policy::{Unreachable, unreachable_reason};
 use super::slab::{Id, Slab};
 use super::{Ctx, RECV_BUF};
 
@@ -81,9 +81,9 @@ pub struct UdpStats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct NatKey {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     /// The destination as the guest addressed it (10.0.2.2, not 127.0.0.1).
-    remote: SocketAddrV4,
+    remote: SocketAddr,
 }
 
 /// The host end of a NAT entry.
@@ -192,8 +192,8 @@ impl UdpNat {
                 self.stats.refused_full += 1;
                 log::debug!("udp {} -> {target}: refused, the flow table is full", d.src);
                 let net = cx.policy.net;
-                let reason = smoltcp::wire::Icmpv4DstUnreachable::CommProhibited;
-                emit::icmp_unreachable(cx.tap, &net, d.src_mac, net.gateway, reason, d.ip_packet);
+                let reason = Unreachable::Prohibited;
+                emit::icmp_unreachable(cx.tap, &net, d.src_mac, None, reason, d.ip_packet);
                 return;
             }
             None => match self.create(key, d.src_mac, target, cx) {
@@ -203,14 +203,7 @@ impl UdpNat {
                     log::debug!("udp {} -> {target}: no host socket: {e}", d.src);
                     if let Some(reason) = unreachable_reason(&e) {
                         let net = cx.policy.net;
-                        emit::icmp_unreachable(
-                            cx.tap,
-                            &net,
-                            d.src_mac,
-                            net.gateway,
-                            reason,
-                            d.ip_packet,
-                        );
+                        emit::icmp_unreachable(cx.tap, &net, d.src_mac, None, reason, d.ip_packet);
                     }
                     return;
                 }
@@ -266,11 +259,12 @@ impl UdpNat {
         forward: Id,
         socket: &Rc<UdpSocket>,
         client: SocketAddr,
-        guest: SocketAddrV4,
+        guest: std::net::SocketAddrV4,
         guest_mac: EthernetAddress,
         payload: &[u8],
         cx: &mut Ctx<'_>,
     ) {
+        let guest = SocketAddr::V4(guest);
         let id = match self.by_client.get(&(forward, client)) {
             Some(&id) => id,
             None => {
@@ -283,7 +277,7 @@ impl UdpNat {
                 let taken = |port| {
                     self.by_key.contains_key(&NatKey {
                         guest,
-                        remote: SocketAddrV4::new(source, port),
+                        remote: SocketAddr::from((source, port)),
                     })
                 };
                 let Some(port) = hostfwd::pick_source_port(client.port(), taken) else {
@@ -292,7 +286,7 @@ impl UdpNat {
                 };
                 let key = NatKey {
                     guest,
-                    remote: SocketAddrV4::new(source, port),
+                    remote: SocketAddr::from((source, port)),
                 };
                 let id = self.entries.insert(Entry {
                     key,
@@ -418,7 +412,10 @@ impl UdpNat {
         let HostEnd::Connected(socket) = &entry.host else {
             return false;
         };
-        let max_payload = cx.link.mtu.saturating_sub(emit::IPV4_LEN + UDP_LEN);
+        let max_payload = cx
+            .link
+            .mtu
+            .saturating_sub(emit::ip_header_len(entry.key.guest.ip()) + UDP_LEN);
         let mut got_any = false;
         let mut more = true;
         for _ in 0..RECV_BUDGET {
@@ -550,7 +547,7 @@ fn drain_errors(entry: &Entry, cx: &mut Ctx<'_>, stats: &mut UdpStats) {
     let HostEnd::Connected(socket) = &entry.host else {
         return;
     };
-    let mut payload = [0u8; emit::ICMP_QUOTE_MAX];
+    let mut payload = [0u8; emit::QUOTE_BUF];
     while let Some(err) = errqueue::take(socket.as_fd(), &mut payload) {
         let Some((icmp_type, code)) = err.icmp else {
             continue;
@@ -565,35 +562,42 @@ fn drain_errors(entry: &Entry, cx: &mut Ctx<'_>, stats: &mut UdpStats) {
         l4.extend_from_slice(&[0, 0]);
         l4.extend_from_slice(&payload[..err.payload_len.min(payload.len())]);
         let quote = emit::rebuild_quote(
-            *guest.ip(),
-            *remote.ip(),
+            guest.ip(),
+            remote.ip(),
             IpProtocol::Udp,
             usize::from(udp_len),
             &l4,
         );
-        // "Port unreachable" comes from the destination itself; other errors from the router
-        // that reported them, unless that is a host-side address the guest never saw.
-        let from = match err.offender {
-            Some(o) if icmp_type != 3 || code != 3 => {
-                if o.is_loopback() || o.is_unspecified() {
-                    *remote.ip()
-                } else {
-                    o
-                }
-            }
-            _ => *remote.ip(),
-        };
+        let from = error_source(&err, remote.ip());
         let net = cx.policy.net;
         emit::icmp_error(
             cx.tap,
             &net,
             entry.guest_mac,
             from,
-            *guest.ip(),
+            guest.ip(),
             icmp_type,
             code,
+            err.info,
             &quote,
         );
+    }
+}
+
+/// Where the guest should see a relayed ICMP error come from: "port unreachable" from the
+/// destination itself; other errors from the router that reported them, unless that is a
+/// host-side address the guest never saw, or of the other family.
+pub fn error_source(err: &errqueue::SocketError, remote: std::net::IpAddr) -> std::net::IpAddr {
+    match err.offender {
+        Some(o)
+            if !err.is_port_unreachable()
+                && !o.is_loopback()
+                && !o.is_unspecified()
+                && o.is_ipv4() == remote.is_ipv4() =>
+        {
+            o
+        }
+        _ => remote,
     }
 }
 
@@ -604,7 +608,8 @@ pub fn connect_udp(target: SocketAddr, bind: Option<SocketAddr>) -> io::Result<U
 }
 
 /// A non-blocking datagram socket of `protocol` (UDP, or ICMP for ping sockets) connected to
-/// `target`, bound to `bind` if given, with ICMP errors queued (`IP_RECVERR`) for IPv4.
+/// `target`, bound to `bind` if given, with ICMP errors queued (`IP_RECVERR`,
+/// `IPV6_RECVERR`).
 pub fn connect_dgram(
     target: SocketAddr,
     bind: Option<SocketAddr>,
@@ -620,9 +625,7 @@ pub fn connect_dgram(
         socket.bind(&b.into())?;
     }
     socket.connect(&target.into())?;
-    if target.is_ipv4()
-        && let Err(e) = errqueue::enable(socket.as_fd())
-    {
+    if let Err(e) = errqueue::enable(socket.as_fd(), target) {
         log::debug!("IP_RECVERR: {e}");
     }
     Ok(socket)

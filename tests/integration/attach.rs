@@ -674,7 +674,9 @@ pub fn usernet_attach_by_path_exits_when_the_namespace_file_is_removed() {
     assert_eq!(attach.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 
-pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() {
+/// A world where rootlesskit can run (as root, with subordinate ids), and a `slirp4netns`
+/// link to usernet in a temporary directory.
+fn rootlesskit_world() -> (World, TempDir, PathBuf) {
     let world = World::with_many_ids();
     let tmp = TempDir::new();
     let link = slirp4netns(&tmp);
@@ -688,6 +690,11 @@ pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() {
         )
         .assert_ok();
     }
+    (world, tmp, link)
+}
+
+pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() {
+    let (world, tmp, link) = rootlesskit_world();
     let bytes = (8 * MIB).to_string();
     let _remote = world.server(&["tcp-server", "198.18.0.1:9060", &bytes]);
     let state = tmp.join("state");
@@ -738,4 +745,85 @@ pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() {
     ctl(&["remove-ports", "1"]).assert_ok();
     let out = run(&mut world.tool(&["tcp-connect", "198.18.0.1:18060"]), LIMIT);
     assert!(out.stdout.starts_with("ConnectionRefused"), "{out:#?}");
+}
+
+/// Wait (up to 10 s) until the link `ifname` of the namespace running this script has a
+/// global IPv6 address that is no longer tentative and a default route via fe80::2, then
+/// print them.
+fn slaac_wait(ifname: &str) -> String {
+    format!(
+        "for i in $(seq 100); do \
+           ip -6 route show default | grep -q 'via fe80::2' && \
+           ip -6 -o addr show dev {ifname} scope global | grep -q fd00:: && \
+           ! ip -6 -o addr show dev {ifname} | grep -q tentative && break; sleep 0.1; \
+         done; ip -6 -o addr show dev {ifname} scope global; ip -6 route show default"
+    )
+}
+
+pub fn usernet_attach_ipv6_guest_configures_itself_from_router_advertisements() {
+    let world = World::new();
+    let guest = Guest::new(&world);
+    let (ready_r, ready_w) = pipe();
+    // No -c: the guest configures itself, as rootlesskit's and VMs' do.
+    let mut cmd = world.usernet(&["attach", "--ipv6", "-r", "3"]);
+    cmd.arg(guest.pid());
+    give_fds(&mut cmd, &[(&ready_w, 3)]);
+    let _attach = Server::from_child(cmd.stderr(Stdio::inherit()).spawn().unwrap());
+    drop(ready_w);
+    assert_eq!(read_all(ready_r, LIMIT), "1");
+    let script = format!(
+        "ip link set lo up && ip link set tap0 up && {}",
+        slaac_wait("tap0")
+    );
+    let out = guest.sh(&world, &script);
+    out.assert_ok();
+    // Stateless autoconfiguration from our advertisement: an address in fd00::/64 made from
+    // the link's MAC, and us as the default router.
+    assert!(out.stdout.contains("inet6 fd00::"), "{out:#?}");
+    assert!(out.stdout.contains("/64 scope global"), "{out:#?}");
+    assert!(
+        out.stdout.contains("default via fe80::2 dev tap0"),
+        "{out:#?}"
+    );
+    let bytes = (8 * MIB).to_string();
+    let _server = world.server(&["tcp-server", "[2001:2::1]:9070", &bytes]);
+    let out = run(
+        &mut guest.tool(&world, &["tcp-client", "[2001:2::1]:9070", &bytes, &bytes]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.starts_with("OK sent=8388608 received=8388608"),
+        "{out:#?}"
+    );
+}
+
+pub fn real_rootlesskit_with_ipv6_reaches_an_ipv6_host() {
+    let (world, tmp, link) = rootlesskit_world();
+    let bytes = (8 * MIB).to_string();
+    let _remote = world.server(&["tcp-server", "[2001:2::1]:9080", &bytes]);
+    // rootlesskit configures IPv4 itself and leaves IPv6 to slirp4netns's advertisements.
+    let script = format!(
+        "{} && {} __tool tcp-client [2001:2::1]:9080 {bytes} {bytes}",
+        slaac_wait("tap0"),
+        self_exe().display()
+    );
+    let out = run(
+        world
+            .command("rootlesskit")
+            .arg(format!("--state-dir={}", tmp.join("state").display()))
+            .args(["--net=slirp4netns", "--ipv6", "--copy-up=/etc"])
+            .arg(format!("--slirp4netns-binary={}", link.display()))
+            .args(["--", "sh", "-c", &script]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("default via fe80::2 dev tap0"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stdout.contains("OK sent=8388608 received=8388608"),
+        "{out:#?}"
+    );
 }

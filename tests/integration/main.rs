@@ -8,6 +8,7 @@
 mod attach;
 mod faults;
 mod inbound;
+mod ipv6;
 mod lifecycle;
 mod limits;
 mod security;
@@ -69,6 +70,10 @@ fn main() {
         services::outbound_addr_binds_host_sockets,
         services::udp_errors_from_the_host_reach_the_guest_and_loopback_policy_applies,
         services::dns_forwards_to_an_ipv6_upstream,
+        ipv6::ipv6_namespace_has_its_address_route_and_resolver,
+        ipv6::ipv6_tcp_64mib_both_ways_to_a_remote_address_and_the_host_loopback,
+        ipv6::ipv6_refused_and_unreachable_destinations_fail_fast,
+        ipv6::ipv6_udp_dns_and_ping_reach_their_targets,
         inbound::published_tcp_port_carries_64mib_each_way,
         inbound::published_tcp_port_carries_64mib_both_ways_at_once,
         inbound::udp_echo_through_a_published_port,
@@ -102,6 +107,8 @@ fn main() {
         attach::usernet_attach_connects_a_namespace_made_with_unshare,
         attach::usernet_attach_by_path_exits_when_the_namespace_file_is_removed,
         attach::real_rootlesskit_uses_usernet_as_its_slirp4netns,
+        attach::usernet_attach_ipv6_guest_configures_itself_from_router_advertisements,
+        attach::real_rootlesskit_with_ipv6_reaches_an_ipv6_host,
     ];
     let trials = tests
         .into_iter()

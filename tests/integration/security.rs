@@ -76,24 +76,45 @@ pub fn host_loopback_policy_cannot_be_bypassed() {
     ];
     let (seen, out) = probe(&world, &mut watcher, &["--disable-host-loopback"], &v4);
     assert!(seen.is_empty(), "reached the host: {seen:?} {out:#?}");
-    // IPv6, with or without the flag: loopback, IPv4-mapped loopback and host addresses,
-    // the unspecified address. (usernet carries no IPv6 yet; none of it may leak.)
-    if ipv6_available() {
-        let v6 = [
-            "::1",
-            "::ffff:127.0.0.1",
-            "::ffff:198.18.0.1",
-            "::ffff:10.0.2.2",
-            "::",
-        ];
-        for flags in [&[][..], &["--disable-host-loopback"][..]] {
-            let (seen, out) = probe(&world, &mut watcher, flags, &v6);
-            assert!(
-                seen.is_empty(),
-                "IPv6 reached the host with {flags:?}: {seen:?} {out:#?}"
-            );
-        }
+    if !ipv6_available() {
+        return;
     }
+    // IPv6 without --ipv6: nothing at all, not even the gateway.
+    let v6_direct = [
+        "::1",
+        "::ffff:127.0.0.1",
+        "::ffff:198.18.0.1",
+        "::ffff:10.0.2.2",
+        "::",
+        "::127.0.0.1",
+    ];
+    let mut all = v6_direct.to_vec();
+    all.extend(["fd00::2", "fe80::2", "2001:2::1"]);
+    for flags in [&[][..], &["--disable-host-loopback"][..]] {
+        let (seen, out) = probe(&world, &mut watcher, flags, &all);
+        assert!(
+            seen.is_empty(),
+            "IPv6 reached the host with {flags:?}: {seen:?} {out:#?}"
+        );
+    }
+    // With --ipv6 the gateway reaches the host's ::1 (the prober works for IPv6)...
+    let (seen, out) = probe(&world, &mut watcher, &["--ipv6"], &["fd00::2"]);
+    assert!(
+        seen.iter().any(|l| l.starts_with("tcp [::1]")),
+        "{seen:?} {out:#?}"
+    );
+    // ...but loopback, unspecified and IPv4-mapped or -compatible addresses written directly
+    // never do, whatever the flags; and with --disable-host-loopback neither do the
+    // gateway, by either of its addresses, nor the host's own IPv6 address.
+    let (seen, out) = probe(&world, &mut watcher, &["--ipv6"], &v6_direct);
+    assert!(seen.is_empty(), "reached the host: {seen:?} {out:#?}");
+    let (seen, out) = probe(
+        &world,
+        &mut watcher,
+        &["--ipv6", "--disable-host-loopback"],
+        &all,
+    );
+    assert!(seen.is_empty(), "reached the host: {seen:?} {out:#?}");
 }
 
 /// `setpriv` as uid/gid 1000 in the world, running the tool `args`.

@@ -21,7 +21,7 @@ fn dnsmasq(world: &World) -> Server {
 }
 
 /// dnsmasq listening on `listen` (comma-separated addresses).
-fn dnsmasq_on(world: &World, listen: &str) -> Server {
+pub fn dnsmasq_on(world: &World, listen: &str) -> Server {
     let tmp = TempDir::new();
     let mut args = vec![
         "--no-daemon".to_string(),
@@ -34,6 +34,7 @@ fn dnsmasq_on(world: &World, listen: &str) -> Server {
         "--user=root".into(),
         format!("--pid-file={}/dnsmasq.pid", tmp.display()),
         "--host-record=test.example,198.18.0.42".into(),
+        "--host-record=test6.example,2001:2::42".into(),
     ];
     for i in 1..=40 {
         args.push(format!("--host-record=big.example,198.18.1.{i}"));
@@ -68,7 +69,7 @@ pub fn world_resolv_conf(world: &World, text: &str) -> TempDir {
 }
 
 /// `usernet run FLAGS -- sh -c SCRIPT`, where `$T` in the script is this test binary's tool mode.
-fn guest_sh(world: &World, flags: &[&str], script: &str) -> Outcome {
+pub fn guest_sh(world: &World, flags: &[&str], script: &str) -> Outcome {
     let script = format!("T='{} __tool'; {script}", self_exe().display());
     let mut args = vec!["run"];
     args.extend_from_slice(flags);
@@ -330,7 +331,7 @@ pub fn disable_dns_leaves_resolv_conf_and_makes_10_0_2_3_ordinary() {
     assert!(out.stdout.contains("error NetworkUnreachable"), "{out:#?}");
 }
 
-fn set_ping_group_range(world: &World, range: &str) {
+pub fn set_ping_group_range(world: &World, range: &str) {
     let script = format!("echo '{range}' > /proc/sys/net/ipv4/ping_group_range");
     run(world.command("sh").args(["-c", &script]), LIMIT).assert_ok();
 }

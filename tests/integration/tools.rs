@@ -115,6 +115,9 @@ fn world_holder() -> io::Result<()> {
     nl.link_up("lo")?;
     nl.add_ipv4_address("lo", crate::world::REMOTE.parse().unwrap(), 32)?;
     nl.add_ipv4_address("lo", crate::world::REMOTE2.parse().unwrap(), 32)?;
+    if crate::services::ipv6_available() {
+        nl.add_ipv6_address("lo", crate::world::REMOTE6.parse().unwrap(), 128)?;
+    }
     println!("ready");
     io::stdout().flush()?;
     let mut sink = Vec::new();
@@ -831,7 +834,11 @@ fn udp_blackhole(listen: &str) -> io::Result<()> {
 /// from the address it was sent to.
 fn udp_client(addr: &str, count: u64, max: usize) -> io::Result<()> {
     let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let socket = std::net::UdpSocket::bind(if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })?;
     socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
     let mut reply = vec![0u8; 65536];
     let mut sent = vec![0u8; max];
@@ -865,9 +872,17 @@ fn udp_client(addr: &str, count: u64, max: usize) -> io::Result<()> {
 /// ICMP errors count too (IP_RECVERR): without it Linux hides the non-fatal ones (network or
 /// host unreachable) from UDP sockets.
 fn udp_ask(addr: &str, local_port: Option<u16>) -> io::Result<()> {
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", local_port.unwrap_or(0)))?;
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
-    socket.connect(addr)?;
+    let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let socket = if target.is_ipv6() {
+        let socket = std::net::UdpSocket::bind(("::", local_port.unwrap_or(0)))?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6RecvErr, &true)?;
+        socket
+    } else {
+        let socket = std::net::UdpSocket::bind(("0.0.0.0", local_port.unwrap_or(0)))?;
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+        socket
+    };
+    socket.connect(target)?;
     socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
     socket.send(b"who am i")?;
     let mut buf = vec![0u8; 65536];

@@ -1,6 +1,6 @@
 //! Throwaway "world" namespaces for tests: a user + network + mount namespace that stands in
-//! for the host. usernet runs inside it; servers listen on its 127.0.0.1 and on 198.18.0.1
-//! (added to its lo). No test traffic can leave it.
+//! for the host. usernet runs inside it; servers listen on its 127.0.0.1 and ::1, and on
+//! 198.18.0.1 and 2001:2::1 (added to its lo). No test traffic can leave it.
 //!
 //! A holder process (this test binary in tool mode) keeps the namespaces alive; everything
 //! else enters them with setns() right before exec, so the test process itself stays outside
@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 pub const REMOTE: &str = "198.18.0.1";
 /// A second address of the world, for --outbound-addr.
 pub const REMOTE2: &str = "198.18.0.2";
+/// The "remote" IPv6 address inside every world (where the kernel has IPv6): from the
+/// benchmarking range 2001:2::/48 (RFC 5180), as 198.18.0.0/15 is for IPv4.
+pub const REMOTE6: &str = "2001:2::1";
 
 pub fn usernet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_usernet")

@@ -229,8 +229,8 @@ impl TcpFlows {
         upstreams: &Upstreams,
     ) {
         let key = FlowKey {
-            guest: SocketAddr::V4(seg.src),
-            remote: SocketAddr::V4(seg.dst),
+            guest: seg.src,
+            remote: seg.dst,
         };
         if let Some(&id) = self.by_key.get(&key) {
             let Some(flow) = self.flows.get_mut(id) else {
@@ -293,14 +293,7 @@ impl TcpFlows {
             Verdict::Unreachable(reason) => {
                 self.stats.unreachable += 1;
                 let net = cx.policy.net;
-                emit::icmp_unreachable(
-                    cx.tap,
-                    &net,
-                    seg.src_mac,
-                    net.gateway,
-                    reason,
-                    seg.ip_packet,
-                );
+                emit::icmp_unreachable(cx.tap, &net, seg.src_mac, None, reason, seg.ip_packet);
                 return;
             }
         };
@@ -577,17 +570,15 @@ impl TcpFlows {
         cx: &mut Ctx<'_>,
     ) {
         let net = cx.policy.net;
-        let reason = unreachable_reason(err);
-        match (reason, key.guest, key.remote) {
-            (Some(reason), _, _) => {
+        match unreachable_reason(err) {
+            Some(reason) => {
                 self.stats.unreachable += 1;
-                emit::icmp_unreachable(cx.tap, &net, guest_mac, net.gateway, reason, syn);
+                emit::icmp_unreachable(cx.tap, &net, guest_mac, None, reason, syn);
             }
-            (None, SocketAddr::V4(guest), SocketAddr::V4(remote)) => {
+            None => {
                 self.stats.refused += 1;
-                emit::tcp_refuse(cx.tap, &net, guest_mac, remote, guest, syn_end);
+                emit::tcp_refuse(cx.tap, &net, guest_mac, key.remote, key.guest, syn_end);
             }
-            _ => {}
         }
     }
 
@@ -670,8 +661,8 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     Ok(())
 }
 
-/// A flow's private smoltcp interface: it owns the gateway's address and accepts packets for
-/// any other (any-IP, with a default route via the gateway), since it stands in for every
+/// A flow's private smoltcp interface: it owns the gateway's addresses and accepts packets for
+/// any other (any-IP, with default routes via the gateway), since it stands in for every
 /// host the guest talks to.
 fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Interface {
     let net = cx.policy.net;
@@ -682,9 +673,19 @@ fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Int
     iface.set_any_ip(true);
     iface.update_ip_addrs(|addrs| {
         let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(net.gateway), net.prefix));
+        if let Some(v6) = net.v6 {
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv6(v6.gateway),
+                crate::net::IPV6_PREFIX_LEN,
+            ));
+        }
     });
-    // Lets smoltcp reach a guest source outside the subnet, if the guest uses one.
+    // Lets smoltcp reach a guest source outside the subnet, if the guest uses one (any-IP
+    // also needs a route via an address of ours to accept a destination).
     let _ = iface.routes_mut().add_default_ipv4_route(net.gateway);
+    if let Some(v6) = net.v6 {
+        let _ = iface.routes_mut().add_default_ipv6_route(v6.gateway);
+    }
     iface
 }
 
