@@ -642,8 +642,11 @@ impl Stack {
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         match kind {
-            tcp::TOKEN_KIND => self.tcp.on_host_event(id, readable, writable),
-            udp::TOKEN_KIND => self.udp.on_host_event(id),
+            tcp::TOKEN_KIND => {
+                let ending = event.is_read_closed() || event.is_error();
+                self.tcp.on_host_event(id, readable, writable, ending)
+            }
+            udp::TOKEN_KIND => self.udp.on_host_event(id, event.is_error()),
             dns::TOKEN_KIND => self.dns.on_host_event(id),
             icmp::TOKEN_KIND => {
                 let now = self.now();

@@ -108,6 +108,8 @@ struct Entry {
     idle_key: Instant,
     /// In the ready list.
     queued: bool,
+    /// The socket reported an error (ICMP errors wait in its error queue).
+    error_seen: bool,
     /// When it was made (its key in `unanswered`).
     created: Instant,
     /// Traffic went both ways (a reply from the host, or from the guest for a forward).
@@ -299,6 +301,7 @@ impl UdpNat {
                     last_used: cx.now,
                     idle_key: cx.now,
                     queued: false,
+                    error_seen: false,
                     created: cx.now,
                     answered: false,
                 });
@@ -353,6 +356,7 @@ impl UdpNat {
             last_used: cx.now,
             idle_key: cx.now,
             queued: false,
+            error_seen: false,
             created: cx.now,
             answered: false,
         });
@@ -375,13 +379,14 @@ impl UdpNat {
         Ok(id)
     }
 
-    /// An entry's host socket is readable (datagrams or errors).
-    pub fn on_host_event(&mut self, id: Id) {
-        if let Some(entry) = self.entries.get_mut(id)
-            && !entry.queued
-        {
-            entry.queued = true;
-            self.ready.push(id);
+    /// An entry's host socket is readable (datagrams), or has errors queued (`error`).
+    pub fn on_host_event(&mut self, id: Id, error: bool) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.error_seen |= error;
+            if !entry.queued {
+                entry.queued = true;
+                self.ready.push(id);
+            }
         }
     }
 
@@ -437,8 +442,11 @@ impl UdpNat {
                 Err(_) => drain_errors(entry, cx, &mut self.stats),
             }
         }
-        // Errors can be queued without a failed recv (e.g. EPOLLERR alone).
-        drain_errors(entry, cx, &mut self.stats);
+        // Errors can be queued without a failed recv (EPOLLERR alone); only then is the error
+        // queue worth a system call.
+        if std::mem::take(&mut entry.error_seen) {
+            drain_errors(entry, cx, &mut self.stats);
+        }
         if got_any {
             entry.last_used = cx.now;
             if !entry.answered {

@@ -126,6 +126,9 @@ struct HostSide {
     /// The host peer reset the connection: the guest gets what was read before it, then a
     /// reset too.
     reset: bool,
+    /// An event said the peer closed or the socket has an error: what is left to read ends
+    /// in EOF or an error that no later edge announces, so reads go on to the end.
+    ending: bool,
 }
 
 struct Conn {
@@ -317,6 +320,7 @@ impl TcpFlows {
                 write_shut: false,
                 failed: false,
                 reset: false,
+                ending: false,
             },
             phase: Phase::Connecting {
                 syn: seg.ip_packet.into(),
@@ -391,6 +395,7 @@ impl TcpFlows {
                 write_shut: false,
                 failed: false,
                 reset: false,
+                ending: false,
             },
             phase: Phase::Open(Box::new(Conn {
                 iface,
@@ -423,12 +428,14 @@ impl TcpFlows {
     }
 
     /// Readiness on a flow's host socket.
-    pub fn on_host_event(&mut self, id: Id, readable: bool, writable: bool) {
+    /// `ending`: the event said the peer closed its side, or the socket has an error.
+    pub fn on_host_event(&mut self, id: Id, readable: bool, writable: bool, ending: bool) {
         let Some(flow) = self.flows.get_mut(id) else {
             return;
         };
         flow.host.readable |= readable;
         flow.host.writable |= writable;
+        flow.host.ending |= ending;
         mark_dirty(&mut self.dirty, flow, id);
     }
 
@@ -792,11 +799,14 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
 fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
     while host.writable && !host.failed && !host.reset && sock.can_recv() {
         let r = sock.recv(|buf| match (&host.stream).write(buf) {
-            Ok(n) => (n, Ok(n)),
+            Ok(n) => (n, Ok((n, buf.len()))),
             Err(e) => (0, Err(e)),
         });
         match r {
-            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok((0, _))) | Err(_) => break,
+            // A short write filled the socket's buffer: waiting for writability saves the
+            // write that would only say EAGAIN (the kernel signals the edge when it drains).
+            Ok(Ok((n, offered))) if n < offered => host.writable = false,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => match e.kind() {
                 io::ErrorKind::WouldBlock => host.writable = false,
@@ -828,13 +838,15 @@ fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
 
 enum HostRead {
     Data,
+    /// Less than asked for: the socket had no more at that moment.
+    Drained,
     RingFull,
     Eof,
     Error(io::Error),
 }
 
-/// Read from the host socket straight into smoltcp's tx ring, until the socket is empty or
-/// the ring is full.
+/// Read from the host socket straight into smoltcp's tx ring, until the socket is empty (a
+/// short read or EAGAIN) or the ring is full.
 fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
     while host.readable && !host.eof && !host.failed && sock.can_send() {
         let r = sock.send(|buf| {
@@ -843,12 +855,17 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
             }
             match (&host.stream).read(buf) {
                 Ok(0) => (0, HostRead::Eof),
+                Ok(n) if n < buf.len() => (n, HostRead::Drained),
                 Ok(n) => (n, HostRead::Data),
                 Err(e) => (0, HostRead::Error(e)),
             }
         });
         match r {
             Ok(HostRead::Data) => {}
+            // A short read emptied the socket: the next arrival is a new readiness edge, so
+            // there is no need for a read that would only say EAGAIN. Unless the peer's FIN
+            // or an error is already there (announced in an earlier event): read on to it.
+            Ok(HostRead::Drained) => host.readable = host.ending,
             Ok(HostRead::RingFull) | Err(_) => break,
             Ok(HostRead::Eof) => {
                 host.eof = true;
@@ -1048,7 +1065,12 @@ mod tests {
                     std::mem::replace(&mut self.flows, TcpFlows::new(TcpConfig::default()));
                 for e in events.iter() {
                     let (_, id) = Id::from_token(e.token());
-                    flows.on_host_event(id, e.is_readable(), e.is_writable() || e.is_error());
+                    flows.on_host_event(
+                        id,
+                        e.is_readable(),
+                        e.is_writable() || e.is_error(),
+                        e.is_read_closed() || e.is_error(),
+                    );
                 }
                 flows.service_dirty(&mut self.cx());
                 self.flows = flows;
