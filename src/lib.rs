@@ -21,6 +21,7 @@ pub mod attach;
 pub mod cli;
 pub mod control;
 pub mod fdpass;
+pub mod footprint;
 pub mod harden;
 pub mod hostinfo;
 pub mod launcher;

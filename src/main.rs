@@ -12,6 +12,7 @@ use usernet::cli::{Cli, Command, PortsCommand};
 use usernet::launcher::{self, Failure};
 
 fn main() -> ExitCode {
+    usernet::footprint::heap_policy();
     // Invoked as slirp4netns (through a symlink): slirp4netns's command line, exactly.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv

@@ -190,6 +190,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
             .context("cannot watch the target")?;
     }
 
+    crate::footprint::shed_startup();
     let stop = if exit_now {
         Ok(Stop::ExitFd)
     } else {

@@ -347,6 +347,7 @@ fn supervise(
     })?;
     let pid = Pid::from_raw(child.id() as i32);
     let _ = chan.send(&Msg::Started);
+    crate::footprint::shed_startup();
 
     loop {
         let mut fds = vec![std::os::fd::AsFd::as_fd(&signals)];

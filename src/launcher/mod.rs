@@ -253,6 +253,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         Msg::Started,
         OnSignal::Forward,
     )?;
+    crate::footprint::shed_startup();
 
     let code = match &mut stack {
         Some(stack) => {

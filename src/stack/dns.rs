@@ -23,11 +23,11 @@ use mio::net::UdpSocket;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::EthernetAddress;
 
+use super::Ctx;
 use super::emit::{self, UDP_LEN};
 use super::frame::GuestUdp;
 use super::slab::{Id, Slab};
 use super::udp::connect_udp;
-use super::{Ctx, RECV_BUF};
 use crate::resolv::ResolvConf;
 
 /// Token kind of upstream query sockets.
@@ -306,24 +306,13 @@ impl DnsForwarder {
     }
 
     /// Read answers (or errors) from ready upstream sockets.
-    pub fn service_ready(
-        &mut self,
-        upstreams: &mut Upstreams,
-        cx: &mut Ctx<'_>,
-        buf: &mut [u8; RECV_BUF],
-    ) {
+    pub fn service_ready(&mut self, upstreams: &mut Upstreams, cx: &mut Ctx<'_>, buf: &mut [u8]) {
         for aid in std::mem::take(&mut self.ready) {
             self.receive(aid, upstreams, cx, buf);
         }
     }
 
-    fn receive(
-        &mut self,
-        aid: Id,
-        upstreams: &mut Upstreams,
-        cx: &mut Ctx<'_>,
-        buf: &mut [u8; RECV_BUF],
-    ) {
+    fn receive(&mut self, aid: Id, upstreams: &mut Upstreams, cx: &mut Ctx<'_>, buf: &mut [u8]) {
         loop {
             let Some(attempt) = self.attempts.get(aid) else {
                 return;

@@ -563,7 +563,7 @@ mod tests {
     fn setup() -> (TapWriter, std::os::fd::OwnedFd, VirtualNetwork) {
         let (ours, theirs) = crate::tap::test_pair();
         let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
-        (TapWriter::new(ours), theirs, net)
+        (TapWriter::new(ours).unwrap(), theirs, net)
     }
 
     /// The next frame written: its Ethernet destination, IPv6 header and ICMPv6 bytes, the

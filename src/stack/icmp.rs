@@ -22,13 +22,13 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpProtocol};
 use socket2::{Protocol, Socket};
 
+use super::Ctx;
 use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
 use super::policy::{Unreachable, unreachable_reason};
 use super::slab::{Id, Slab};
 use super::udp::{connect_dgram, error_source};
-use super::{Ctx, RECV_BUF};
 
 /// Token kind of ping sockets.
 pub const TOKEN_KIND: u8 = 4;
@@ -204,7 +204,7 @@ impl Pinger {
     }
 
     /// Replies (or errors) on a ping socket.
-    pub fn on_host_event(&mut self, id: Id, cx: &mut Ctx<'_>, buf: &mut [u8; RECV_BUF]) {
+    pub fn on_host_event(&mut self, id: Id, cx: &mut Ctx<'_>, buf: &mut [u8]) {
         let Some(entry) = self.entries.get(id) else {
             return;
         };

@@ -38,6 +38,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use smoltcp::time::Instant;
 use smoltcp::wire::EthernetAddress;
 
+use crate::footprint::Pages;
 use crate::net::VirtualNetwork;
 use crate::tap;
 use dhcp::DhcpServer;
@@ -155,10 +156,11 @@ impl std::error::Error for StackError {}
 pub struct Stack {
     poll: Poll,
     tx: TapWriter,
-    rx_buf: Box<[u8]>,
-    recv_buf: Box<[u8; RECV_BUF]>,
-    /// Where datagrams to forwarded UDP ports are read (allocated on first use).
-    forward_buf: Box<[u8]>,
+    rx_buf: Pages,
+    /// Where datagrams from host sockets are read.
+    recv_buf: Pages,
+    /// Where datagrams to forwarded UDP ports are read.
+    forward_buf: Pages,
     tap_readable: bool,
     tcp: TcpFlows,
     udp: UdpNat,
@@ -248,10 +250,10 @@ impl Stack {
         let dns_for_dhcp = (!config.policy.disable_dns).then_some(net.dns);
         Ok(Stack {
             poll,
-            tx: TapWriter::new(tap),
-            rx_buf: vec![0u8; FRAME_BUF].into_boxed_slice(),
-            recv_buf: Box::new([0u8; RECV_BUF]),
-            forward_buf: Box::default(),
+            tx: TapWriter::new(tap)?,
+            rx_buf: Pages::new(FRAME_BUF)?,
+            recv_buf: Pages::new(RECV_BUF)?,
+            forward_buf: Pages::new(RECV_BUF)?,
             // Frames may already be queued (the kernel's own traffic on link-up).
             tap_readable: true,
             tcp: TcpFlows::new(config.tcp),
@@ -459,9 +461,6 @@ impl Stack {
     /// Take connections and datagrams from forwarded host ports, a budget per listener.
     fn service_forwards(&mut self, now: Instant) {
         let mut buf = std::mem::take(&mut self.forward_buf);
-        if buf.is_empty() {
-            buf = vec![0u8; RECV_BUF].into_boxed_slice();
-        }
         for slot in self.forwards.take_ready() {
             let Some(forward) = self.forwards.get(slot) else {
                 continue;

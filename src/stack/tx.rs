@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::footprint::Pages;
 use crate::tap;
 
 /// Room for the largest frame: MTU 65520 plus the Ethernet header, with slack.
@@ -32,19 +33,19 @@ pub struct TxStats {
 
 pub struct TapWriter {
     fd: OwnedFd,
-    scratch: Box<[u8]>,
+    scratch: Pages,
     backlog: VecDeque<Vec<u8>>,
     pub stats: TxStats,
 }
 
 impl TapWriter {
-    pub fn new(fd: OwnedFd) -> Self {
-        TapWriter {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        Ok(TapWriter {
             fd,
-            scratch: vec![0; FRAME_BUF].into_boxed_slice(),
+            scratch: Pages::new(FRAME_BUF)?,
             backlog: VecDeque::new(),
             stats: TxStats::default(),
-        }
+        })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

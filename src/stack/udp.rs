@@ -27,13 +27,13 @@ use mio::net::UdpSocket;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpProtocol};
 
+use super::Ctx;
 use super::emit::{self, UDP_LEN};
 use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
 use super::slab::{Id, Slab};
-use super::{Ctx, RECV_BUF};
 
 /// Token kind of NAT entries' host sockets.
 pub const TOKEN_KIND: u8 = 2;
@@ -397,7 +397,7 @@ impl UdpNat {
 
     /// Relay what arrived on readable host sockets, a bounded number of datagrams each; a
     /// socket with more left stays ready for the next pass (readiness is edge-triggered).
-    pub fn service_ready(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8; RECV_BUF]) {
+    pub fn service_ready(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8]) {
         for id in std::mem::take(&mut self.ready) {
             let more = self.receive(id, cx, buf);
             if let Some(entry) = self.entries.get_mut(id) {
@@ -410,7 +410,7 @@ impl UdpNat {
     }
 
     /// Read up to a budget of datagrams; returns whether more may be waiting.
-    fn receive(&mut self, id: Id, cx: &mut Ctx<'_>, buf: &mut [u8; RECV_BUF]) -> bool {
+    fn receive(&mut self, id: Id, cx: &mut Ctx<'_>, buf: &mut [u8]) -> bool {
         let Some(entry) = self.entries.get_mut(id) else {
             return false;
         };

@@ -1019,7 +1019,7 @@ mod tests {
             let (a, b) = crate::tap::test_pair();
             Harness {
                 flows: TcpFlows::new(TcpConfig::default()),
-                tap: TapWriter::new(a),
+                tap: TapWriter::new(a).unwrap(),
                 guest: b,
                 poll: Poll::new().unwrap(),
                 policy: HostPolicy::new(VirtualNetwork::default()),
