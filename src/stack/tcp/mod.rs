@@ -696,10 +696,31 @@ fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Int
     iface
 }
 
+/// The receive ring's size for a `requested` one: the largest no bigger that smoltcp's
+/// bookkeeping gets right. smoltcp scales its window by `bits(capacity) - 16` and, after
+/// sending its SYN or SYN-ACK (whose window is unscaled, at most 65535), takes data up to
+/// `65535 << shift` ahead until its next ACK. Past the ring, that data is counted but not
+/// stored, and a guest can turn it into an assertion failure (see the test
+/// `data_past_the_ring_right_after_the_handshake_is_not_taken`). A size just under a power
+/// of two (2 MiB - 1 for 2 MiB) keeps `65535 << shift` inside the ring.
+fn rx_ring_size(requested: usize) -> usize {
+    let max_unscaled = usize::from(u16::MAX);
+    if requested <= max_unscaled {
+        return requested;
+    }
+    let bits = usize::BITS - requested.leading_zeros();
+    let assumed = max_unscaled << (bits - 16);
+    if requested >= assumed {
+        requested
+    } else {
+        (1 << (bits - 1)) - 1
+    }
+}
+
 /// A flow's smoltcp socket, tuned for a local link (see the module docs of the stack).
 fn new_socket(config: &TcpConfig) -> tcp::Socket<'static> {
     let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; config.rx_ring]),
+        tcp::SocketBuffer::new(vec![0u8; rx_ring_size(config.rx_ring)]),
         tcp::SocketBuffer::new(vec![0u8; config.tx_ring]),
     );
     socket.set_nagle_enabled(false);
@@ -1080,20 +1101,33 @@ mod tests {
     }
 
     fn syn_frame(dst: SocketAddrV4, src_port: u16) -> Vec<u8> {
+        guest_frame(dst, src_port, TcpControl::Syn, 5000, None, &[])
+    }
+
+    /// A segment from the guest's port `src_port` to `dst`.
+    fn guest_frame(
+        dst: SocketAddrV4,
+        src_port: u16,
+        control: TcpControl,
+        seq: u32,
+        ack: Option<TcpSeqNumber>,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let net = VirtualNetwork::default();
+        let syn = control == TcpControl::Syn;
         let tcp = TcpRepr {
             src_port,
             dst_port: dst.port(),
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(5000),
-            ack_number: None,
+            control,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: ack,
             window_len: 64000,
-            window_scale: Some(7),
-            max_seg_size: Some(1460),
-            sack_permitted: true,
+            window_scale: syn.then_some(7),
+            max_seg_size: syn.then_some(1460),
+            sack_permitted: syn,
             sack_ranges: [None, None, None],
             timestamp: None,
-            payload: &[],
+            payload,
         };
         let ip = Ipv4Repr {
             src_addr: net.guest,
@@ -1207,5 +1241,64 @@ mod tests {
         assert_eq!(tcp.control, TcpControl::Rst);
         assert_eq!(tcp.seq_number, TcpSeqNumber(777));
         assert!(h.flows.is_empty());
+    }
+
+    /// Found by the `stateful` fuzz target: smoltcp remembers the unscaled window of its
+    /// SYN-ACK as if it were scaled, so until its next ACK it took data up to 65535 << shift
+    /// past the handshake, beyond a ring whose size is a power of two; the bytes past the end
+    /// were counted as received without being stored (and, once contiguous, tripped an
+    /// assertion: a guest could bring usernet down). Ring sizes just under a power of two
+    /// keep that window inside the ring.
+    #[test]
+    fn data_past_the_ring_right_after_the_handshake_is_not_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut h = Harness::new();
+        let gw = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port);
+        h.guest_sends(&syn_frame(gw, 40005));
+        let frame = h.next_frame().expect("a SYN-ACK");
+        let (_, synack) = parse_tcp(&frame);
+        let ack = Some(synack.seq_number + 1);
+        let ring = rx_ring_size(TcpConfig::default().rx_ring);
+        // Ends past the ring (the window smoltcp believes in), starts inside it.
+        let far = 5001 + ring as u32 - 100;
+        let payload = vec![7u8; 1000];
+        let seg = guest_frame(gw, 40005, TcpControl::None, far, ack, &payload);
+        h.guest_sends(&seg);
+        let frame = h.next_frame().expect("an ACK");
+        let (_, tcp) = parse_tcp(&frame);
+        assert_eq!(
+            tcp.ack_number,
+            Some(TcpSeqNumber(5001)),
+            "nothing in order yet"
+        );
+        assert_eq!(h.flows.len(), 1);
+    }
+
+    #[test]
+    fn ring_sizes_keep_the_handshake_window_inside_the_ring() {
+        for requested in [
+            1000,
+            65535,
+            65536,
+            100_000,
+            1 << 20,
+            (1 << 20) + 5,
+            2 << 20,
+            3 << 20,
+        ] {
+            let size = rx_ring_size(requested);
+            assert!(
+                size <= requested && size >= requested / 2,
+                "{requested} -> {size}"
+            );
+            // smoltcp's shift for this capacity, and the window it assumes after a SYN-ACK.
+            let bits = usize::BITS - size.leading_zeros();
+            let shift = bits.saturating_sub(16);
+            assert!(
+                65535usize << shift <= size.max(65535),
+                "{requested} -> {size}"
+            );
+        }
     }
 }
