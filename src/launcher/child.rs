@@ -43,6 +43,8 @@ pub struct ChildConfig {
     pub env: Vec<(String, String)>,
     pub parent: Pid,
     pub state_dir: PathBuf,
+    /// Cleans the state dir up should the parent be killed before it can.
+    pub state_cleaner: Option<crate::launcher::statedir::Cleaner>,
     /// The port driver's socket and readiness FIFO, when it runs.
     pub port_driver: Option<(PathBuf, PathBuf)>,
 }
@@ -348,13 +350,23 @@ fn supervise(
     let pid = Pid::from_raw(child.id() as i32);
     let _ = chan.send(&Msg::Started);
     crate::footprint::shed_startup();
+    // From here the parent's death is seen on the setup channel (it sends nothing more), and
+    // answered by ending COMMAND's whole tree and cleaning up, which the parent, killed,
+    // cannot do. If it died just before this, the channel has already hung up.
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong) };
 
     loop {
         let mut fds = vec![std::os::fd::AsFd::as_fd(&signals)];
         if let Some(server) = port_driver {
             fds.push(std::os::fd::AsFd::as_fd(server.listener()));
         }
+        fds.push(std::os::fd::AsFd::as_fd(chan));
+        let parent_index = fds.len() - 1;
         let ready = wait_readable(&fds).map_err(|e| fail(format!("waiting for signals: {e}")))?;
+        if ready == parent_index && chan.recv().is_err() {
+            return Ok(orphaned(pid, cfg));
+        }
         if ready == 1
             && let Some(server) = port_driver
         {
@@ -372,6 +384,18 @@ fn supervise(
             }
         }
     }
+}
+
+/// The parent died without waiting for us (killed with SIGKILL: a normal exit waits for
+/// COMMAND): end COMMAND and everything it started, remove the state dir, and exit as killed.
+fn orphaned(command: Pid, cfg: &ChildConfig) -> i32 {
+    let _ = kill(command, Signal::SIGKILL);
+    reap(command);
+    kill_leftovers();
+    if let Some(cleaner) = &cfg.state_cleaner {
+        cleaner.clean();
+    }
+    128 + Signal::SIGKILL as i32
 }
 
 /// Reap every exited child; COMMAND's exit code once it is among them.

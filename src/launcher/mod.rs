@@ -149,6 +149,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         env: command_env(state.path()),
         parent: getpid(),
         state_dir: state.path().to_path_buf(),
+        state_cleaner: state.cleaner().ok(),
         port_driver: cfg.port_driver.then(|| (bp_sock.clone(), bp_ready.clone())),
     };
 
@@ -166,6 +167,8 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         ForkResult::Parent { child } => child,
     };
     drop(child_end);
+    // The child's copy (its state dir cleaner's fds among it) is the child's business.
+    drop(child_cfg);
     let mut guard = ChildGuard { pid, reaped: false };
     let mut signals = Signals::new().context("cannot create a signalfd")?;
     raise_fd_limit();

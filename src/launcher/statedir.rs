@@ -110,15 +110,67 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
-        self.remove_own_files();
-        let _ = unlinkat(self.dir.as_fd(), "lock", UnlinkatFlags::NoRemoveDir);
-        if self.created {
-            remove_contents(self.dir.as_fd(), 0);
-        }
-        // Only succeeds when nothing of the user's is left inside.
-        if let Some((parent, name)) = &self.parent {
-            let _ = unlinkat(parent.as_fd(), name.as_os_str(), UnlinkatFlags::RemoveDir);
-        }
+        let parent = self
+            .parent
+            .as_ref()
+            .map(|(fd, name)| (fd.as_fd(), name.as_os_str()));
+        clean(self.dir.as_fd(), parent, self.created);
+    }
+}
+
+/// What the child needs to clean the state dir up when the parent cannot (it was killed):
+/// duplicates of the directory fds, so it works whatever the child's mount namespace shows.
+pub struct Cleaner {
+    dir: OwnedFd,
+    parent: Option<(OwnedFd, OsString)>,
+    created: bool,
+}
+
+impl StateDir {
+    pub fn cleaner(&self) -> io::Result<Cleaner> {
+        let parent = match &self.parent {
+            Some((fd, name)) => Some((fd.try_clone()?, name.clone())),
+            None => None,
+        };
+        Ok(Cleaner {
+            dir: self.dir.try_clone()?,
+            parent,
+            created: self.created,
+        })
+    }
+}
+
+impl Cleaner {
+    /// Remove what the parent's [`StateDir`] would have removed at exit.
+    pub fn clean(&self) {
+        let parent = self
+            .parent
+            .as_ref()
+            .map(|(fd, name)| (fd.as_fd(), name.as_os_str()));
+        clean(self.dir.as_fd(), parent, self.created);
+    }
+}
+
+impl std::fmt::Debug for Cleaner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cleaner")
+            .field("created", &self.created)
+            .finish()
+    }
+}
+
+/// Our files go; the contents too if we made the directory; then the directory itself, which
+/// only succeeds when nothing of the user's is left inside.
+fn clean(dir: BorrowedFd<'_>, parent: Option<(BorrowedFd<'_>, &std::ffi::OsStr)>, created: bool) {
+    for f in OWN_FILES {
+        let _ = unlinkat(dir, *f, UnlinkatFlags::NoRemoveDir);
+    }
+    let _ = unlinkat(dir, "lock", UnlinkatFlags::NoRemoveDir);
+    if created {
+        remove_contents(dir, 0);
+    }
+    if let Some((parent, name)) = parent {
+        let _ = unlinkat(parent, name, UnlinkatFlags::RemoveDir);
     }
 }
 

@@ -214,6 +214,59 @@ pub fn nothing_is_left_behind_after_exit() {
     );
 }
 
+pub fn usernet_killed_with_sigkill_leaves_nothing_behind() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let xdg = tmp.join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    // COMMAND, and a process it left in the background.
+    let script = format!(
+        "sleep 1000 & echo $! > {tmp}/bg; echo $$ > {tmp}/cmd; echo started; wait",
+        tmp = tmp.display()
+    );
+    let child = world
+        .usernet(&["run", "--", "sh", "-c", &script])
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut usernet = crate::world::Server::from_child(child);
+    assert_eq!(usernet.next_line(), "started");
+    assert_eq!(std::fs::read_dir(&xdg).unwrap().count(), 1, "no state dir");
+    let pids: Vec<i32> = ["bg", "cmd"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(tmp.join(f))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(usernet.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    usernet.wait_exit(LIMIT);
+    // The child in the namespace notices, ends COMMAND's tree and removes the state dir.
+    let start = std::time::Instant::now();
+    let gone = |pid: &i32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    while start.elapsed() < Duration::from_secs(10)
+        && !(pids.iter().all(gone) && std::fs::read_dir(&xdg).unwrap().count() == 0)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in &pids {
+        assert!(gone(pid), "process {pid} outlived usernet");
+    }
+    assert_eq!(
+        std::fs::read_dir(&xdg).unwrap().count(),
+        0,
+        "state dir left behind"
+    );
+}
+
 pub fn state_dir_holds_child_pid_and_a_lock() {
     let world = World::new();
     let tmp = TempDir::new();
