@@ -138,6 +138,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Give the command a writable copy of DIR (e.g. /etc): a tmpfs over it whose entries
+    /// are symlinks to the originals, which can be replaced. Repeatable.
+    #[arg(long, value_name = "DIR", value_parser = parse_copy_up)]
+    pub copy_up: Vec<PathBuf>,
+
     /// Most clients of api.sock at once; more are answered 503 and closed.
     #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
     pub max_api_connections: usize,
@@ -342,6 +347,26 @@ fn parse_mtu(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// A `--copy-up` directory: absolute, not `/`, normalised (no `.`, `..` or trailing `/`).
+fn parse_copy_up(s: &str) -> Result<PathBuf, String> {
+    let path = std::path::Path::new(s);
+    if !path.is_absolute() {
+        return Err(format!("'{s}' is not an absolute path"));
+    }
+    let mut clean = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(part) => clean.push(part),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            _ => return Err(format!("'{s}' must not contain '..'")),
+        }
+    }
+    if clean == std::path::Path::new("/") {
+        return Err("/ cannot be copied up; name a directory under it, such as /etc".into());
+    }
+    Ok(clean)
+}
+
 fn parse_cidr6(s: &str) -> Result<Ipv6Network, String> {
     Ipv6Network::parse(s).map_err(|e| e.to_string())
 }
@@ -484,6 +509,15 @@ mod tests {
         assert!(parse(&["run", "--outbound-addr6", "no-such-if0", "--", "true"]).is_err());
         let s = stack(&["--ipv6", "--outbound-addr6", "::1"]);
         assert_eq!(s.stack_config().policy.outbound6, Some(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn copy_up_takes_clean_absolute_directories() {
+        assert_eq!(parse_copy_up("/etc/").unwrap(), PathBuf::from("/etc"));
+        assert_eq!(parse_copy_up("//run/./x").unwrap(), PathBuf::from("/run/x"));
+        for bad in ["etc", "/", "/etc/../tmp", ""] {
+            assert!(parse_copy_up(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct ChildConfig {
     pub net: VirtualNetwork,
     /// A generated resolv.conf to bind over /etc/resolv.conf (builtin mode).
     pub resolv_conf: Option<PathBuf>,
+    /// Directories to give a writable tmpfs copy (`--copy-up`).
+    pub copy_up: Vec<PathBuf>,
     pub command: Vec<OsString>,
     /// Variables added to COMMAND's environment.
     pub env: Vec<(String, String)>,
@@ -109,6 +111,9 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         ))
     })?;
 
+    for (n, dir) in cfg.copy_up.iter().enumerate() {
+        copy_up(dir, &cfg.state_dir.join(format!(".copy-up-{n}")))?;
+    }
     if cfg.net_mode != NetMode::Host {
         remount_sysfs(&cfg.state_dir);
     }
@@ -214,10 +219,81 @@ fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
             .map_err(|e| fail(e.to_string()))?;
     }
     if let Some(resolv) = &cfg.resolv_conf {
-        bind_over_etc_resolv_conf(resolv)?;
+        if cfg.copy_up.iter().any(|d| d == Path::new("/etc")) {
+            // /etc is a tmpfs of ours: resolv.conf can simply be a file there, which no change
+            // on the host can take away (a bind mount goes when the host replaces its file).
+            let text = fs::read(resolv)
+                .map_err(|e| fail(format!("cannot read {}: {e}", resolv.display())))?;
+            let _ = fs::remove_file("/etc/resolv.conf");
+            fs::write("/etc/resolv.conf", text)
+                .map_err(|e| fail(format!("cannot write /etc/resolv.conf: {e}")))?;
+        } else {
+            bind_over_etc_resolv_conf(resolv)?;
+        }
     }
     Ok(())
 }
+
+/// `--copy-up DIR`, as rootlesskit's tmpfs+symlink mode: a tmpfs over DIR whose entries are
+/// symlinks to the originals (kept visible under `DIR/.ro-usernet`), so the command can
+/// replace or add files in DIR without touching the host's. `stash` is a path outside DIR
+/// where the original is bound while the tmpfs goes on.
+fn copy_up(dir: &Path, stash: &Path) -> Result<(), Failure> {
+    let what = |e: nix::Error, doing: &str| {
+        fail(format!(
+            "cannot copy up {}: {doing}: {}",
+            dir.display(),
+            e.desc()
+        ))
+    };
+    fs::create_dir(stash).map_err(|e| fail(format!("cannot copy up {}: {e}", dir.display())))?;
+    let result = (|| {
+        mount(
+            Some(dir),
+            stash,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| what(e, "binding the original"))?;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=755"),
+        )
+        .map_err(|e| what(e, "mounting a tmpfs"))?;
+        let ro = dir.join(COPY_UP_ORIGINAL);
+        fs::create_dir(&ro).map_err(|e| fail(format!("cannot create {}: {e}", ro.display())))?;
+        mount(
+            Some(stash),
+            &ro,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| what(e, "moving the original under the tmpfs"))?;
+        let entries =
+            fs::read_dir(&ro).map_err(|e| fail(format!("cannot list {}: {e}", ro.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            // A symlink keeps pointing where it pointed; anything else points at the original.
+            let target = match fs::read_link(entry.path()) {
+                Ok(t) => t,
+                Err(_) => Path::new(COPY_UP_ORIGINAL).join(&name),
+            };
+            std::os::unix::fs::symlink(&target, dir.join(&name))
+                .map_err(|e| fail(format!("cannot copy up {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir(stash);
+    result
+}
+
+/// Where a copied-up directory's original stays visible.
+const COPY_UP_ORIGINAL: &str = ".ro-usernet";
 
 /// Mount a sysfs of the new network namespace on /sys, so /sys/class/net lists its own
 /// interfaces, keeping the host's /sys/fs/cgroup (parked in the state dir meanwhile). On

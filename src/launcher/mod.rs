@@ -74,6 +74,8 @@ pub struct RunConfig {
     pub port_driver: bool,
     /// Ports published before COMMAND starts (`-p`).
     pub publish: Vec<PortSpec>,
+    /// Directories given a writable tmpfs copy in the namespace (`--copy-up`).
+    pub copy_up: Vec<PathBuf>,
     /// Sandbox and seccomp filter for this process once set up.
     pub sandbox: Hardening,
     pub seccomp: Hardening,
@@ -92,6 +94,7 @@ impl From<RunArgs> for RunConfig {
             command: a.command,
             port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
             publish: a.publish,
+            copy_up: a.copy_up,
             sandbox: a.harden.sandbox,
             seccomp: a.harden.seccomp,
             api_limits: crate::api::Limits {
@@ -119,6 +122,9 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     let state = StateDir::create(cfg.state_dir.as_deref())?;
     // The port driver's socket inside, and rootlesskit's readiness FIFO. Our end of the FIFO is
     // open before the child starts, so its open for writing never waits.
+    for dir in &cfg.copy_up {
+        check_copy_up(dir, state.path())?;
+    }
     let bp_sock = state.path().join(".bp.sock");
     let bp_ready = state.path().join(".bp-ready.pipe");
     let ready_fifo = if cfg.port_driver {
@@ -145,6 +151,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         txqueuelen: txqueuelen(cfg.stack.tcp.rx_ring, cfg.stack.mtu),
         net,
         resolv_conf,
+        copy_up: cfg.copy_up.clone(),
         command: cfg.command.clone(),
         env: command_env(state.path()),
         parent: getpid(),
@@ -339,6 +346,26 @@ fn command_env(state_dir: &Path) -> Vec<(String, String)> {
             nix::unistd::getegid().to_string(),
         ),
     ]
+}
+
+/// Whether `dir` can be copied up: a directory that does not hold the state dir (which the
+/// child needs to reach while it covers `dir` with a tmpfs).
+fn check_copy_up(dir: &Path, state_dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("cannot copy up {}: not a directory", dir.display()),
+        Err(e) => anyhow::bail!("cannot copy up {}: {e}", dir.display()),
+    }
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let state = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    if state.starts_with(&real) {
+        anyhow::bail!(
+            "cannot copy up {}: it holds the state dir {}; pick another --state-dir",
+            dir.display(),
+            state_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The DNS forwarder's addresses, IPv4 first (as rootlesskit lists them with `--ipv6`).

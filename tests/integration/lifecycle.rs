@@ -267,6 +267,56 @@ pub fn usernet_killed_with_sigkill_leaves_nothing_behind() {
     );
 }
 
+pub fn copy_up_gives_a_writable_etc_with_resolv_conf_as_a_file() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
+    let script = "test -L /etc/passwd && test ! -L /etc/resolv.conf && cat /etc/resolv.conf && \
+                  head -c 5 /etc/passwd && echo && echo changed > /etc/usernet-copy-up && \
+                  cat /etc/usernet-copy-up && rm /etc/passwd && test ! -e /etc/passwd";
+    let out = run(
+        world
+            .usernet(&["run", "--copy-up", "/etc", "--state-dir"])
+            .arg(&state)
+            .args(["--", "sh", "-c", script]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(out.stdout.contains("nameserver 10.0.2.3"), "{out:#?}");
+    assert!(
+        out.stdout.contains("root:"),
+        "the originals are readable: {out:#?}"
+    );
+    assert!(out.stdout.contains("changed"), "{out:#?}");
+    // The world's /etc is as it was.
+    let out = run(
+        world.command("sh").args([
+            "-c",
+            "test ! -e /etc/usernet-copy-up && test -e /etc/passwd",
+        ]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(!state.exists(), "state dir left behind");
+    // A directory that holds the state dir cannot be copied up; a file cannot either.
+    for (dir, why) in [
+        (tmp.display().to_string(), "holds the state dir"),
+        ("/etc/passwd".to_string(), "not a directory"),
+    ] {
+        let out = run(
+            world
+                .usernet(&["run", "--copy-up", &dir, "--state-dir"])
+                .arg(&state)
+                .args(["--", "true"]),
+            LIMIT,
+        );
+        assert_eq!(out.code(), Some(1), "{out:#?}");
+        assert!(out.stderr.contains(why), "{out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+        assert!(!state.exists(), "state dir left behind after the error");
+    }
+}
+
 pub fn state_dir_holds_child_pid_and_a_lock() {
     let world = World::new();
     let tmp = TempDir::new();

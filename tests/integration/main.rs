@@ -52,6 +52,7 @@ fn main() {
         lifecycle::net_none_has_only_loopback_and_net_host_shares_the_network,
         lifecycle::nothing_is_left_behind_after_exit,
         lifecycle::usernet_killed_with_sigkill_leaves_nothing_behind,
+        lifecycle::copy_up_gives_a_writable_etc_with_resolv_conf_as_a_file,
         lifecycle::state_dir_holds_child_pid_and_a_lock,
         lifecycle::unprivileged_user_is_root_inside_with_or_without_subordinate_ids,
         services::udp_round_trips_to_a_remote_address_and_through_the_gateway,
