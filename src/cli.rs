@@ -100,6 +100,38 @@ pub enum PortDriver {
     None,
 }
 
+/// Mount propagation of `/` in the namespace (rootlesskit's `--propagation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Propagation {
+    /// Nothing propagates, either way (for `/` only, not the mounts under it).
+    Private,
+    /// Nothing propagates, either way.
+    Rprivate,
+    /// Mounts the host makes appear inside (for `/` only); none go out.
+    Slave,
+    /// Mounts the host makes anywhere appear inside; none go out.
+    Rslave,
+    /// Like `slave`, and shared among the namespace's own mounts (for `/` only).
+    Shared,
+    /// Like `rslave`, and shared among the namespace's own mounts.
+    Rshared,
+}
+
+impl Propagation {
+    /// The flags of the `mount("none", "/", ...)` call that sets it.
+    pub fn flags(self) -> nix::mount::MsFlags {
+        use nix::mount::MsFlags;
+        match self {
+            Propagation::Private => MsFlags::MS_PRIVATE,
+            Propagation::Rprivate => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            Propagation::Slave => MsFlags::MS_SLAVE,
+            Propagation::Rslave => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            Propagation::Shared => MsFlags::MS_SHARED,
+            Propagation::Rshared => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        }
+    }
+}
+
 /// How the child's network namespace is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
@@ -142,6 +174,11 @@ pub struct RunArgs {
     /// are symlinks to the originals, which can be replaced. Repeatable.
     #[arg(long, value_name = "DIR", value_parser = parse_copy_up)]
     pub copy_up: Vec<PathBuf>,
+
+    /// Mount propagation of / in the namespace (rslave: mounts made on the host later show
+    /// up inside).
+    #[arg(long, value_enum, default_value_t = Propagation::Rprivate)]
+    pub propagation: Propagation,
 
     /// Most clients of api.sock at once; more are answered 503 and closed.
     #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
@@ -230,6 +267,23 @@ pub struct StackArgs {
     /// answer (or a conversation quiet for 10 s), else it is refused with ICMP.
     #[arg(long, value_name = "N", default_value_t = crate::stack::udp::DEFAULT_MAX_ENTRIES, value_parser = parse_bound)]
     pub max_udp_flows: usize,
+}
+
+impl RunArgs {
+    /// Flags that each parse but do not go together.
+    pub fn check(&self) -> Result<(), String> {
+        self.stack.check()?;
+        if !self.copy_up.is_empty()
+            && matches!(self.propagation, Propagation::Shared | Propagation::Rshared)
+        {
+            return Err(format!(
+                "--copy-up needs a private or slave /, not --propagation {:?}",
+                self.propagation
+            )
+            .to_lowercase());
+        }
+        Ok(())
+    }
 }
 
 impl StackArgs {

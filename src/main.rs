@@ -26,12 +26,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let stack_args = match &cli.command {
-        Command::Run(a) => Some(&a.stack),
-        Command::Attach(a) => Some(&a.stack),
+    let checked = match &cli.command {
+        Command::Run(a) => Some(a.check()),
+        Command::Attach(a) => Some(a.stack.check()),
         _ => None,
     };
-    if let Some(Err(line)) = stack_args.map(|s| s.check()) {
+    if let Some(Err(line)) = checked {
         eprintln!("usernet: {line} (see 'usernet --help')");
         return ExitCode::from(2);
     }

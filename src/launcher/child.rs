@@ -40,6 +40,8 @@ pub struct ChildConfig {
     pub resolv_conf: Option<PathBuf>,
     /// Directories to give a writable tmpfs copy (`--copy-up`).
     pub copy_up: Vec<PathBuf>,
+    /// Mount propagation of `/` (`--propagation`).
+    pub propagation: crate::cli::Propagation,
     pub command: Vec<OsString>,
     /// Variables added to COMMAND's environment.
     pub env: Vec<(String, String)>,
@@ -101,12 +103,13 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        cfg.propagation.flags(),
         None::<&str>,
     )
     .map_err(|e| {
         fail(format!(
-            "cannot make the mount namespace private: {}",
+            "cannot set the mount propagation of / to {:?}: {}",
+            cfg.propagation,
             e.desc()
         ))
     })?;

@@ -76,6 +76,8 @@ pub struct RunConfig {
     pub publish: Vec<PortSpec>,
     /// Directories given a writable tmpfs copy in the namespace (`--copy-up`).
     pub copy_up: Vec<PathBuf>,
+    /// Mount propagation of `/` in the namespace.
+    pub propagation: crate::cli::Propagation,
     /// Sandbox and seccomp filter for this process once set up.
     pub sandbox: Hardening,
     pub seccomp: Hardening,
@@ -95,6 +97,7 @@ impl From<RunArgs> for RunConfig {
             port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
             publish: a.publish,
             copy_up: a.copy_up,
+            propagation: a.propagation,
             sandbox: a.harden.sandbox,
             seccomp: a.harden.seccomp,
             api_limits: crate::api::Limits {
@@ -152,6 +155,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         net,
         resolv_conf,
         copy_up: cfg.copy_up.clone(),
+        propagation: cfg.propagation,
         command: cfg.command.clone(),
         env: command_env(state.path()),
         parent: getpid(),

@@ -317,6 +317,45 @@ pub fn copy_up_gives_a_writable_etc_with_resolv_conf_as_a_file() {
     }
 }
 
+pub fn propagation_rslave_shows_mounts_made_later_on_the_host() {
+    let world = World::new();
+    // The world's / shared, as on a systemd host (unshare(1) made it private).
+    run(world.command("mount").args(["--make-rshared", "/"]), LIMIT).assert_ok();
+    let tmp = TempDir::new();
+    let dir = tmp.join("m");
+    std::fs::create_dir(&dir).unwrap();
+    for (propagation, expected) in [("rslave", "seen"), ("rprivate", "not seen")] {
+        let script = format!(
+            "echo ready; for i in $(seq 100); do test -e {d}/marker && echo seen && exit; \
+             sleep 0.05; done; echo not seen",
+            d = dir.display()
+        );
+        let child = world
+            .usernet(&[
+                "run",
+                "--propagation",
+                propagation,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut usernet = crate::world::Server::from_child(child);
+        assert_eq!(usernet.next_line(), "ready");
+        let mount = format!(
+            "mount -t tmpfs none {d} && touch {d}/marker",
+            d = dir.display()
+        );
+        run(world.command("sh").args(["-c", &mount]), LIMIT).assert_ok();
+        assert_eq!(usernet.next_line(), expected, "--propagation {propagation}");
+        usernet.wait_exit(LIMIT);
+        run(world.command("umount").arg(&dir), LIMIT).assert_ok();
+    }
+}
+
 pub fn state_dir_holds_child_pid_and_a_lock() {
     let world = World::new();
     let tmp = TempDir::new();
