@@ -175,6 +175,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", value_parser = parse_copy_up)]
     pub copy_up: Vec<PathBuf>,
 
+    /// A new PID namespace too: usernet's process inside is its PID 1, so nothing COMMAND
+    /// starts can outlive the run, and /proc shows the namespace's processes only.
+    #[arg(long)]
+    pub pidns: bool,
+
     /// Mount propagation of / in the namespace (rslave: mounts made on the host later show
     /// up inside).
     #[arg(long, value_enum, default_value_t = Propagation::Rprivate)]

@@ -31,11 +31,18 @@ const MAX_MESSAGE: usize = 4096;
 pub enum Msg {
     Unshared,
     MapsWritten,
+    /// With `--pidns`: the namespace's init (PID 1 inside) is up; its pid outside.
+    Init {
+        pid: i32,
+    },
     Tap,
     Configured,
     Go,
     Started,
-    Failed { code: i32, message: String },
+    Failed {
+        code: i32,
+        message: String,
+    },
 }
 
 impl Msg {
@@ -43,6 +50,7 @@ impl Msg {
         let tag = match self {
             Msg::Unshared => b'U',
             Msg::MapsWritten => b'M',
+            Msg::Init { .. } => b'I',
             Msg::Tap => b'T',
             Msg::Configured => b'C',
             Msg::Go => b'G',
@@ -50,6 +58,9 @@ impl Msg {
             Msg::Failed { .. } => b'F',
         };
         let mut out = vec![tag];
+        if let Msg::Init { pid } = self {
+            out.extend_from_slice(&pid.to_le_bytes());
+        }
         if let Msg::Failed { code, message } = self {
             out.extend_from_slice(&code.to_le_bytes());
             let m = message.as_bytes();
@@ -63,6 +74,12 @@ impl Msg {
         Ok(match b.first().ok_or_else(bad)? {
             b'U' => Msg::Unshared,
             b'M' => Msg::MapsWritten,
+            b'I' => {
+                let pid = b.get(1..5).ok_or_else(bad)?;
+                Msg::Init {
+                    pid: i32::from_le_bytes(pid.try_into().map_err(|_| bad())?),
+                }
+            }
             b'T' => Msg::Tap,
             b'C' => Msg::Configured,
             b'G' => Msg::Go,
@@ -140,6 +157,7 @@ mod tests {
         for m in [
             Msg::Unshared,
             Msg::Go,
+            Msg::Init { pid: 123456 },
             Msg::Failed {
                 code: 127,
                 message: "foo: command not found".into(),

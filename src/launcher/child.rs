@@ -42,6 +42,8 @@ pub struct ChildConfig {
     pub copy_up: Vec<PathBuf>,
     /// Mount propagation of `/` (`--propagation`).
     pub propagation: crate::cli::Propagation,
+    /// A new PID namespace, whose init (PID 1) does the rest (`--pidns`).
+    pub pidns: bool,
     pub command: Vec<OsString>,
     /// Variables added to COMMAND's environment.
     pub env: Vec<(String, String)>,
@@ -98,6 +100,9 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     // Become root of the new namespace in every id slot.
     let _ = nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0));
     let _ = nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0));
+    if cfg.pidns {
+        become_init(chan)?;
+    }
 
     mount(
         None::<&str>,
@@ -114,6 +119,9 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         ))
     })?;
 
+    if cfg.pidns {
+        mount_proc();
+    }
     for (n, dir) in cfg.copy_up.iter().enumerate() {
         copy_up(dir, &cfg.state_dir.join(format!(".copy-up-{n}")))?;
     }
@@ -165,6 +173,68 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         }
     }
     supervise(chan, cfg, port_driver.as_ref())
+}
+
+/// `--pidns`: make a PID namespace and go on as its init (PID 1), a child of this process,
+/// which stays behind only to wait for it and exit with its status (the parent waits for us).
+/// The init tells the parent its pid outside, which gets forwarded signals and is child_pid.
+/// The init needs no signal handlers: signals blocked (ours are, read from a signalfd) are
+/// never dropped, not even for a namespace's init.
+fn become_init(chan: &Channel) -> Result<(), Failure> {
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| fail(format!("cannot create a PID namespace: {}", e.desc())))?;
+    // SAFETY: this process is single-threaded (a fork of the single-threaded launcher).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(fail(format!(
+            "cannot start the PID namespace's init: {}",
+            e.desc()
+        ))),
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, c)) => break c,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Err(Errno::EINTR) | Ok(_) => {}
+                    Err(_) => break 1,
+                }
+            };
+            std::process::exit(code)
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            // During setup, die with the process that made us (which dies with usernet).
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+            // /proc is still the host's: /proc/self names us as the outside sees us.
+            let outside = fs::read_link("/proc/self")
+                .ok()
+                .and_then(|p| p.to_str()?.parse::<i32>().ok())
+                .ok_or_else(|| fail("cannot learn the PID namespace's init pid"))?;
+            chan.send(&Msg::Init { pid: outside })
+                .map_err(|e| fail(format!("setup channel: {e}")))
+        }
+    }
+}
+
+/// A /proc of the new PID namespace, so it lists the namespace's processes. A kernel that
+/// does not allow it (a /proc with parts hidden by a container runtime) gets a read-only try,
+/// then a warning: the host's /proc stays.
+fn mount_proc() {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounted = mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>).or_else(|_| {
+        mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            flags | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    });
+    if let Err(e) = mounted {
+        log::warn!(
+            "cannot mount a /proc for the new PID namespace ({}); /proc shows the host's processes",
+            e.desc()
+        );
+    }
 }
 
 /// Why unshare() failed, and what to do about it.
@@ -455,7 +525,10 @@ fn supervise(
         while let Some(received) = signals.next().map_err(|e| fail(format!("signalfd: {e}")))? {
             if received.signal == Signal::SIGCHLD {
                 if let Some(code) = reap(pid) {
-                    kill_leftovers();
+                    // As a PID namespace's init, our exit ends everything left in it.
+                    if !cfg.pidns {
+                        kill_leftovers();
+                    }
                     return Ok(code);
                 }
             } else if received.from_process {
@@ -470,7 +543,9 @@ fn supervise(
 fn orphaned(command: Pid, cfg: &ChildConfig) -> i32 {
     let _ = kill(command, Signal::SIGKILL);
     reap(command);
-    kill_leftovers();
+    if !cfg.pidns {
+        kill_leftovers();
+    }
     if let Some(cleaner) = &cfg.state_cleaner {
         cleaner.clean();
     }

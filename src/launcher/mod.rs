@@ -78,6 +78,8 @@ pub struct RunConfig {
     pub copy_up: Vec<PathBuf>,
     /// Mount propagation of `/` in the namespace.
     pub propagation: crate::cli::Propagation,
+    /// A new PID namespace as well (`--pidns`).
+    pub pidns: bool,
     /// Sandbox and seccomp filter for this process once set up.
     pub sandbox: Hardening,
     pub seccomp: Hardening,
@@ -98,6 +100,7 @@ impl From<RunArgs> for RunConfig {
             publish: a.publish,
             copy_up: a.copy_up,
             propagation: a.propagation,
+            pidns: a.pidns,
             sandbox: a.harden.sandbox,
             seccomp: a.harden.seccomp,
             api_limits: crate::api::Limits {
@@ -156,6 +159,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         resolv_conf,
         copy_up: cfg.copy_up.clone(),
         propagation: cfg.propagation,
+        pidns: cfg.pidns,
         command: cfg.command.clone(),
         env: command_env(state.path()),
         parent: getpid(),
@@ -180,7 +184,11 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     drop(child_end);
     // The child's copy (its state dir cleaner's fds among it) is the child's business.
     drop(child_cfg);
-    let mut guard = ChildGuard { pid, reaped: false };
+    let mut guard = ChildGuard {
+        pid,
+        signal_to: pid,
+        reaped: false,
+    };
     let mut signals = Signals::new().context("cannot create a signalfd")?;
     raise_fd_limit();
 
@@ -196,6 +204,23 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     parent_end
         .send(&Msg::MapsWritten)
         .context("setup channel")?;
+    if cfg.pidns {
+        // The namespace's init, a child of our child: it gets the signals, and is the
+        // child_pid tools enter (nsenter -t).
+        let init = receive(
+            &parent_end,
+            &mut signals,
+            &mut guard,
+            OnSignal::Abort,
+            "Init",
+            |m| match m {
+                Msg::Init { pid } => Some(Pid::from_raw(*pid)),
+                _ => None,
+            },
+        )?
+        .0;
+        guard.signal_to = init;
+    }
 
     let mut stack = None;
     if cfg.net_mode == NetMode::Builtin {
@@ -233,8 +258,8 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         }
         None => None,
     };
-    let info = api_info(&cfg, state.path(), pid);
-    state.write_child_pid(pid.as_raw())?;
+    let info = api_info(&cfg, state.path(), guard.signal_to);
+    state.write_child_pid(guard.signal_to.as_raw())?;
     let mut control = Control::new(
         &state.path().join("api.sock"),
         info,
@@ -249,7 +274,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     }
     // Setup is done: shrink what this process may do before the first guest packet or API
     // request is read. The state dir stays visible (the port driver dials .bp.sock in it).
-    let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok();
+    let userns = std::fs::File::open(format!("/proc/{}/ns/user", guard.signal_to)).ok();
     let keep = harden::Keep {
         api_socket: None,
         state_dir: Some(state.path().to_path_buf()),
@@ -303,7 +328,7 @@ fn on_signals(signals: &mut Signals, guard: &mut ChildGuard) -> ControlFlow<i32>
                 return ControlFlow::Break(code);
             }
         } else if received.from_process {
-            let _ = kill(guard.pid, received.signal);
+            let _ = kill(guard.signal_to, received.signal);
         }
     }
     ControlFlow::Continue(())
@@ -426,6 +451,21 @@ fn expect(
     want: Msg,
     on_signal: OnSignal,
 ) -> Result<Option<std::os::fd::OwnedFd>> {
+    let name = format!("{want:?}");
+    let accept = |m: &Msg| (*m == want).then_some(());
+    Ok(receive(chan, signals, guard, on_signal, &name, accept)?.1)
+}
+
+/// Wait for the message `accept` takes (what it makes of it, and the fd that came with it),
+/// handling signals meanwhile as `on_signal` says; `want` names it in errors.
+fn receive<T>(
+    chan: &Channel,
+    signals: &mut Signals,
+    guard: &mut ChildGuard,
+    on_signal: OnSignal,
+    want: &str,
+    accept: impl Fn(&Msg) -> Option<T>,
+) -> Result<(T, Option<std::os::fd::OwnedFd>)> {
     loop {
         let ready = signals::wait_readable(&[chan.as_fd(), signals.as_fd()])
             .context("waiting for the child")?;
@@ -436,7 +476,7 @@ fn expect(
                     Signal::SIGCHLD => {}
                     s if on_signal == OnSignal::Forward => {
                         if received.from_process {
-                            let _ = kill(guard.pid, s);
+                            let _ = kill(guard.signal_to, s);
                         }
                     }
                     s => {
@@ -451,11 +491,11 @@ fn expect(
             continue;
         }
         return match chan.recv() {
-            Ok((msg, fd)) if msg == want => Ok(fd),
             Ok((Msg::Failed { code, message }, _)) => Err(Failure { code, message }.into()),
-            Ok((other, _)) => Err(anyhow!(
-                "unexpected setup message {other:?} (wanted {want:?})"
-            )),
+            Ok((msg, fd)) => match accept(&msg) {
+                Some(t) => Ok((t, fd)),
+                None => Err(anyhow!("unexpected setup message {msg:?} (wanted {want})")),
+            },
             Err(_) => {
                 let how = match guard.wait_blocking() {
                     Some(code) => format!("exit status {code}"),
@@ -470,6 +510,8 @@ fn expect(
 /// Kills and reaps the child unless it was already reaped, so an error path leaves no process.
 struct ChildGuard {
     pid: Pid,
+    /// Who gets the signals we forward: the child, or with `--pidns` the namespace's init.
+    signal_to: Pid,
     reaped: bool,
 }
 

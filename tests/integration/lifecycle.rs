@@ -40,16 +40,26 @@ pub fn command_killed_by_signal_gives_128_plus_signal() {
 
 pub fn sigint_sigterm_sighup_are_forwarded_to_the_command() {
     let world = World::new();
-    for (signal, name, code) in [
+    let cases = [
         (libc::SIGTERM, "TERM", 7),
         (libc::SIGINT, "INT", 8),
         (libc::SIGHUP, "HUP", 9),
-    ] {
+    ];
+    // With --pidns the signals go through the namespace's init.
+    for (pidns, (signal, name, code)) in [false, true]
+        .into_iter()
+        .flat_map(|p| cases.map(|c| (p, c)))
+    {
         // The command traps the signal and exits with a code only it knows, so the exit
         // status proves the signal reached COMMAND itself.
         let script = format!("trap 'exit {code}' {name}; echo ready; while :; do sleep 0.05; done");
+        let mut args = vec!["run"];
+        if pidns {
+            args.push("--pidns");
+        }
+        args.extend(["--", "sh", "-c", &script]);
         let mut child = world
-            .usernet(&["run", "--", "sh", "-c", &script])
+            .usernet(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -62,7 +72,11 @@ pub fn sigint_sigterm_sighup_are_forwarded_to_the_command() {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let status = wait_with_limit(&mut child, LIMIT);
-        assert_eq!(status.code(), Some(code), "SIG{name} was not forwarded");
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "SIG{name} was not forwarded (--pidns: {pidns})"
+        );
     }
 }
 
@@ -354,6 +368,71 @@ pub fn propagation_rslave_shows_mounts_made_later_on_the_host() {
         usernet.wait_exit(LIMIT);
         run(world.command("umount").arg(&dir), LIMIT).assert_ok();
     }
+}
+
+pub fn pidns_makes_usernet_init_and_nothing_outlives_it() {
+    let world = World::new();
+    let out = run(
+        &mut world.usernet(&[
+            "run",
+            "--pidns",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/1/comm; echo $$; ls /proc | grep -c '^[0-9]'; exit 7",
+        ]),
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(7), "{out:#?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "usernet", "PID 1 is usernet's: {out:#?}");
+    let own: u32 = lines[1].parse().unwrap();
+    assert!(own > 1 && own < 10, "COMMAND's pid inside: {out:#?}");
+    let count: u32 = lines[2].parse().unwrap();
+    assert!(
+        count < 10,
+        "/proc lists the namespace's processes only: {out:#?}"
+    );
+    // Killed with SIGKILL, usernet takes everything in the namespace with it: a process that
+    // would leave a mark after 2 s never does.
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
+    let marker = tmp.join("marker");
+    let script = format!(
+        "(sleep 2; touch {m}) & echo started; wait",
+        m = marker.display()
+    );
+    let child = world
+        .usernet(&["run", "--pidns", "--state-dir"])
+        .arg(&state)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut usernet = crate::world::Server::from_child(child);
+    assert_eq!(usernet.next_line(), "started");
+    let init: i32 = std::fs::read_to_string(state.join("child_pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        std::fs::read_to_string(format!("/proc/{init}/comm"))
+            .unwrap()
+            .starts_with("usernet"),
+        "child_pid names the namespace's init"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(usernet.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    usernet.wait_exit(LIMIT);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !marker.exists(),
+        "a process in the namespace outlived usernet"
+    );
+    assert!(!state.exists(), "state dir left behind");
 }
 
 pub fn state_dir_holds_child_pid_and_a_lock() {

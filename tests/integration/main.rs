@@ -54,6 +54,7 @@ fn main() {
         lifecycle::usernet_killed_with_sigkill_leaves_nothing_behind,
         lifecycle::copy_up_gives_a_writable_etc_with_resolv_conf_as_a_file,
         lifecycle::propagation_rslave_shows_mounts_made_later_on_the_host,
+        lifecycle::pidns_makes_usernet_init_and_nothing_outlives_it,
         lifecycle::state_dir_holds_child_pid_and_a_lock,
         lifecycle::unprivileged_user_is_root_inside_with_or_without_subordinate_ids,
         services::udp_round_trips_to_a_remote_address_and_through_the_gateway,
