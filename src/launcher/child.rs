@@ -4,7 +4,13 @@
 //! It runs right after `fork()` of a single-threaded parent, so it may allocate and use std
 //! freely. It never returns: it exits with COMMAND's status (128+N for signal N), or with the
 //! code of a setup failure after telling the parent why. As a child subreaper it also cleans
-//! up whatever COMMAND left running, so nothing outlives the run.
+//! up whatever COMMAND left running, so nothing outlives the run; should the parent be
+//! killed, it notices on the setup channel and cleans up the parent's part too.
+//!
+//! In order: user, network and mount namespaces; with `--pidns` a PID namespace, whose init
+//! (a child of this process, which then only waits) carries on; `/` propagation; `--copy-up`
+//! tmpfs copies; a sysfs of the new network namespace; tap0 and its addresses (IPv4, and IPv6
+//! with `--ipv6`); resolv.conf; the port driver's `.bp.sock`; COMMAND.
 
 use std::ffi::OsString;
 use std::fs;

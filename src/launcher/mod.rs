@@ -1,9 +1,10 @@
 //! `usernet run`: the parent's side of the launch, from the command line to the exit code.
 //!
-//! The parent forks a [child](child) that enters new user, network and mount namespaces, and
-//! talks it through setup over a [channel]: write the uid/gid maps ([idmap]), receive the TAP
-//! fd, start the [stack](crate::stack), record `child_pid` in the [state dir](statedir), and
-//! let COMMAND start. Then the parent runs the stack until the child exits, forwarding
+//! The parent forks a [child](child) that enters new user, network and mount namespaces (and
+//! a PID namespace with `--pidns`), and talks it through setup over a [channel]: write the
+//! uid/gid maps ([idmap]), learn the namespace init's pid (`--pidns`), receive the TAP fd,
+//! start the [stack](crate::stack), record `child_pid` in the [state dir](statedir), and let
+//! COMMAND start. Then the parent runs the stack until the child exits, forwarding
 //! SIGINT/SIGTERM/SIGHUP (and friends) to it, and exits with COMMAND's status.
 //!
 //! Every failure is one line and a non-zero exit, and the guards here make sure nothing is
