@@ -29,15 +29,7 @@ need_packages sockperf:sockperf iperf3:iperf3 slirp4netns:slirp4netns pasta:pass
 enter_world "$0" "$@"
 
 # ---- inside the world namespace from here on ----
-ulimit -n 65536 2>/dev/null || ulimit -n 4096
-ip link set lo up
-# pasta copies its addresses and routes from a host interface: give it one (a veth pair whose
-# both ends stay in this world).
-ip link add bench0 type veth peer name bench1
-ip addr add 192.0.2.1/24 dev bench0
-ip link set bench0 up
-ip link set bench1 up
-ip route add default via 192.0.2.254 dev bench0
+world_network_for_pasta
 
 tmp=$(mktemp -d)
 servers=()

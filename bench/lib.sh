@@ -63,6 +63,19 @@ enter_world() { # script args...
     exec unshare --user --map-root-user --net --mount -- "$script" "$@"
 }
 
+# Inside the world: many fds, lo up, and the host interface pasta copies its addresses and
+# routes from (a veth pair whose both ends stay in this world, default route via 192.0.2.254,
+# the gateway pasta maps to the world's loopback).
+world_network_for_pasta() {
+    ulimit -n 65536 2>/dev/null || ulimit -n 4096
+    ip link set lo up
+    ip link add bench0 type veth peer name bench1
+    ip addr add 192.0.2.1/24 dev bench0
+    ip link set bench0 up
+    ip link set bench1 up
+    ip route add default via 192.0.2.254 dev bench0
+}
+
 # iperf3 -J output on stdin -> received Gbit/s.
 gbits() {
     python3 -c 'import json,sys

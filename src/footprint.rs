@@ -113,6 +113,11 @@ pub fn shed_startup() {
     unsafe {
         libc::dl_iterate_phdr(Some(shed_main_program), std::ptr::null_mut());
     }
+    trim_heap();
+}
+
+/// Hand the heap's free pages back to the system.
+pub fn trim_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap memory to the system.
     unsafe {

@@ -178,6 +178,14 @@ impl VirtualNetwork {
             _ => IpAddr::V4(self.gateway),
         }
     }
+
+    /// The DNS forwarder's address of `addr`'s family (as [`VirtualNetwork::gateway_for`]).
+    pub fn dns_for(&self, addr: IpAddr) -> IpAddr {
+        match (addr, self.v6) {
+            (IpAddr::V6(_), Some(v6)) => IpAddr::V6(v6.dns),
+            _ => IpAddr::V4(self.dns),
+        }
+    }
 }
 
 /// The smallest link MTU IPv6 works on (RFC 8200 §5); the kernel turns IPv6 off on a link

@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -434,18 +434,8 @@ impl DnsForwarder {
 /// Answer the guest from the forwarder's address of its family.
 fn reply_to_guest(cx: &mut Ctx<'_>, mac: EthernetAddress, guest: SocketAddr, message: &[u8]) {
     let net = cx.policy.net;
-    let server = match (guest, net.v6) {
-        (SocketAddr::V6(_), Some(v6)) => IpAddr::V6(v6.dns),
-        _ => IpAddr::V4(net.dns),
-    };
-    emit::udp_datagram(
-        cx.tap,
-        &net,
-        mac,
-        SocketAddr::new(server, 53),
-        guest,
-        message,
-    );
+    let server = SocketAddr::new(net.dns_for(guest.ip()), 53);
+    emit::udp_datagram(cx.tap, &net, mac, server, guest, message);
 }
 
 fn header_rcode(msg: &[u8]) -> u8 {

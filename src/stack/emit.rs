@@ -71,6 +71,43 @@ fn ethernet(frame: &mut [u8], src: EthernetAddress, dst: EthernetAddress, proto:
     eth.set_ethertype(proto);
 }
 
+/// Write the IPv4 or IPv6 header of a packet from `src` to `dst` (both of one family) at the
+/// start of `buf`, which must hold it; returns its length, or None for a mixed pair.
+fn ip_header(
+    buf: &mut [u8],
+    (src, dst): (IpAddr, IpAddr),
+    proto: IpProtocol,
+    payload_len: usize,
+    hop_limit: u8,
+) -> Option<usize> {
+    match (src, dst) {
+        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
+            let ip = Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header: proto,
+                payload_len,
+                hop_limit,
+            };
+            let caps = ChecksumCapabilities::default();
+            ip.emit(&mut Ipv4Packet::new_unchecked(buf), &caps);
+            Some(IPV4_LEN)
+        }
+        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
+            let ip = Ipv6Repr {
+                src_addr,
+                dst_addr,
+                next_header: proto,
+                payload_len,
+                hop_limit,
+            };
+            ip.emit(&mut Ipv6Packet::new_unchecked(buf));
+            Some(IPV6_LEN)
+        }
+        _ => None,
+    }
+}
+
 /// Write Ethernet and IP headers for an IP payload of `payload_len` bytes from `src` to `dst`
 /// (both IPv4 or both IPv6); `fill` writes the payload.
 #[allow(clippy::too_many_arguments)]
@@ -85,38 +122,18 @@ fn ip_frame(
     hop_limit: u8,
     fill: impl FnOnce(&mut [u8]),
 ) {
-    match (src, dst) {
-        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
-            let ip = Ipv4Repr {
-                src_addr,
-                dst_addr,
-                next_header: proto,
-                payload_len,
-                hop_limit,
-            };
-            let caps = ChecksumCapabilities::default();
-            tx.send(ETH_LEN + IPV4_LEN + payload_len, |f| {
-                ethernet(f, net.gateway_mac(), dst_mac, EthernetProtocol::Ipv4);
-                ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]), &caps);
-                fill(&mut f[ETH_LEN + IPV4_LEN..]);
-            });
-        }
-        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
-            let ip = Ipv6Repr {
-                src_addr,
-                dst_addr,
-                next_header: proto,
-                payload_len,
-                hop_limit,
-            };
-            tx.send(ETH_LEN + IPV6_LEN + payload_len, |f| {
-                ethernet(f, net.gateway_mac(), dst_mac, EthernetProtocol::Ipv6);
-                ip.emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH_LEN..]));
-                fill(&mut f[ETH_LEN + IPV6_LEN..]);
-            });
-        }
-        _ => {}
+    if src.is_ipv4() != dst.is_ipv4() {
+        return;
     }
+    let (header, ethertype) = match src {
+        IpAddr::V4(_) => (IPV4_LEN, EthernetProtocol::Ipv4),
+        IpAddr::V6(_) => (IPV6_LEN, EthernetProtocol::Ipv6),
+    };
+    tx.send(ETH_LEN + header + payload_len, |f| {
+        ethernet(f, net.gateway_mac(), dst_mac, ethertype);
+        let _ = ip_header(&mut f[ETH_LEN..], (src, dst), proto, payload_len, hop_limit);
+        fill(&mut f[ETH_LEN + header..]);
+    });
 }
 
 /// Answer an ARP request for one of our addresses.
@@ -397,40 +414,17 @@ pub fn rebuild_quote(
     l4_total: usize,
     l4: &[u8],
 ) -> Vec<u8> {
-    match (src, dst) {
-        (IpAddr::V4(src_addr), IpAddr::V4(dst_addr)) => {
-            let ip = Ipv4Repr {
-                src_addr,
-                dst_addr,
-                next_header: proto,
-                payload_len: l4_total,
-                hop_limit: HOP_LIMIT,
-            };
-            let take = l4.len().min(ICMP_QUOTE_MAX - IPV4_LEN);
-            let mut out = vec![0u8; IPV4_LEN + take];
-            ip.emit(
-                &mut Ipv4Packet::new_unchecked(&mut out[..]),
-                &ChecksumCapabilities::default(),
-            );
-            out[IPV4_LEN..].copy_from_slice(&l4[..take]);
-            out
-        }
-        (IpAddr::V6(src_addr), IpAddr::V6(dst_addr)) => {
-            let ip = Ipv6Repr {
-                src_addr,
-                dst_addr,
-                next_header: proto,
-                payload_len: l4_total,
-                hop_limit: HOP_LIMIT,
-            };
-            let take = l4.len().min(ICMPV6_QUOTE_MAX - IPV6_LEN);
-            let mut out = vec![0u8; IPV6_LEN + take];
-            ip.emit(&mut Ipv6Packet::new_unchecked(&mut out[..]));
-            out[IPV6_LEN..].copy_from_slice(&l4[..take]);
-            out
-        }
-        _ => Vec::new(),
+    let (header, quote_max) = match src {
+        IpAddr::V4(_) => (IPV4_LEN, ICMP_QUOTE_MAX),
+        IpAddr::V6(_) => (IPV6_LEN, ICMPV6_QUOTE_MAX),
+    };
+    let take = l4.len().min(quote_max - header);
+    let mut out = vec![0u8; header + take];
+    if ip_header(&mut out, (src, dst), proto, l4_total, HOP_LIMIT).is_none() {
+        return Vec::new();
     }
+    out[header..].copy_from_slice(&l4[..take]);
+    out
 }
 
 /// Answer a neighbour solicitation for one of our addresses: "it is at the gateway's MAC".

@@ -199,11 +199,7 @@ impl HeapTrim {
         self.peak = self.peak.max(live);
         if self.peak - live >= Self::MIN_DROP && live <= self.peak / 2 {
             self.peak = live;
-            #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only returns free heap pages to the system.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::footprint::trim_heap();
         }
     }
 }
