@@ -1,12 +1,45 @@
-//! Hardening of the long-lived usernet process once setup is done, so a bug in the code that
-//! reads guest packets and API requests gives an attacker as little as possible:
+//! Hardening of the long-lived usernet process, the one that holds the TAP fd and every host
+//! socket (call it the host-side process), so neither the guest nor a bug in the code that reads
+//! guest packets and API requests can turn it into a way out.
+//!
+//! # The guest must not be able to inspect or drive the host-side process
+//!
+//! The guest is root of a user namespace that usernet's caller owns, so its processes carry
+//! the caller's kernel uid, the same as the host-side process. The kernel lets a process ptrace
+//! (and open `/proc/PID/mem`, `/proc/PID/fd/*`, `/proc/PID/root`, call `process_vm_readv` or
+//! `pidfd_getfd` on) another whose uid matches, unless the target is **non-dumpable**, in which
+//! case it also needs `CAP_SYS_PTRACE` in the user namespace the target was started in; or a
+//! caller with `CAP_SYS_PTRACE` in the target's *current* user namespace. Hence two rules:
+//!
+//! 1. [`set_undumpable`] runs first thing in `main`, for every personality (`run`, `attach`,
+//!    slirp4netns), before any host socket exists, and nothing makes the process dumpable again
+//!    (an `execve` would, and seccomp forbids it). The guest never has `CAP_SYS_PTRACE` in the
+//!    namespace usernet was started in. Forked helpers inherit the flag; the one process that
+//!    turns it back off is `usernet run`'s process inside the namespace, which by then holds no
+//!    host-side resource and must stay reachable for `nsenter -t $(cat child_pid)` (see the
+//!    launcher's child).
+//! 2. The host-side process **never enters the guest's user namespace**, where the guest's
+//!    root holds every capability, `CAP_SYS_PTRACE` included. The sandbox needs a mount
+//!    namespace, which an unprivileged process can only make inside a user namespace of its
+//!    own: it gets a fresh one, a sibling of the guest's that the guest has no rights in
+//!    ([`private_user_namespace`]), never the guest's (rootlesskit's parent and slirp4netns
+//!    without a sandbox likewise stay out of it).
+//!
+//! What the guest's root can still do to the host-side process, having the same uid: send it
+//! signals (kill or stop it: that only takes the guest's own network away), change its
+//! resource limits with `prlimit`, and its scheduling priority or CPU affinity (the same: it
+//! can slow or starve its own network, nothing more), and read the world-readable parts of
+//! `/proc/PID` (`stat`, `status`, `cmdline`). It can also do all of that, and ptrace, to any of
+//! the caller's other processes it can see, which usernet cannot prevent: `--pidns` hides them
+//! from the guest, and a container runtime does more.
+//!
+//! # Sandbox and seccomp
 //!
 //! - **Sandbox**: a private mount namespace whose root is an empty, read-only tmpfs holding
 //!   only `/etc` and `/run` (read-only: resolv.conf is re-read when it changes), the target
 //!   of an `/etc/resolv.conf` symlink that escapes them, and the state directory when usernet
-//!   still needs it; then every capability is dropped but `CAP_NET_BIND_SERVICE`, and
-//!   `no_new_privs` is set. An unprivileged process first joins the user namespace it serves
-//!   (it owns it), which is what lets it make a mount namespace at all, as slirp4netns does.
+//!   still needs it; then every capability is dropped but `CAP_NET_BIND_SERVICE` (none at all
+//!   in a private user namespace, where it would be worthless), and `no_new_privs` is set.
 //! - **seccomp**: an allow-list (slirp4netns has a deny-list): only the system calls the
 //!   event loop, the host sockets, the API servers, the port driver's relays and the exit
 //!   path make. Anything else fails with `EPERM` (`execve`, `ptrace`, `mount`, `setns`,
@@ -18,7 +51,7 @@
 //!
 //! `Auto` (the default of `usernet run` and `usernet attach`) tries and carries on without
 //! where the system does not allow it (said at info level, so `--debug` shows why); `On`
-//! makes failure fatal; `Off` skips it.
+//! makes failure fatal; `Off` skips it. Neither changes rules 1 and 2.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -112,19 +145,34 @@ fn open_path(path: &Path, dir: bool) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Enter the sandbox as `mode` says. `userns` is the user namespace to join first when not
-/// root (the one usernet serves).
-pub fn apply_sandbox(
-    mode: Hardening,
-    userns: Option<BorrowedFd<'_>>,
-    keep: &Keep,
-) -> Result<Sandbox> {
+/// Make this process non-dumpable, so a process with the same uid but without
+/// `CAP_SYS_PTRACE` where usernet started (the guest's root) can neither ptrace it nor open
+/// its `/proc/PID/{mem,fd,root,...}`. Rule 1 of the module docs; call it before anything else.
+pub fn set_undumpable() {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) } != 0 {
+        // Only fails for an invalid argument; nothing to do but say so.
+        log::warn!(
+            "cannot make usernet non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Whether this process is dumpable (for tests and the launcher's child).
+pub fn is_dumpable() -> bool {
+    // SAFETY: prctl with PR_GET_DUMPABLE takes no pointer arguments.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// Enter the sandbox as `mode` says.
+pub fn apply_sandbox(mode: Hardening, keep: &Keep) -> Result<Sandbox> {
     if mode == Hardening::Off {
         return Ok(Sandbox::default());
     }
     crate::hostinfo::preload();
     let api_dir = keep.api_socket.as_deref().and_then(open_parent);
-    match enter_sandbox(userns, keep) {
+    match enter_sandbox(keep) {
         Ok(()) => {
             log::debug!("sandbox: in place");
             Ok(Sandbox {
@@ -148,18 +196,20 @@ pub fn apply_sandbox(
 /// The directory the new root is built in (a tmpfs mounted over it, in our namespace only).
 const NEW_ROOT: &str = "/tmp";
 
-fn enter_sandbox(userns: Option<BorrowedFd<'_>>, keep: &Keep) -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        let Some(u) = userns else {
-            return Err("not root, and no user namespace to join".into());
-        };
-        setns(u, CloneFlags::CLONE_NEWUSER)
-            .map_err(|e| format!("cannot join the user namespace: {}", e.desc()))?;
-        let _ = nix::unistd::setegid(nix::unistd::Gid::from_raw(0));
-        let _ = nix::unistd::seteuid(nix::unistd::Uid::from_raw(0));
+fn enter_sandbox(keep: &Keep) -> Result<(), String> {
+    // Privileged where we are (root), a mount namespace is all it takes; otherwise make it in
+    // a user namespace of our own (rule 2: never the guest's).
+    let mut private_userns = false;
+    match unshare(CloneFlags::CLONE_NEWNS) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) => {
+            private_user_namespace()?;
+            private_userns = true;
+            unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(|e| format!("cannot create a mount namespace: {}", e.desc()))?;
+        }
+        Err(e) => return Err(format!("cannot create a mount namespace: {}", e.desc())),
     }
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot create a mount namespace: {}", e.desc()))?;
     // Mounts made from here on stay in this namespace.
     mount(
         None::<&str>,
@@ -211,7 +261,95 @@ fn enter_sandbox(userns: Option<BorrowedFd<'_>>, keep: &Keep) -> Result<(), Stri
     ) {
         log::debug!("sandbox: cannot remount / read-only: {}", e.desc());
     }
-    drop_capabilities()
+    drop_capabilities(!private_userns)
+}
+
+/// Move this process into a new user namespace of its own, owned by the caller's uid and
+/// mapping only the caller's uid and gid onto themselves, so it may make a mount namespace.
+/// The guest's root has no capability there: the namespace is a sibling of the guest's.
+///
+/// A non-dumpable process cannot write its own `uid_map` (its `/proc` files belong to root),
+/// so a throwaway helper makes the namespace: it closes every fd it inherited, unshares a user
+/// namespace and an empty network namespace, becomes dumpable (nothing it holds is worth
+/// having: a guest that seized it would find no fd and no network), writes the maps, and sends
+/// the namespace back. This process then joins it, staying non-dumpable throughout.
+pub fn private_user_namespace() -> Result<(), String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| format!("socketpair: {}", e.desc()))?;
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    // SAFETY: the caller is single-threaded (setns into a user namespace requires it anyway),
+    // so the child may run ordinary code; it only makes system calls and exits.
+    let helper = match unsafe { nix::unistd::fork() } {
+        Err(e) => return Err(format!("fork: {}", e.desc())),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = match userns_helper(theirs.as_fd(), uid, gid) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = nix::unistd::write(&theirs, e.as_bytes());
+                    1
+                }
+            };
+            // SAFETY: _exit ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+    };
+    drop(theirs);
+    let mut buf = [0u8; 256];
+    let received = crate::fdpass::recv_fd(ours.as_fd(), &mut buf);
+    let _ = nix::sys::wait::waitpid(helper, None);
+    let ns = match received {
+        Ok((_, Some(fd))) => fd,
+        Ok((n, None)) => {
+            let why = String::from_utf8_lossy(&buf[..n]).into_owned();
+            return Err(if why.is_empty() {
+                "the user namespace helper died".into()
+            } else {
+                why
+            });
+        }
+        Err(e) => return Err(format!("the user namespace helper: {e}")),
+    };
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot join a private user namespace: {}", e.desc()))
+}
+
+/// The forked helper of [`private_user_namespace`].
+fn userns_helper(
+    sock: BorrowedFd<'_>,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> Result<(), String> {
+    let keep = sock.as_raw_fd() as libc::c_uint;
+    // SAFETY: close_range only closes descriptors; none of them is used again in this process
+    // but `sock`, which is outside both ranges.
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+    }
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("cannot create a user namespace: {}", e.desc()))?;
+    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| format!("cannot write /proc/self/{file}: {e}"))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{uid} {uid} 1\n"))?;
+    write("gid_map", format!("{gid} {gid} 1\n"))?;
+    let ns = std::fs::File::open("/proc/self/ns/user")
+        .map_err(|e| format!("cannot open the new user namespace: {e}"))?;
+    crate::fdpass::send_fd(sock, b"U", ns.as_fd()).map_err(|e| e.to_string())
 }
 
 /// Whether `p` is inside /etc or /run, which the sandbox keeps anyway.
@@ -287,8 +425,9 @@ fn bind(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot restrict {}: {}", to.display(), e.desc()))
 }
 
-/// Keep only CAP_NET_BIND_SERVICE (published ports may be privileged), for good.
-fn drop_capabilities() -> Result<(), String> {
+/// Keep only CAP_NET_BIND_SERVICE (published ports may be privileged) if `bind_service`, else
+/// nothing, for good.
+fn drop_capabilities(bind_service: bool) -> Result<(), String> {
     use caps::{CapSet, Capability, CapsHashSet};
     // SAFETY: prctl with these options takes integer arguments only.
     unsafe {
@@ -303,7 +442,7 @@ fn drop_capabilities() -> Result<(), String> {
             0,
         );
         for cap in 0..64 {
-            if cap == Capability::CAP_NET_BIND_SERVICE.index() as libc::c_ulong {
+            if bind_service && cap == Capability::CAP_NET_BIND_SERVICE.index() as libc::c_ulong {
                 continue;
             }
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
@@ -314,7 +453,9 @@ fn drop_capabilities() -> Result<(), String> {
         }
     }
     let mut keep = CapsHashSet::new();
-    if caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_BIND_SERVICE).unwrap_or(false) {
+    if bind_service
+        && caps::has_cap(None, CapSet::Permitted, Capability::CAP_NET_BIND_SERVICE).unwrap_or(false)
+    {
         keep.insert(Capability::CAP_NET_BIND_SERVICE);
     }
     // Nothing is inheritable: this process never executes anything again.

@@ -12,6 +12,9 @@ use usernet::cli::{Cli, Command, PortsCommand};
 use usernet::launcher::{self, Failure};
 
 fn main() -> ExitCode {
+    // Before anything else, whatever the personality: the guest must never be able to ptrace
+    // or read the memory and fds of the process that holds host sockets (see `harden`).
+    usernet::harden::set_undumpable();
     usernet::footprint::heap_policy();
     // Invoked as slirp4netns (through a symlink): slirp4netns's command line, exactly.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

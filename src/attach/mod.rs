@@ -7,7 +7,8 @@
 //!    ([`namespace`]); or the fd is inherited; or a BESS client connects;
 //! 2. start the stack, listen on the API socket (`--api-socket`, slirp4netns's JSON API
 //!    whose forwards enter the guest through the stack, see `crate::stack::hostfwd`);
-//! 3. enter the sandbox and load the seccomp filter, if asked;
+//! 3. enter the sandbox and load the seccomp filter, if asked (never joining the target's
+//!    user namespace, and non-dumpable from the start: see [`crate::harden`]);
 //! 4. write `1` to the ready fd;
 //! 5. run until the exit fd reports anything (any poll event, as in slirp4netns), a signal
 //!    arrives, the TAP goes away, or (for `usernet attach` only) the target does.
@@ -115,9 +116,9 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
                 txqueuelen: crate::launcher::txqueuelen(cfg.stack.tcp.rx_ring, cfg.stack.mtu),
             });
             let tap = namespace::open_tap(&ns, &cfg.ifname, configure.as_ref(), &mut signals)?;
-            // Keep the user namespace (for the sandbox) and the identity of the network
-            // namespace, but not its file: an open fd would keep a bind mount of it busy.
-            namespaces = Some((ns.identity(), ns.user));
+            // Keep the identity of the network namespace, but not its file (an open fd would
+            // keep a bind mount of it busy), nor its user namespace's.
+            namespaces = Some(ns.identity());
             tap
         }
         Target::TapFd(fd) => inherited_fd(*fd)?,
@@ -151,17 +152,17 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
     // What to watch for the end, set up while /proc is still visible.
     let mut target_watch = None;
     if cfg.exit_with_target
-        && let (Target::Namespace(target), Some((identity, _))) = (&cfg.target, &namespaces)
+        && let (Target::Namespace(target), Some(identity)) = (&cfg.target, &namespaces)
     {
         target_watch = Some(TargetWatch::new(target, *identity)?);
     }
 
-    let userns = namespaces.as_ref().and_then(|(_, user)| user.as_ref());
     let keep = harden::Keep {
         api_socket: cfg.api_socket.clone(),
         state_dir: None,
     };
-    let sandbox = harden::apply_sandbox(cfg.sandbox, userns.map(|f| f.as_fd()), &keep)?;
+    // Never in the target's user namespace, whose root could then ptrace us (see `harden`).
+    let sandbox = harden::apply_sandbox(cfg.sandbox, &keep)?;
     harden::apply_seccomp(cfg.seccomp)?;
 
     if let Some(fd) = cfg.ready_fd {

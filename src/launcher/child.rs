@@ -23,7 +23,7 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Gid, Pid, Uid, getpid, getppid};
+use nix::unistd::{Gid, Pid, Uid, getppid};
 
 use super::Failure;
 use super::channel::{Channel, Msg};
@@ -96,6 +96,13 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     unshare(flags).map_err(|e| fail(unshare_error(e)))?;
+    // The parent made itself non-dumpable before forking (see `harden`), and so are we. We
+    // hold nothing of the host side (no host socket; the TAP is only passed through), and
+    // both the parent writing our id maps now and the caller entering `child_pid` later
+    // (`nsenter -t`, `usernet attach`) need a dumpable process: become one again. The guest
+    // may ptrace us; it gains nothing it does not already have.
+    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
     chan.send(&Msg::Unshared)
         .map_err(|e| fail(format!("setup channel: {e}")))?;
     match chan.recv() {
@@ -464,8 +471,7 @@ fn supervise(
     port_driver: Option<&ChildServer>,
 ) -> Result<i32, Failure> {
     // Orphans of COMMAND's process tree are re-parented to us, so we can clean them up.
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
+    super::reaper::become_subreaper();
     let mut signals = Signals::new().map_err(|e| fail(format!("signalfd: {e}")))?;
 
     let (program, args) = cfg
@@ -576,51 +582,8 @@ fn reap(command: Pid) -> Option<i32> {
 
 /// Kill whatever is left of COMMAND's process tree (our children, including adopted orphans).
 fn kill_leftovers() {
-    for _ in 0..64 {
-        let children = children_of(getpid());
-        if children.is_empty() {
-            return;
-        }
-        for &c in &children {
-            let _ = kill(c, Signal::SIGKILL);
-        }
-        for c in children {
-            while let Err(Errno::EINTR) = waitpid(c, None) {}
-        }
-    }
-}
-
-/// The pids whose parent is `parent`, from /proc.
-fn children_of(parent: Pid) -> Vec<Pid> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| parse_ppid(&s))
-                .is_some_and(|ppid| ppid == parent.as_raw())
-        })
-        .map(Pid::from_raw)
-        .collect()
-}
-
-/// The parent pid field of /proc/PID/stat (after the command name, which may hold anything).
-fn parse_ppid(stat: &str) -> Option<i32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ppid;
-
-    #[test]
-    fn ppid_survives_odd_command_names() {
-        assert_eq!(parse_ppid("123 (a) b) c) S 45 123 123 0"), Some(45));
-        assert_eq!(parse_ppid("1 (init) S 0 1 1"), Some(0));
-        assert_eq!(parse_ppid("garbage"), None);
+    match super::reaper::Reaper::new() {
+        Ok(reaper) => reaper.kill_all(),
+        Err(e) => log::warn!("cannot list what COMMAND left running: {e}"),
     }
 }

@@ -8,11 +8,19 @@
 //! SIGINT/SIGTERM/SIGHUP (and friends) to it, and exits with COMMAND's status.
 //!
 //! Every failure is one line and a non-zero exit, and the guards here make sure nothing is
-//! left behind: the child is killed and reaped, the state dir removed.
+//! left behind: the child is killed and reaped, the state dir removed. Both processes are
+//! child subreapers ([reaper]), so whichever of them survives the other ends what COMMAND
+//! started, with or without `--pidns`.
+//!
+//! This process holds the host side (the TAP fd, every host socket), so the guest must never
+//! be able to inspect or drive it: it is non-dumpable from `main` on and never joins the
+//! namespace's user namespace, not even for its sandbox; see [`crate::harden`] for why that
+//! is enough and what the guest can still do to it.
 
 pub(crate) mod channel;
 mod child;
 mod idmap;
+pub(crate) mod reaper;
 pub(crate) mod signals;
 mod statedir;
 
@@ -40,6 +48,7 @@ use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
 use crate::stack::{Stack, StackConfig};
 use channel::{Channel, Msg};
 use child::ChildConfig;
+use reaper::Reaper;
 use signals::Signals;
 use statedir::StateDir;
 
@@ -172,6 +181,9 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     // Block the handled signals before forking, so none is lost in between; both processes
     // then read them from a signalfd.
     signals::block().context("cannot block signals")?;
+    // Should the child be killed, what COMMAND started comes to us, and we end it.
+    reaper::become_subreaper();
+    let reaper = Reaper::new().context("cannot open /proc/self/task")?;
     let (parent_end, child_end) = Channel::pair().context("cannot create the setup channel")?;
     // SAFETY: usernet is single-threaded here (no thread has been spawned), so the child may
     // keep running Rust code after fork.
@@ -275,13 +287,12 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     }
     // Setup is done: shrink what this process may do before the first guest packet or API
     // request is read. The state dir stays visible (the port driver dials .bp.sock in it).
-    let userns = std::fs::File::open(format!("/proc/{}/ns/user", guard.signal_to)).ok();
+    // This process never joins the namespace's user namespace, sandbox or not (see `harden`).
     let keep = harden::Keep {
         api_socket: None,
         state_dir: Some(state.path().to_path_buf()),
     };
-    let _sandbox = harden::apply_sandbox(cfg.sandbox, userns.as_ref().map(|f| f.as_fd()), &keep)?;
-    drop(userns);
+    let _sandbox = harden::apply_sandbox(cfg.sandbox, &keep)?;
     harden::apply_seccomp(cfg.seccomp)?;
     control.spawn().context("cannot start the control thread")?;
     parent_end.send(&Msg::Go).context("setup channel")?;
@@ -317,6 +328,9 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         }
         None => wait_child(&mut signals, &mut guard)?,
     };
+    // Normally the child has ended COMMAND's tree itself; if it was killed, the rest of the
+    // tree is ours now.
+    reaper.kill_all();
     drop(state);
     Ok(code)
 }

@@ -510,3 +510,111 @@ pub fn unprivileged_user_is_root_inside_with_or_without_subordinate_ids() {
     assert_eq!(sub[..2], expected[..], "uid_map");
     assert_eq!(sub[2..], expected[..], "gid_map");
 }
+
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn ppid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 11.6: SIGKILL of usernet's process inside the namespace (as the OOM killer may do)
+/// ends everything COMMAND started, with or without `--pidns`: the host-side process, a
+/// subreaper too, inherits what is left and ends it, then exits as its child did (137).
+pub fn killing_the_process_inside_ends_everything_command_started() {
+    let world = World::new();
+    // (flags, which process inside to kill: the one child_pid names, or its parent)
+    let cases: [(&[&str], bool); 3] = [(&[], false), (&["--pidns"], true), (&["--pidns"], false)];
+    for (flags, kill_parent_of_child_pid) in cases {
+        let tmp = TempDir::new();
+        let state = tmp.join("state");
+        // COMMAND, a child it waits for, and an orphan of a subshell that exited; each writes
+        // its pid outside (as the world sees it, through /proc/self, which --pidns remounts).
+        let script = format!(
+            "sleep 1000 & echo $! > {t}/bg; \
+             (sleep 1000 & echo $! > {t}/orphan) ; \
+             echo $$ > {t}/cmd; echo started; wait",
+            t = tmp.display()
+        );
+        let child = world
+            .usernet(&["run", "--state-dir"])
+            .arg(&state)
+            .args(flags)
+            .args(["--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut usernet = crate::world::Server::from_child(child);
+        assert_eq!(usernet.next_line(), "started");
+        let child_pid: i32 = std::fs::read_to_string(state.join("child_pid"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let victim = if kill_parent_of_child_pid {
+            ppid(child_pid)
+        } else {
+            child_pid
+        };
+        assert_ne!(
+            victim,
+            usernet.pid() as i32,
+            "the victim is the process inside"
+        );
+        // With --pidns the pids the script wrote are the namespace's: find the processes by
+        // their place in the tree instead (every sleep under COMMAND's tree).
+        let sleepers = descendants(victim)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep" || c.trim() == "sh")
+            })
+            .collect::<Vec<_>>();
+        assert!(
+            sleepers.len() >= 3,
+            "{flags:?}: COMMAND and its two sleepers: {sleepers:?}"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = usernet.wait_exit(LIMIT);
+        assert_eq!(status.code(), Some(137), "{flags:?}: usernet's exit");
+        let gone = |pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        };
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) && !sleepers.iter().all(gone) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left: Vec<_> = sleepers.iter().filter(|p| !gone(p)).collect();
+        assert!(left.is_empty(), "{flags:?}: outlived usernet: {left:?}");
+        assert!(!state.exists(), "{flags:?}: state dir left behind");
+    }
+}
+
+/// Every process below `pid` (from the world's /proc).
+fn descendants(pid: i32) -> Vec<i32> {
+    let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            Some((p, rest.split_whitespace().nth(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for &(c, parent) in &all {
+            if parent == p {
+                out.push(c);
+                frontier.push(c);
+            }
+        }
+    }
+    out
+}

@@ -6,6 +6,7 @@
 //! `main` (libtest-mimic provides the usual test-runner command line).
 
 mod attach;
+mod attacker;
 mod faults;
 mod inbound;
 mod ipv6;
@@ -52,6 +53,7 @@ fn main() {
         lifecycle::net_none_has_only_loopback_and_net_host_shares_the_network,
         lifecycle::nothing_is_left_behind_after_exit,
         lifecycle::usernet_killed_with_sigkill_leaves_nothing_behind,
+        lifecycle::killing_the_process_inside_ends_everything_command_started,
         lifecycle::copy_up_gives_a_writable_etc_with_resolv_conf_as_a_file,
         lifecycle::propagation_rslave_shows_mounts_made_later_on_the_host,
         lifecycle::pidns_makes_usernet_init_and_nothing_outlives_it,
@@ -95,6 +97,7 @@ fn main() {
         security::host_loopback_policy_cannot_be_bypassed,
         security::other_users_cannot_reach_the_state_dir_or_the_api,
         security::after_setup_usernet_holds_no_capability_it_does_not_need,
+        security::guest_cannot_inspect_or_drive_the_host_side_process,
         faults::host_peer_resets_mid_transfer_with_data_in_flight_both_ways,
         faults::guest_killed_mid_transfer_ends_the_host_connections_and_frees_the_flows,
         faults::dns_with_every_upstream_dead_fails_fast_without_piling_up,
@@ -121,7 +124,8 @@ fn main() {
             let needs_root = name.starts_with("unprivileged_user")
                 || name.starts_with("privileged_port")
                 || name.starts_with("real_rootlesskit")
-                || name.starts_with("other_users");
+                || name.starts_with("other_users")
+                || name.starts_with("guest_cannot_inspect");
             let needs_ipv6 = name.contains("ipv6");
             let runnable = (!needs_root || lifecycle::is_real_root())
                 && (!needs_ipv6 || services::ipv6_available());

@@ -232,3 +232,126 @@ pub fn after_setup_usernet_holds_no_capability_it_does_not_need() {
         }
     }
 }
+
+/// A directory in `tmp` that uid 1000 owns (mode 0700), for state dirs and files of runs as
+/// that user.
+fn dir_of_user_1000(tmp: &TempDir) -> std::path::PathBuf {
+    let dir = tmp.join("u1000");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// `setpriv` to uid/gid 1000 in `world`, then `program`.
+fn as_user_1000(world: &World, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = world.command("setpriv");
+    c.args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(program);
+    c
+}
+
+/// Every route the attacker tried was refused by the kernel, and so was the front door.
+fn assert_all_denied(what: &str, out: &Outcome) {
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    println!("{what}: {}", lines.join(", "));
+    assert!(
+        lines.len() >= 12,
+        "{what}: the attacker did not finish: {out:#?}"
+    );
+    for line in &lines {
+        let ok = line.starts_with("connect denied")
+            || ["EPERM", "EACCES", "ENOENT"]
+                .iter()
+                .any(|e| line.ends_with(&format!(" denied {e}")));
+        assert!(ok, "{what}: {line}\n{out:#?}");
+    }
+}
+
+/// Issue 11.1: the guest's root (same kernel uid as usernet) can neither inspect nor drive
+/// the host-side process, whether usernet runs COMMAND or attaches to a namespace, with or
+/// without the sandbox and seccomp filter, as an unprivileged user; and the host's loopback
+/// server, which the guest would reach through a hijacked usernet, sees nothing.
+pub fn guest_cannot_inspect_or_drive_the_host_side_process() {
+    let world = World::with_many_ids();
+    let mut watcher = world.server(&["watch-any", "7210"]);
+    let tmp = TempDir::new();
+    let own = dir_of_user_1000(&tmp);
+    let tool = self_exe();
+    let hardening: [&[&str]; 3] = [
+        &[],
+        &["--sandbox=false", "--seccomp=false"],
+        &["--sandbox=true", "--seccomp=true"],
+    ];
+    for (n, flags) in hardening.iter().enumerate() {
+        // usernet run: the tool is COMMAND; its grandparent is the host-side process.
+        let state = own.join(format!("run{n}"));
+        let out = run(
+            as_user_1000(&world, crate::world::usernet_bin())
+                .args(["run", "--disable-host-loopback", "--state-dir"])
+                .arg(&state)
+                .args(*flags)
+                .arg("--")
+                .arg(&tool)
+                .args([
+                    "__tool",
+                    "attack-host-side",
+                    "grandparent",
+                    "2",
+                    "10.0.2.2:7210",
+                ]),
+            LIMIT,
+        );
+        out.assert_ok();
+        assert_all_denied(&format!("run {flags:?}"), &out);
+
+        // usernet attach: a namespace the user made; the guest learns usernet's pid from a
+        // file and attacks from the moment usernet starts until well after it is set up.
+        let pid_file = own.join(format!("attach{n}.pid"));
+        let guest = as_user_1000(&world, "unshare")
+            .args(["--user", "--map-root-user", "--net", "--"])
+            .arg(&tool)
+            .args(["__tool", "attack-host-side"])
+            .arg(format!("file:{}", pid_file.display()))
+            .args(["4", "10.0.2.2:7210"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let guest_pid = guest.id();
+        let exe = std::fs::canonicalize(&tool).unwrap();
+        let start = Instant::now();
+        while std::fs::read_link(format!("/proc/{guest_pid}/exe")).ok() != Some(exe.clone()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the guest did not start"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut usernet = Server::from_child(
+            as_user_1000(&world, crate::world::usernet_bin())
+                .args(["attach", "-c", "--disable-host-loopback"])
+                .args(*flags)
+                .arg(guest_pid.to_string())
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let temp = pid_file.with_extension("tmp");
+        std::fs::write(&temp, usernet.pid().to_string()).unwrap();
+        std::os::unix::fs::chown(&temp, Some(1000), Some(1000)).unwrap();
+        std::fs::rename(&temp, &pid_file).unwrap();
+        let out = crate::world::wait_output(guest, LIMIT);
+        assert_all_denied(&format!("attach {flags:?}"), &out);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(usernet.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        usernet.wait_exit(LIMIT);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = watcher.lines_so_far();
+    assert!(seen.is_empty(), "the host's loopback was reached: {seen:?}");
+}

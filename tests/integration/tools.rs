@@ -44,6 +44,9 @@ pub fn main(args: &[String]) -> i32 {
         ["tcp-echo", listen] => tcp_echo(listen),
         ["watch-any", port] => watch_any(parse(port) as u16),
         ["raw-probe", ifname, port, dsts @ ..] => raw_probe(ifname, parse(port) as u16, dsts),
+        ["attack-host-side", target, seconds, rest @ ..] => {
+            crate::attacker::attack_host_side(target, parse(seconds), rest.first().copied())
+        }
         ["unix-request", path, request] => unix_request(path, request),
         ["tcp-hold", addr, n] => tcp_hold(addr, parse(n) as usize),
         ["tcp-pending", echo, blackhole, n] => tcp_pending(echo, blackhole, parse(n) as usize),

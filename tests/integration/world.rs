@@ -296,12 +296,18 @@ impl Outcome {
 
 /// Run `cmd` to completion, capturing output; kill it and fail after `limit`.
 pub fn run(cmd: &mut Command, limit: Duration) -> Outcome {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    wait_output(child, limit)
+}
+
+/// Wait for a child spawned with its output piped, capturing the output; kill it and fail
+/// after `limit`.
+pub fn wait_output(mut child: Child, limit: Duration) -> Outcome {
     let out = reader(child.stdout.take().unwrap());
     let err = reader(child.stderr.take().unwrap());
     let status = wait_with_limit(&mut child, limit);
