@@ -43,6 +43,8 @@ pub enum Command {
     Ports(PortsArgs),
     /// Show what a running usernet reports about itself.
     Info(InfoArgs),
+    /// List your running usernets: their pid, child_pid and state dir.
+    Ps,
 }
 
 #[derive(Debug, Args)]
@@ -61,8 +63,11 @@ pub enum PortsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Publish ports: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO]; prints their ids.
+    /// Publish ports; prints their ids.
     Add {
+        /// A port to publish: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO], e.g. 8080:80,
+        /// 127.0.0.1:5353:53/udp or [::1]:8080:80. PROTO: tcp (default), tcp4, tcp6, udp,
+        /// udp4, udp6. Without HOSTIP the port listens on every interface of the host.
         #[arg(required = true, value_name = "SPEC")]
         specs: Vec<String>,
     },
@@ -86,9 +91,99 @@ pub struct InfoArgs {
 #[derive(Debug, Args)]
 pub struct Target {
     /// State directory of the running usernet (default: $USERNET_STATE_DIR, set for the
-    /// command usernet runs).
+    /// command usernet runs; else your only running usernet, see 'usernet ps').
     #[arg(long, value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+}
+
+/// A command line usernet cannot act on.
+#[derive(Debug)]
+pub enum BadCommandLine {
+    /// What clap found: help or version asked for, or a usage error ([`usage_line`]).
+    Clap(clap::Error),
+    /// Flags that parse but do not go together: the line to print.
+    Invalid(String),
+}
+
+/// Parse and check usernet's own command line (not the slirp4netns personality's).
+pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Cli, BadCommandLine> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command()
+        .try_get_matches_from(argv)
+        .map_err(BadCommandLine::Clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(BadCommandLine::Clap)?;
+    let checked = match (&cli.command, matches.subcommand()) {
+        (Command::Run(a), Some((name, sub))) => {
+            let given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+            a.check(&given).map_err(|e| (name, e))
+        }
+        (Command::Attach(a), Some((name, _))) => a.stack.check().map_err(|e| (name, e)),
+        _ => Ok(()),
+    };
+    checked.map_err(|(name, line)| {
+        BadCommandLine::Invalid(format!("{line} (see 'usernet {name} --help')"))
+    })?;
+    Ok(cli)
+}
+
+/// How `usernet run` is written, for messages.
+const RUN_USAGE: &str = "usernet run [FLAGS] -- COMMAND [ARGS...]";
+
+/// clap's usage error as one line: what is wrong, naming the flag or argument, and where
+/// help is. An unknown flag of `run` also says where COMMAND goes, since a flag usernet does
+/// not know (rootlesskit's `--slirp4netns-binary`, a typo) must not become the command.
+pub fn usage_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ErrorKind};
+    let context = |kind| e.get(kind).map(|v| v.to_string());
+    let usage = context(ContextKind::Usage)
+        .map(|u| u.trim().trim_start_matches("Usage:").trim().to_string())
+        .unwrap_or_default();
+    // "usernet run --mtu <MTU> <COMMAND>..." names the subcommand before its arguments.
+    let mut command: Vec<&str> = usage
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['-', '<', '[']))
+        .collect();
+    if command.is_empty() {
+        command.push("usernet");
+    }
+    let command = command.join(" ");
+    let is_run = command == "usernet run";
+    let line = match e.kind() {
+        ErrorKind::UnknownArgument => {
+            let arg = context(ContextKind::InvalidArg).unwrap_or_default();
+            if arg.starts_with('-') {
+                let mut line = format!("unknown flag {arg}");
+                if let Some(similar) = context(ContextKind::SuggestedArg) {
+                    line += &format!(" (did you mean {similar}?)");
+                }
+                if is_run {
+                    line +=
+                        &format!("; flags go before COMMAND, and COMMAND after '--': {RUN_USAGE}");
+                }
+                line
+            } else {
+                format!("unexpected argument '{arg}'")
+            }
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let names = context(ContextKind::InvalidArg)
+                .unwrap_or_default()
+                .replace(['<', '>'], "")
+                .replace("...", "");
+            let usage = if is_run { RUN_USAGE.to_string() } else { usage };
+            format!("missing {names}; usage: {usage}")
+        }
+        _ => e
+            .render()
+            .to_string()
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("invalid command line")
+            .trim_start_matches("error: ")
+            .to_string(),
+    };
+    format!("{line} (see '{command} --help')")
 }
 
 /// How published ports are served.
@@ -144,6 +239,10 @@ pub enum NetMode {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+The state dir holds lock, child_pid (for nsenter -t), api.sock (rootlesskit's REST API), \
+resolv.conf, and the port driver's .bp.sock and .bp-ready.pipe. 'usernet ps' lists the \
+running usernets and their state dirs; --debug prints it too.")]
 pub struct RunArgs {
     /// Network mode.
     #[arg(long, value_enum, default_value_t = NetMode::Builtin)]
@@ -157,16 +256,19 @@ pub struct RunArgs {
     pub stack: StackArgs,
 
     /// Publish a port: [HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO] (PROTO: tcp, tcp4, tcp6,
-    /// udp, udp4, udp6; default tcp). Repeatable.
+    /// udp, udp4, udp6; default tcp). Without HOSTIP (-p 8080:80) the port listens on every
+    /// interface of the host; -p 127.0.0.1:8080:80 keeps it local. Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = PortSpec::parse)]
     pub publish: Vec<PortSpec>,
 
-    /// How published ports are served (not available with --net=host).
+    /// How published ports are served (builtin needs a network namespace: not with --net
+    /// host). none: -p is refused.
     #[arg(long, value_enum, default_value_t = PortDriver::Builtin)]
     pub port_driver: PortDriver,
 
-    /// State directory (child_pid, lock). Default: a fresh directory under $XDG_RUNTIME_DIR
-    /// or /tmp, removed at exit.
+    /// State directory (see below). Default: a fresh directory under $XDG_RUNTIME_DIR or
+    /// /tmp. DIR and missing parents are created; an existing DIR must be empty or a stale
+    /// usernet state dir, and only you may write to it. usernet removes what it created.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
@@ -197,19 +299,14 @@ pub struct RunArgs {
     pub harden: HardenArgs,
 
     /// The command to run, and its arguments.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
 
 /// The virtual network and the stack's behaviour: shared by `run` and `attach`.
 #[derive(Debug, Args)]
 pub struct StackArgs {
-    /// MTU of the tap device.
+    /// MTU of the tap device: 576 to 65520 (1280 or more with --ipv6).
     #[arg(long, default_value_t = DEFAULT_MTU, value_parser = parse_mtu)]
     pub mtu: u32,
 
@@ -218,7 +315,8 @@ pub struct StackArgs {
     #[arg(long)]
     pub disable_host_loopback: bool,
 
-    /// The virtual network: the gateway is host .2, the DNS forwarder .3, the command .100.
+    /// The virtual network, a /25 or larger (the command is host .100), outside 0.0.0.0/8,
+    /// 127.0.0.0/8, multicast and 240.0.0.0/4: the gateway is host .2, the DNS forwarder .3.
     #[arg(long, default_value = "10.0.2.0/24", value_parser = parse_cidr)]
     pub cidr: VirtualNetwork,
 
@@ -274,10 +372,73 @@ pub struct StackArgs {
     pub max_udp_flows: usize,
 }
 
+/// Flags (by argument id) that only shape the builtin network: nothing uses them with
+/// `--net none` or `--net host`.
+const BUILTIN_NETWORK_FLAGS: [&str; 15] = [
+    "mtu",
+    "ifname",
+    "cidr",
+    "macaddress",
+    "disable_host_loopback",
+    "outbound_addr",
+    "ipv6",
+    "cidr6",
+    "outbound_addr6",
+    "udp_timeout",
+    "dns_upstream",
+    "disable_dns",
+    "max_tcp_flows",
+    "max_pending_connects",
+    "max_udp_flows",
+];
+
+/// The flag an argument id is given as.
+fn flag_name(id: &str) -> String {
+    match id {
+        "publish" => "-p".into(),
+        _ => format!("--{}", id.replace('_', "-")),
+    }
+}
+
 impl RunArgs {
-    /// Flags that each parse but do not go together.
-    pub fn check(&self) -> Result<(), String> {
+    /// Flags that each parse but do not go together. `given(id)` says whether the flag with
+    /// that argument id was on the command line (rather than defaulted).
+    pub fn check(&self, given: &dyn Fn(&str) -> bool) -> Result<(), String> {
         self.stack.check()?;
+        let mut idle: Vec<String> = match self.net {
+            NetMode::Builtin => Vec::new(),
+            NetMode::None | NetMode::Host => BUILTIN_NETWORK_FLAGS
+                .iter()
+                .filter(|id| given(id))
+                .map(|id| flag_name(id))
+                .collect(),
+        };
+        if self.net == NetMode::Host {
+            if !self.publish.is_empty() {
+                idle.push(flag_name("publish"));
+            }
+            if given("port_driver") && self.port_driver == PortDriver::Builtin {
+                idle.push("--port-driver builtin".into());
+            }
+        }
+        if !idle.is_empty() {
+            let (net, why) = match self.net {
+                NetMode::Host => ("host", "COMMAND uses the host's network as it is"),
+                _ => ("none", "the namespace has only lo, no tap device or stack"),
+            };
+            return Err(format!(
+                "{} {} nothing with --net {net} ({why}); drop {}",
+                idle.join(", "),
+                if idle.len() == 1 { "does" } else { "do" },
+                if idle.len() == 1 { "it" } else { "them" },
+            ));
+        }
+        if !self.publish.is_empty() && self.port_driver == PortDriver::None {
+            return Err(
+                "cannot publish ports (-p) with --port-driver none: the port driver is off; drop one of them"
+                    .into(),
+            );
+        }
         if !self.copy_up.is_empty()
             && matches!(self.propagation, Propagation::Shared | Propagation::Rshared)
         {
@@ -294,6 +455,12 @@ impl RunArgs {
 impl StackArgs {
     /// Flags that each parse but do not go together.
     pub fn check(&self) -> Result<(), String> {
+        if self.disable_dns && !self.dns_upstream.is_empty() {
+            return Err(
+                "--dns-upstream needs the DNS forwarder, which --disable-dns turns off; drop one of them"
+                    .into(),
+            );
+        }
         if (self.ipv6 || self.cidr6.is_some()) && self.mtu < crate::net::IPV6_MIN_MTU {
             return Err(format!(
                 "--ipv6 needs --mtu {} or more (the smallest link IPv6 works on), not {}",
@@ -430,8 +597,21 @@ fn parse_cidr6(s: &str) -> Result<Ipv6Network, String> {
     Ipv6Network::parse(s).map_err(|e| e.to_string())
 }
 
+/// A `--cidr`: a network that can hold ours, outside the address blocks that cannot be a
+/// link's (this network, loopback, multicast, reserved).
 fn parse_cidr(s: &str) -> Result<VirtualNetwork, String> {
-    VirtualNetwork::parse(s).map_err(|e| e.to_string())
+    let net = VirtualNetwork::parse(s).map_err(|e| e.to_string())?;
+    if net.prefix == 0 {
+        return Err(format!(
+            "{s} is every address, which cannot be one network; use a private one such as 10.0.2.0/24"
+        ));
+    }
+    match net.special_overlap() {
+        Some((block, what)) => Err(format!(
+            "{s} overlaps {block} ({what}), which cannot be a network's; use a private one such as 10.0.2.0/24"
+        )),
+        None => Ok(net),
+    }
 }
 
 /// A unicast MAC address written as six colon-separated hex bytes.
@@ -618,6 +798,160 @@ mod tests {
         };
         assert_eq!(r.publish.len(), 2);
         assert!(parse(&["run", "-p", "8080", "--", "true"]).is_err());
+    }
+
+    /// The one line usernet prints for a command line it refuses.
+    fn refusal(args: &[&str]) -> String {
+        let argv = std::iter::once("usernet")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        match super::parse(argv) {
+            Ok(_) => panic!("accepted {args:?}"),
+            Err(BadCommandLine::Clap(e)) => usage_line(&e),
+            Err(BadCommandLine::Invalid(line)) => line,
+        }
+    }
+
+    fn accepted(args: &[&str]) -> Cli {
+        let argv = std::iter::once("usernet")
+            .chain(args.iter().copied())
+            .map(OsString::from);
+        super::parse(argv).unwrap_or_else(|e| panic!("{args:?}: {e:?}"))
+    }
+
+    #[test]
+    fn unknown_flags_before_command_are_usage_errors_naming_the_flag() {
+        let line = refusal(&["run", "--mtuu", "1500", "--", "true"]);
+        assert!(
+            line.starts_with("unknown flag --mtuu (did you mean --mtu?); flags go before COMMAND")
+                && line.contains("usernet run [FLAGS] -- COMMAND"),
+            "{line}"
+        );
+        // rootlesskit-only flags too.
+        let line = refusal(&["run", "--slirp4netns-binary", "/x", "--", "true"]);
+        assert!(
+            line.starts_with("unknown flag --slirp4netns-binary"),
+            "{line}"
+        );
+        let line = refusal(&["attach", "--bogus", "1"]);
+        assert!(
+            line.starts_with("unknown flag --bogus")
+                && line.ends_with("(see 'usernet attach --help')"),
+            "{line}"
+        );
+        // After "--", or once COMMAND has started, anything is COMMAND's.
+        for (args, command) in [
+            (&["run", "--", "--weird"][..], &["--weird"][..]),
+            (
+                &["run", "sh", "-c", "echo --mtu"],
+                &["sh", "-c", "echo --mtu"],
+            ),
+        ] {
+            let Command::Run(r) = accepted(args).command else {
+                panic!("not run")
+            };
+            assert_eq!(
+                r.command,
+                command.iter().map(OsString::from).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn missing_arguments_are_named() {
+        let line = refusal(&["run"]);
+        assert!(
+            line.starts_with("missing COMMAND; usage: usernet run [FLAGS] -- COMMAND [ARGS...]"),
+            "{line}"
+        );
+        let line = refusal(&["ports", "add"]);
+        assert!(
+            line.starts_with("missing SPEC; usage: usernet ports add"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn meaningless_combinations_are_refused_saying_which_flags() {
+        for (args, want) in [
+            (
+                &[
+                    "run",
+                    "--net",
+                    "none",
+                    "--mtu",
+                    "1500",
+                    "--cidr",
+                    "10.0.3.0/24",
+                ][..],
+                "--mtu, --cidr do nothing with --net none",
+            ),
+            (
+                &["run", "--net", "host", "--disable-host-loopback"],
+                "--disable-host-loopback does nothing with --net host",
+            ),
+            (
+                &["run", "--net", "host", "-p", "8080:80"],
+                "-p does nothing with --net host",
+            ),
+            (
+                &["run", "--net", "host", "--port-driver", "builtin"],
+                "--port-driver builtin does nothing with --net host",
+            ),
+            (
+                &["run", "--port-driver", "none", "-p", "8080:80"],
+                "--port-driver none: the port driver is off",
+            ),
+            (
+                &["run", "--disable-dns", "--dns-upstream", "127.0.0.1"],
+                "--dns-upstream needs the DNS forwarder, which --disable-dns turns off",
+            ),
+            (&["run", "--cidr", "127.0.0.0/24"], "127.0.0.0/8 (loopback)"),
+            (&["run", "--cidr", "0.0.0.0/8"], "0.0.0.0/8 (this network)"),
+            (
+                &["run", "--cidr", "239.1.0.0/16"],
+                "224.0.0.0/4 (multicast)",
+            ),
+            (&["run", "--cidr", "0.0.0.0/0"], "every address"),
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["--", "true"]);
+            let line = refusal(&all);
+            assert!(line.contains(want), "{args:?}: {line}");
+        }
+        let line = refusal(&[
+            "attach",
+            "--disable-dns",
+            "--dns-upstream",
+            "127.0.0.1",
+            "1",
+        ]);
+        assert!(line.contains("--disable-dns"), "{line}");
+        // What does make sense stays accepted.
+        for args in [
+            &["run", "--net", "none", "-p", "8080:80", "--", "true"][..],
+            &[
+                "run",
+                "--net",
+                "host",
+                "--port-driver",
+                "none",
+                "--pidns",
+                "--",
+                "true",
+            ],
+            &[
+                "run",
+                "--cidr",
+                "192.168.0.0/16",
+                "--dns-upstream",
+                "127.0.0.1",
+                "--",
+                "true",
+            ],
+        ] {
+            accepted(args);
+        }
     }
 
     #[test]

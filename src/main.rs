@@ -4,11 +4,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
 
 use usernet::api::client;
-use usernet::cli::{Cli, Command, PortsCommand};
+use usernet::cli::{BadCommandLine, Command, PortsCommand};
 use usernet::launcher::{self, Failure};
 
 fn main() -> ExitCode {
@@ -25,19 +24,14 @@ fn main() -> ExitCode {
     {
         return usernet::slirp4netns::main(argv);
     }
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match usernet::cli::parse(argv) {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(BadCommandLine::Clap(e)) => return usage_error(e),
+        Err(BadCommandLine::Invalid(line)) => {
+            eprintln!("usernet: {line}");
+            return ExitCode::from(2);
+        }
     };
-    let checked = match &cli.command {
-        Command::Run(a) => Some(a.check()),
-        Command::Attach(a) => Some(a.stack.check()),
-        _ => None,
-    };
-    if let Some(Err(line)) = checked {
-        eprintln!("usernet: {line} (see 'usernet --help')");
-        return ExitCode::from(2);
-    }
     init_logging(cli.debug);
     let result =
         match cli.command {
@@ -53,6 +47,7 @@ fn main() -> ExitCode {
             Command::Info(args) => print(
                 client::state_dir(args.target.state_dir).and_then(|d| client::info(&d, args.json)),
             ),
+            Command::Ps => print(client::ps()),
         };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -132,13 +127,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
             }
         }
         _ => {
-            let rendered = e.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line")
-                .trim_start_matches("error: ");
-            eprintln!("usernet: {line} (see 'usernet --help')");
+            eprintln!("usernet: {}", usernet::cli::usage_line(&e));
             ExitCode::from(2)
         }
     }

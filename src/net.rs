@@ -152,6 +152,22 @@ impl VirtualNetwork {
         u32::from(addr) & prefix_mask(self.prefix) == u32::from(self.network)
     }
 
+    /// The first address block this network overlaps that no link can use, as the block and
+    /// what it is: 0.0.0.0/8 ("this network"), 127.0.0.0/8 (loopback), 224.0.0.0/4
+    /// (multicast), 240.0.0.0/4 (reserved, and the broadcast address). A /0 overlaps them all.
+    pub fn special_overlap(&self) -> Option<(&'static str, &'static str)> {
+        const BLOCKS: [(Ipv4Addr, u8, &str, &str); 4] = [
+            (Ipv4Addr::new(0, 0, 0, 0), 8, "0.0.0.0/8", "this network"),
+            (Ipv4Addr::new(127, 0, 0, 0), 8, "127.0.0.0/8", "loopback"),
+            (Ipv4Addr::new(224, 0, 0, 0), 4, "224.0.0.0/4", "multicast"),
+            (Ipv4Addr::new(240, 0, 0, 0), 4, "240.0.0.0/4", "reserved"),
+        ];
+        BLOCKS.iter().find_map(|&(base, len, name, what)| {
+            let mask = prefix_mask(self.prefix.min(len));
+            (u32::from(base) & mask == u32::from(self.network) & mask).then_some((name, what))
+        })
+    }
+
     /// Whether `addr` is one of the addresses usernet itself answers for (ARP, ping).
     pub fn is_ours(&self, addr: Ipv4Addr) -> bool {
         addr == self.gateway || addr == self.dns
@@ -288,6 +304,19 @@ fn prefix_mask(prefix: u8) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_overlapping_special_blocks_are_named() {
+        let overlap = |s: &str| VirtualNetwork::parse(s).unwrap().special_overlap();
+        assert_eq!(overlap("10.0.2.0/24"), None);
+        assert_eq!(overlap("192.168.0.0/16"), None);
+        assert_eq!(overlap("127.0.0.0/24").map(|o| o.1), Some("loopback"));
+        assert_eq!(overlap("0.0.0.0/24").map(|o| o.1), Some("this network"));
+        assert_eq!(overlap("224.1.0.0/24").map(|o| o.1), Some("multicast"));
+        assert_eq!(overlap("255.255.255.0/25").map(|o| o.1), Some("reserved"));
+        assert_eq!(overlap("96.0.0.0/3").map(|o| o.1), Some("loopback"));
+        assert!(overlap("0.0.0.0/0").is_some());
+    }
 
     #[test]
     fn default_network_matches_slirp() {

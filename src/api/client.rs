@@ -1,7 +1,10 @@
-//! `usernet ports list|add|remove` and `usernet info`: a client of a running usernet's (or
-//! rootlesskit's) REST API, printing what `rootlessctl` prints.
+//! `usernet ports list|add|remove`, `usernet info` and `usernet ps`: a client of a running
+//! usernet's (or rootlesskit's) REST API, printing what `rootlessctl` prints.
+//!
+//! A server is believed only if it runs as us (`SO_PEERCRED`): where another user could
+//! replace `api.sock`, its answers would otherwise be theirs. Root may ask anyone's.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,11 +16,53 @@ use super::Info;
 use crate::portdriver::spec::{PortSpec, PortStatus};
 
 /// The state dir to talk to: the flag, else $USERNET_STATE_DIR, else $ROOTLESSKIT_STATE_DIR
-/// (both are set for the command usernet runs).
+/// (both are set for the command usernet runs), else the only usernet of ours running.
 pub fn state_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
-    flag.or_else(|| std::env::var_os("USERNET_STATE_DIR").map(PathBuf::from))
+    if let Some(dir) = flag
+        .or_else(|| std::env::var_os("USERNET_STATE_DIR").map(PathBuf::from))
         .or_else(|| std::env::var_os("ROOTLESSKIT_STATE_DIR").map(PathBuf::from))
-        .ok_or_else(|| anyhow!("pass --state-dir, or set $USERNET_STATE_DIR"))
+    {
+        return Ok(dir);
+    }
+    let mut running = crate::launcher::running();
+    match running.len() {
+        1 => Ok(running.remove(0).state_dir),
+        0 => bail!("no usernet of yours is running (that 'usernet ps' can find); pass --state-dir"),
+        n => {
+            bail!("{n} usernets of yours are running; pick one with --state-dir (see 'usernet ps')")
+        }
+    }
+}
+
+/// `usernet ps`: the running usernets of this user.
+pub fn ps() -> Result<String> {
+    let mut out = String::from("PID       CHILD_PID STATE_DIR\n");
+    for r in crate::launcher::running() {
+        let child = r
+            .child_pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        out += &format!("{:<9} {child:<9} {}\n", r.pid, r.state_dir.display());
+    }
+    Ok(out)
+}
+
+/// Refuse a server that does not run as us (unless we are root): whoever runs it decides
+/// what we print.
+fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let cred = getsockopt(stream, PeerCredentials)
+        .with_context(|| format!("cannot tell who serves {}", socket.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if cred.uid() == euid || euid == 0 {
+        return Ok(());
+    }
+    bail!(
+        "refusing {}: it is served by uid {} (pid {}), not by you (uid {euid}); another user may have replaced it",
+        socket.display(),
+        cred.uid(),
+        cred.pid()
+    )
 }
 
 /// One request over `STATE_DIR/api.sock`; the status and body of the answer.
@@ -29,18 +74,25 @@ fn call(state_dir: &Path, method: &str, path: &str, body: Option<&[u8]>) -> Resu
             socket.display()
         )
     })?;
+    check_server(&stream, &socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: usernet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .context("reading the API's answer")?;
+    // A server that refuses us at once (503: too many clients) answers and closes without
+    // reading: our write may then fail, and the read end with a reset, after its answer.
+    let sent = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let answer = read_answer(&mut stream);
+    let answer = match (answer, sent) {
+        (Ok(a), _) if !a.is_empty() => a,
+        (_, Err(e)) => return Err(anyhow!(e).context("sending the request to the API")),
+        (Err(e), Ok(())) => return Err(anyhow!(e).context("reading the API's answer")),
+        (Ok(a), Ok(())) => a,
+    };
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(&answer) {
@@ -49,6 +101,33 @@ fn call(state_dir: &Path, method: &str, path: &str, body: Option<&[u8]>) -> Resu
     };
     Ok((response.code.unwrap_or(0), answer[head_len..].to_vec()))
 }
+
+/// Everything the server sends until it closes; a reset after some data ends it too (the
+/// server closed without reading all we sent).
+fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(answer),
+            Ok(n) => {
+                // The API's answers are small; a server that streams forever is cut off.
+                if answer.len() + n > MAX_ANSWER {
+                    return Err(std::io::Error::other("the API's answer is too long"));
+                }
+                answer.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && !answer.is_empty() => {
+                return Ok(answer);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The longest answer the client reads.
+const MAX_ANSWER: usize = 16 << 20;
 
 /// The message of an error answer, as rootlessctl shows it.
 fn failure(status: u16, body: &[u8]) -> anyhow::Error {

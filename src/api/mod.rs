@@ -125,14 +125,14 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Listen on `path` (replacing a stale socket), private to the user.
+    /// Listen on `path` (which must not exist: the state dir removed a stale one), private
+    /// to the user.
     pub fn bind(
         path: &Path,
         info: Info,
         limits: Limits,
         registry: &Registry,
     ) -> io::Result<ApiServer> {
-        let _ = std::fs::remove_file(path);
         let mut listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;

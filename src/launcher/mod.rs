@@ -28,7 +28,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,9 +49,10 @@ use channel::{Channel, Msg};
 use child::ChildConfig;
 use reaper::Reaper;
 use signals::Signals;
-use statedir::StateDir;
+use statedir::{Entry, Kind, StateDir};
 
 pub use idmap::Mapping;
+pub use statedir::{Running, running};
 
 /// An error that carries the exit code usernet should end with.
 #[derive(Debug)]
@@ -126,16 +126,14 @@ const SIGNALS_TOKEN: Token = Token(1);
 /// Run COMMAND as configured; returns the exit code usernet should end with.
 pub fn run(mut cfg: RunConfig) -> Result<i32> {
     if !cfg.publish.is_empty() && !cfg.port_driver {
-        let why = if cfg.net_mode == NetMode::Host {
-            "--net=host"
-        } else {
-            "--port-driver=none"
-        };
-        return Err(anyhow!(
-            "cannot publish ports with {why}: there is no network namespace to forward into"
-        ));
+        // The command line's check says which flag is in the way; this only guards the API.
+        return Err(anyhow!("cannot publish ports: the port driver is off"));
     }
-    let state = StateDir::create(cfg.state_dir.as_deref())?;
+    let with_resolv_conf = cfg.net_mode == NetMode::Builtin && !cfg.stack.policy.disable_dns;
+    let state = StateDir::create(
+        cfg.state_dir.as_deref(),
+        &state_entries(&cfg, with_resolv_conf),
+    )?;
     // The port driver's socket inside, and rootlesskit's readiness FIFO. Our end of the FIFO is
     // open before the child starts, so its open for writing never waits.
     for dir in &cfg.copy_up {
@@ -144,7 +142,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     let bp_sock = state.path().join(".bp.sock");
     let bp_ready = state.path().join(".bp-ready.pipe");
     let ready_fifo = if cfg.port_driver {
-        Some(open_ready_fifo(&bp_ready)?)
+        Some(state.make_fifo(".bp-ready.pipe")?)
     } else {
         None
     };
@@ -152,7 +150,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     // The namespace's resolver is our forwarder, with the host's search domains and options.
     let host_resolv = ResolvConf::read(Path::new(HOST_RESOLV_CONF));
     cfg.stack.search_domains = host_resolv.search.clone();
-    let resolv_conf = if cfg.net_mode == NetMode::Builtin && !cfg.stack.policy.disable_dns {
+    let resolv_conf = if with_resolv_conf {
         let text = host_resolv.for_guest(&dns_addresses(&net));
         state.write_file("resolv.conf", text.as_bytes(), 0o644)?;
         Some(state.path().join("resolv.conf"))
@@ -362,16 +360,28 @@ fn wait_child(signals: &mut Signals, guard: &mut ChildGuard) -> Result<i32> {
     }
 }
 
-/// Create rootlesskit's readiness FIFO and open our reading end.
-fn open_ready_fifo(path: &Path) -> Result<std::fs::File> {
-    let _ = std::fs::remove_file(path);
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))
+/// What this run creates in its state dir (besides `lock`), so that exactly that is removed
+/// at the end, by the parent or, should it be killed, by the child.
+fn state_entries(cfg: &RunConfig, with_resolv_conf: bool) -> Vec<Entry> {
+    let mut entries = vec![
+        Entry::new("child_pid", Kind::File),
+        Entry::new("api.sock", Kind::Socket),
+    ];
+    if with_resolv_conf {
+        entries.push(Entry::new("resolv.conf", Kind::File));
+    }
+    if cfg.port_driver {
+        entries.push(Entry::new(".bp-ready.pipe", Kind::Fifo));
+        entries.push(Entry::new(".bp.sock", Kind::Socket));
+    }
+    // Mount points the child makes and removes itself; declared in case it cannot.
+    for n in 0..cfg.copy_up.len() {
+        entries.push(Entry::new(format!(".copy-up-{n}"), Kind::Dir));
+    }
+    if cfg.net_mode != NetMode::Host {
+        entries.push(Entry::new(".cgroup-park", Kind::Dir));
+    }
+    entries
 }
 
 /// The environment COMMAND gets on top of ours: where to find the state dir (rootlesskit's

@@ -71,9 +71,9 @@ struct Transparency {
 }
 
 impl ChildServer {
-    /// Listen on `path` (replacing a stale socket), private to the user.
+    /// Listen on `path` (which must not exist: the state dir removed a stale one), private
+    /// to the user.
     pub fn bind(path: &Path) -> io::Result<ChildServer> {
-        let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;

@@ -86,6 +86,9 @@ impl PortSpec {
         let parts = split_colons(addresses).ok_or_else(|| bad("unbalanced brackets"))?;
         let (parent_ip, parent_port, child_ip, child_port) = match parts.as_slice() {
             [hp, cp] => ("", *hp, "", *cp),
+            // HOSTIP:HOSTPORT:CHILDPORT, or HOSTPORT:CHILDIP:CHILDPORT when the middle part
+            // is not a number and the first is.
+            [hp, cip, cp] if is_number(hp) && !is_number(cip) => ("", *hp, *cip, *cp),
             [ip, hp, cp] => (*ip, *hp, "", *cp),
             [ip, hp, cip, cp] => (*ip, *hp, *cip, *cp),
             _ => {
@@ -170,12 +173,19 @@ impl std::fmt::Display for PortSpec {
                 s.to_string()
             }
         };
-        write!(f, "{}:{}:", ip(&self.parent_ip), self.parent_port)?;
+        if !self.parent_ip.is_empty() {
+            write!(f, "{}:", ip(&self.parent_ip))?;
+        }
+        write!(f, "{}:", self.parent_port)?;
         if !self.child_ip.is_empty() {
             write!(f, "{}:", ip(&self.child_ip))?;
         }
         write!(f, "{}/{}", self.child_port, self.proto)
     }
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn unbracket(s: &str) -> &str {
@@ -246,6 +256,24 @@ mod tests {
             PortSpec::parse("0.0.0.0:8080:[::1]:80/tcp4").unwrap(),
             spec("tcp4", "0.0.0.0", 8080, "::1", 80)
         );
+        assert_eq!(
+            PortSpec::parse("8080:10.0.2.100:80").unwrap(),
+            spec("tcp", "", 8080, "10.0.2.100", 80)
+        );
+    }
+
+    #[test]
+    fn a_spec_without_host_address_prints_without_a_stray_colon() {
+        assert_eq!(
+            PortSpec::parse(":18090:81").unwrap().to_string(),
+            "18090:81/tcp"
+        );
+        assert_eq!(
+            PortSpec::parse("127.0.0.1:18090:81/udp")
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:18090:81/udp"
+        );
     }
 
     #[test]
@@ -260,6 +288,7 @@ mod tests {
             ("localhost:8080:80", "invalid ParentIP"),
             ("[::1:8080:80", "brackets"),
             ("[::1]:8080:80/tcp4", "family"),
+            ("18090:999.0.0.1:80", "invalid ChildIP"),
         ] {
             let e = PortSpec::parse(s).unwrap_err();
             assert!(e.contains(want), "{s}: {e}");

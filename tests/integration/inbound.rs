@@ -1,9 +1,10 @@
 //! Inbound: published ports through the builtin port driver, the client's real address
 //! inside, rootlesskit's REST API with the real `rootlessctl`, and our own client.
 
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::world::{TempDir, World, run};
+use crate::world::{Server, TempDir, World, run};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const MIB: u64 = 1 << 20;
@@ -209,6 +210,11 @@ pub fn publish_errors_are_one_line_and_leave_nothing() {
             vec!["-p", "18021:80", "-p", "18021:81"],
             "conflict with ID 1",
         ),
+        // Without a host address the spec prints as it was written (no stray colon).
+        (
+            vec!["-p", ":18020:80"],
+            "cannot publish port 18020:80/tcp: ",
+        ),
     ] {
         let tmp = TempDir::new();
         let state = tmp.join("state");
@@ -224,19 +230,120 @@ pub fn publish_errors_are_one_line_and_leave_nothing() {
         );
         assert!(!state.exists(), "state dir left behind");
     }
-    let out = run(
-        &mut world.usernet(&["run", "--net", "host", "-p", "8080:80", "--", "true"]),
+    // Refused as a bad command line, before anything is set up (issue 11 item 7).
+    for (flags, needle) in [
+        (&["--net", "host"][..], "-p does nothing with --net host"),
+        (
+            &["--port-driver", "none"],
+            "--port-driver none: the port driver is off",
+        ),
+    ] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend(["-p", "8080:80", "--", "true"]);
+        let out = run(&mut world.usernet(&args), LIMIT);
+        assert_eq!(out.code(), Some(2), "{out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+        assert!(out.stderr.contains(needle), "{out:#?}");
+    }
+}
+
+/// Issue 11 item 7: `usernet ps` lists this user's running usernets with their state dirs
+/// (default or given), and `usernet info` without --state-dir talks to the only one.
+pub fn ps_lists_running_usernets_and_info_finds_the_only_one() {
+    let world = World::new();
+    // A /tmp of this world's own: only this test's usernets are there to be found.
+    run(
+        world
+            .command("mount")
+            .args(["-t", "tmpfs", "tmpfs", "/tmp"]),
         LIMIT,
-    );
+    )
+    .assert_ok();
+    let usernet = |args: &[&str]| {
+        let mut c = world.usernet(args);
+        for var in [
+            "XDG_RUNTIME_DIR",
+            "USERNET_STATE_DIR",
+            "ROOTLESSKIT_STATE_DIR",
+        ] {
+            c.env_remove(var);
+        }
+        c
+    };
+    let out = run(&mut usernet(&["ps"]), LIMIT);
+    out.assert_ok();
+    assert_eq!(out.stdout, "PID       CHILD_PID STATE_DIR\n");
+    let out = run(&mut usernet(&["info"]), LIMIT);
     assert_eq!(out.code(), Some(1), "{out:#?}");
-    assert!(out.stderr.contains("--net=host"), "{out:#?}");
+    assert!(
+        out.stderr.contains("no usernet of yours is running"),
+        "{out:#?}"
+    );
+
+    let script = "echo \"$USERNET_STATE_DIR\"; sleep 60";
+    let mut first = Server::from_child(
+        usernet(&["run", "--", "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let default_dir = first.next_line();
+    assert!(default_dir.starts_with("/tmp/usernet-"), "{default_dir}");
+    let explicit = "/tmp/mine/state";
+    let mut second = Server::from_child(
+        usernet(&[
+            "run",
+            "--state-dir",
+            explicit,
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    assert_eq!(second.next_line(), "up");
+    let out = run(&mut usernet(&["ps"]), LIMIT);
+    out.assert_ok();
+    assert_eq!(out.stdout.lines().count(), 3, "{out:#?}");
+    for (dir, pid) in [
+        (default_dir.as_str(), first.pid()),
+        (explicit, second.pid()),
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.ends_with(&format!(" {dir}")))
+            .unwrap_or_else(|| panic!("{dir} not listed: {out:#?}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[0], pid.to_string(), "{line}");
+        assert!(fields[1].parse::<u32>().is_ok(), "child pid: {line}");
+    }
+    let out = run(&mut usernet(&["info"]), LIMIT);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(
+        out.stderr.contains("2 usernets of yours are running"),
+        "{out:#?}"
+    );
+    drop(second);
+    let out = run(&mut usernet(&["info"]), LIMIT);
+    out.assert_ok();
+    assert!(
+        out.stdout
+            .contains(&format!("- State Directory: {default_dir}\n")),
+        "{out:#?}"
+    );
 }
 
 pub fn privileged_port_as_a_user_says_how_to_allow_it() {
     // An unprivileged user (nobody) in a world with many ids; --net none needs no tap.
     let world = World::with_many_ids();
     let tmp = TempDir::new();
-    std::fs::set_permissions(&*tmp, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // Sticky, as /tmp: nobody may create its state dir there, and no one else can take it.
+    std::fs::set_permissions(&*tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let state = tmp.join("state");
     let out = run(
         world

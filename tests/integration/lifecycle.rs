@@ -106,6 +106,28 @@ pub fn bad_flag_values_are_one_line_and_nonzero() {
         let out = run(&mut world.usernet(args), LIMIT);
         assert_one_line_error(&out, 2, "");
     }
+    // A flag usernet does not know is not COMMAND (issue 11 item 7): exit 2, naming it and
+    // where COMMAND goes; after "--" the same word is a command name.
+    for (args, needle) in [
+        (
+            &["run", "--mtuu", "1500", "--", "true"][..],
+            "unknown flag --mtuu",
+        ),
+        (
+            &["run", "--subid-source", "static", "--", "true"],
+            "unknown flag --subid-source",
+        ),
+        (&["run"], "missing COMMAND"),
+        (
+            &["run", "--net", "none", "--mtu", "1500", "--", "true"],
+            "--mtu does nothing with --net none",
+        ),
+    ] {
+        let out = run(&mut world.usernet(args), LIMIT);
+        assert_one_line_error(&out, 2, needle);
+    }
+    let out = run(&mut world.usernet(&["run", "--", "--mtuu"]), LIMIT);
+    assert_one_line_error(&out, 127, "--mtuu: command not found");
 }
 
 /// A failure that is exactly one line on stderr, with this exit code and text.
@@ -617,4 +639,112 @@ fn descendants(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Issue 11 item 4: a directory holding files usernet did not create is refused, with every
+/// file left as it was; parents usernet creates go again, deepest first.
+pub fn state_dir_removes_only_what_usernet_created() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let users = tmp.join("d");
+    std::fs::create_dir(&users).unwrap();
+    std::fs::write(users.join("resolv.conf"), "mine\n").unwrap();
+    let out = run(&mut world.usernet_sh(&users, "true"), LIMIT);
+    assert_one_line_error(&out, 1, "holds resolv.conf, which usernet did not create");
+    assert_eq!(
+        std::fs::read_to_string(users.join("resolv.conf")).unwrap(),
+        "mine\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(&users)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["resolv.conf"], "nothing added, nothing taken");
+    // Even next to a lock, a name usernet never uses is not stale state.
+    std::fs::write(users.join("lock"), "").unwrap();
+    std::fs::write(users.join("notes"), "mine\n").unwrap();
+    std::fs::remove_file(users.join("resolv.conf")).unwrap();
+    let out = run(&mut world.usernet_sh(&users, "true"), LIMIT);
+    assert_one_line_error(&out, 1, "holds notes");
+    assert!(users.join("notes").exists() && users.join("lock").exists());
+
+    // a/b/c: all three are usernet's, and all three go.
+    let nested = tmp.join("a/b/c");
+    let script = format!("ls -A {}", nested.display());
+    let out = run(&mut world.usernet_sh(&nested, &script), LIMIT);
+    out.assert_ok();
+    assert!(out.stdout.lines().any(|l| l == "child_pid"), "{out:#?}");
+    assert!(!tmp.join("a").exists(), "a/b left behind");
+
+    // An empty directory of the user's is used, emptied of what usernet made, and kept;
+    // a file COMMAND leaves in a directory usernet made keeps that directory.
+    let empty = tmp.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    run(&mut world.usernet_sh(&empty, "true"), LIMIT).assert_ok();
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    let made = tmp.join("made");
+    let script = format!("echo kept > {}/mine", made.display());
+    run(&mut world.usernet_sh(&made, &script), LIMIT).assert_ok();
+    let left: Vec<_> = std::fs::read_dir(&made)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["mine"], "only COMMAND's file is left");
+}
+
+/// A state dir whose usernet was killed with everything in it (no one left to clean up) is
+/// taken over by the next usernet, as rootlesskit does.
+pub fn stale_state_dir_of_a_killed_usernet_is_reused() {
+    use std::os::unix::process::CommandExt;
+    let world = World::new();
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
+    let child = world
+        .usernet(&["run", "--state-dir"])
+        .arg(&state)
+        .args([
+            "-p",
+            "18300:80",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 1000",
+        ])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut usernet = crate::world::Server::from_child(child);
+    assert_eq!(usernet.next_line(), "started");
+    // usernet, its process in the namespace and COMMAND, all at once.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(usernet.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    usernet.wait_exit(LIMIT);
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let stale = names(&state);
+    for name in ["lock", "child_pid", "api.sock", ".bp.sock", "resolv.conf"] {
+        assert!(stale.iter().any(|n| n == name), "{name} in {stale:?}");
+    }
+    let script = format!("ls -A {}", state.display());
+    let out = run(
+        world
+            .usernet(&["run", "--state-dir"])
+            .arg(&state)
+            .args(["-p", "18300:80", "--", "sh", "-c", &script]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(out.stdout.lines().any(|l| l == "lock"), "{out:#?}");
+    // What this run made is gone again; the directory, which it did not make, stays.
+    assert_eq!(names(&state), Vec::<String>::new());
 }

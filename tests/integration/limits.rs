@@ -164,6 +164,15 @@ pub fn api_bounds_answer_503_for_connections_and_413_for_requests() {
     assert_eq!(status_of(&mut second, info), "HTTP/1.1 200 OK");
     let mut third = UnixStream::connect(&socket).unwrap();
     assert_eq!(read_status(&mut third), "HTTP/1.1 503 Service Unavailable");
+    // usernet's own client says so too, not "Connection reset by peer" (issue 11 item 7).
+    for _ in 0..5 {
+        let out = crate::world::run(&mut world.usernet(&["info", "--state-dir", dir]), LIMIT);
+        assert_eq!(out.code(), Some(1), "{out:#?}");
+        assert_eq!(
+            out.stderr, "usernet: too many API connections\n",
+            "{out:#?}"
+        );
+    }
     // A body over the bound is refused; one under it is taken.
     let big = format!(
         "POST /v1/ports HTTP/1.1\r\nHost: api\r\nContent-Length: 257\r\n\r\n{}",

@@ -188,6 +188,83 @@ pub fn other_users_cannot_reach_the_state_dir_or_the_api() {
     assert_eq!(out.stdout, "700\n600\n", "{out:#?}");
 }
 
+/// `program` run as `uid` (and the same gid) in the world.
+fn as_user(world: &World, uid: u32, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut c = world.command("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(program);
+    c
+}
+
+/// Issue 11 item 5: user B (uid 1000) makes a directory anyone can write; user A (uid 1001)
+/// is refused it as a state dir and as a place to create one, and A's client refuses the
+/// api.sock B serves there, which B's own client believes.
+pub fn other_users_state_dirs_and_api_servers_are_refused() {
+    let world = World::with_many_ids();
+    let tmp = TempDir::new();
+    std::fs::set_permissions(&*tmp, PermissionsExt::from_mode(0o1777)).unwrap();
+    let shared = tmp.join("sd");
+    run(
+        as_user(&world, 1000, "mkdir").arg("-m777").arg(&shared),
+        LIMIT,
+    )
+    .assert_ok();
+    let usernet = crate::world::usernet_bin();
+    for state in [shared.clone(), shared.join("sub")] {
+        let out = run(
+            as_user(&world, 1001, usernet)
+                .args(["run", "--net", "none", "--state-dir"])
+                .arg(&state)
+                .args(["--", "true"]),
+            LIMIT,
+        );
+        assert_eq!(out.code(), Some(1), "{out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+        assert!(out.stderr.contains("belongs to uid 1000"), "{out:#?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&shared).unwrap().count(),
+        0,
+        "A made nothing there"
+    );
+
+    let api = shared.join("api.sock");
+    let fake = r#"[{"id":7,"spec":{"proto":"tcp","parentPort":1234,"childPort":80}}]"#;
+    let mut server = Server::from_child(
+        as_user(&world, 1000, self_exe())
+            .args(["__tool", "unix-http-serve", api.to_str().unwrap(), fake])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(server.next_line(), "listening");
+    let client = |uid: u32, args: &[&str]| {
+        run(
+            as_user(&world, uid, usernet)
+                .args(args)
+                .arg("--state-dir")
+                .arg(&shared),
+            LIMIT,
+        )
+    };
+    let out = client(1000, &["ports", "list"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("1234"), "the fake answers: {out:#?}");
+    for args in [&["ports", "list"][..], &["info"]] {
+        let out = client(1001, args);
+        assert_eq!(out.code(), Some(1), "{out:#?}");
+        assert_eq!(out.stdout, "", "{out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+        assert!(
+            out.stderr.contains("served by uid 1000")
+                && out.stderr.contains("not by you (uid 1001)"),
+            "{out:#?}"
+        );
+    }
+}
+
 /// The capability sets and hardening fields of every thread of `pid`.
 fn thread_statuses(pid: u32) -> Vec<String> {
     let mut all = Vec::new();

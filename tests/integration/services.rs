@@ -45,7 +45,9 @@ pub fn dnsmasq_on(world: &World, listen: &str) -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("dnsmasq (Debian package dnsmasq-base)");
+        .expect(
+            "dnsmasq, looked for in $PATH and the sbin directories (Debian package dnsmasq-base)",
+        );
     let server = Server::from_child(child);
     run(&mut world.tool(&["tcp-wait", "127.0.0.1:53"]), LIMIT).assert_ok();
     server

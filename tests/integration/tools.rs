@@ -48,6 +48,7 @@ pub fn main(args: &[String]) -> i32 {
             crate::attacker::attack_host_side(target, parse(seconds), rest.first().copied())
         }
         ["unix-request", path, request] => unix_request(path, request),
+        ["unix-http-serve", path, body] => unix_http_serve(path, body),
         ["tcp-hold", addr, n] => tcp_hold(addr, parse(n) as usize),
         ["tcp-pending", echo, blackhole, n] => tcp_pending(echo, blackhole, parse(n) as usize),
         ["udp-conversations", addr, n] => udp_conversations(addr, parse(n) as usize),
@@ -624,6 +625,33 @@ fn unix_request(path: &str, request: &str) -> io::Result<()> {
     let mut answer = String::new();
     let _ = conn.read_to_string(&mut answer);
     println!("{}", answer.lines().next().unwrap_or(""));
+    Ok(())
+}
+
+/// A stand-in for someone else's api.sock: listen on `path` (mode 0777, so anyone can
+/// connect), print "listening", and answer every request with 200 and `body`.
+fn unix_http_serve(path: &str, body: &str) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    println!("listening");
+    io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
     Ok(())
 }
 

@@ -105,9 +105,11 @@ impl World {
         }
     }
 
-    /// A command that runs inside the world.
+    /// A command that runs inside the world. A bare program name is looked up in the sbin
+    /// directories too ([`find_program`]), and the command starts with the default action
+    /// for the signals usernet forwards, whatever the test runner inherited.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
+        let mut cmd = Command::new(find_program(program.as_ref()));
         let fds = [
             self.user.as_raw_fd(),
             self.net.as_raw_fd(),
@@ -122,6 +124,7 @@ impl World {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                default_signal_actions();
                 Ok(())
             });
         }
@@ -199,6 +202,40 @@ impl World {
             "server did not start: {line:?}"
         );
         server
+    }
+}
+
+/// Where a program is: `$PATH`, then the sbin directories, which an ordinary user's `$PATH`
+/// often lacks though tools the tests run live there (Debian's dnsmasq is
+/// `/usr/sbin/dnsmasq`). A name with a `/`, or one found nowhere, is returned as it is.
+pub fn find_program(name: &std::ffi::OsStr) -> PathBuf {
+    let as_given = PathBuf::from(name);
+    if as_given.components().count() != 1 {
+        return as_given;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or(as_given)
+}
+
+/// Give the signals usernet forwards their default action. Signals ignored when a process
+/// starts stay ignored, and a shell cannot even trap them: a test runner started in the
+/// background of a script (SIGINT and SIGQUIT ignored) would otherwise see signal tests
+/// hang. Only async-signal-safe calls: this runs between fork and exec.
+fn default_signal_actions() {
+    for signal in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: signal(2) with SIG_DFL touches no memory of ours.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
     }
 }
 
