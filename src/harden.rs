@@ -159,12 +159,6 @@ pub fn set_undumpable() {
     }
 }
 
-/// Whether this process is dumpable (for tests and the launcher's child).
-pub fn is_dumpable() -> bool {
-    // SAFETY: prctl with PR_GET_DUMPABLE takes no pointer arguments.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
-}
-
 /// Enter the sandbox as `mode` says.
 pub fn apply_sandbox(mode: Hardening, keep: &Keep) -> Result<Sandbox> {
     if mode == Hardening::Off {
@@ -273,7 +267,7 @@ fn enter_sandbox(keep: &Keep) -> Result<(), String> {
 /// namespace and an empty network namespace, becomes dumpable (nothing it holds is worth
 /// having: a guest that seized it would find no fd and no network), writes the maps, and sends
 /// the namespace back. This process then joins it, staying non-dumpable throughout.
-pub fn private_user_namespace() -> Result<(), String> {
+fn private_user_namespace() -> Result<(), String> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,

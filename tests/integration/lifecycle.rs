@@ -474,6 +474,13 @@ pub fn state_dir_holds_child_pid_and_a_lock() {
     assert!(pid > 1);
 }
 
+/// Whether /dev/net/tun has its usual mode, readable and writable by every user (which
+/// `.ci/run` sets): the tests that run usernet with a tap as another user need it.
+pub fn tun_usable_by_everyone() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006)
+}
+
 /// Whether this process is root of the initial user namespace (as CI runs the tests), which
 /// the unprivileged-user test needs to become an arbitrary other user.
 pub fn is_real_root() -> bool {
