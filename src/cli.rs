@@ -4,17 +4,23 @@
 //!
 //! Flags follow rootlesskit's names where the concept exists. Values are validated here, so a
 //! bad flag fails before anything is set up, with one line naming the flag and the problem.
+//! As every front end does, it then translates what it parsed into the runtime's
+//! [configuration](crate::config) ([`RunConfig`], [`AttachArgs::into_config`]), all of it here.
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
+use crate::config::{
+    self, AttachConfig, NamespaceRef, NetMode, OnSignal, PortDriver, Propagation, RunConfig,
+};
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, Ipv6Network, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
 use crate::portdriver::spec::PortSpec;
+use crate::process::Failure;
 use crate::resolv::parse_upstream;
 
 #[derive(Debug, Parser)]
@@ -186,58 +192,6 @@ pub fn usage_line(e: &clap::Error) -> String {
     format!("{line} (see '{command} --help')")
 }
 
-/// How published ports are served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PortDriver {
-    /// rootlesskit's builtin driver: sockets opened inside, relayed with splice().
-    Builtin,
-    /// No port publishing.
-    None,
-}
-
-/// Mount propagation of `/` in the namespace (rootlesskit's `--propagation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Propagation {
-    /// Nothing propagates, either way (for `/` only, not the mounts under it).
-    Private,
-    /// Nothing propagates, either way.
-    Rprivate,
-    /// Mounts the host makes appear inside (for `/` only); none go out.
-    Slave,
-    /// Mounts the host makes anywhere appear inside; none go out.
-    Rslave,
-    /// Like `slave`, and shared among the namespace's own mounts (for `/` only).
-    Shared,
-    /// Like `rslave`, and shared among the namespace's own mounts.
-    Rshared,
-}
-
-impl Propagation {
-    /// The flags of the `mount("none", "/", ...)` call that sets it.
-    pub fn flags(self) -> nix::mount::MsFlags {
-        use nix::mount::MsFlags;
-        match self {
-            Propagation::Private => MsFlags::MS_PRIVATE,
-            Propagation::Rprivate => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            Propagation::Slave => MsFlags::MS_SLAVE,
-            Propagation::Rslave => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-            Propagation::Shared => MsFlags::MS_SHARED,
-            Propagation::Rshared => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        }
-    }
-}
-
-/// How the child's network namespace is provided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetMode {
-    /// A new network namespace with tap0 connected to usernet's userspace stack.
-    Builtin,
-    /// A new network namespace with only lo.
-    None,
-    /// No new network namespace: the command shares the host's network.
-    Host,
-}
-
 #[derive(Debug, Args)]
 #[command(after_help = "\
 The state dir holds lock, child_pid (for nsenter -t), api.sock (rootlesskit's REST API), \
@@ -370,6 +324,76 @@ pub struct StackArgs {
     /// answer (or a conversation quiet for 10 s), else it is refused with ICMP.
     #[arg(long, value_name = "N", default_value_t = crate::stack::udp::DEFAULT_MAX_ENTRIES, value_parser = parse_bound)]
     pub max_udp_flows: usize,
+}
+
+impl From<RunArgs> for RunConfig {
+    fn from(a: RunArgs) -> Self {
+        RunConfig {
+            net_mode: a.net,
+            ifname: a.ifname,
+            mac: a.stack.macaddress,
+            stack: a.stack.stack_config(),
+            state_dir: a.state_dir,
+            command: a.command,
+            port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
+            publish: a.publish,
+            copy_up: a.copy_up,
+            propagation: a.propagation,
+            pidns: a.pidns,
+            sandbox: a.harden.sandbox,
+            seccomp: a.harden.seccomp,
+            api_limits: crate::api::Limits {
+                max_connections: a.max_api_connections,
+                max_body: a.max_api_request,
+            },
+        }
+    }
+}
+
+impl AttachArgs {
+    /// What `usernet attach` was asked to do.
+    pub fn into_config(self) -> Result<AttachConfig, Failure> {
+        let a = self;
+        if a.stack.macaddress.is_some() && !a.configure {
+            return Err(Failure {
+                code: 2,
+                message:
+                    "--macaddress needs --configure (usernet only sets up the tap it configures)"
+                        .into(),
+            });
+        }
+        let target = if !a.target.is_empty() && a.target.bytes().all(|b| b.is_ascii_digit()) {
+            match a.target.parse::<i32>() {
+                Ok(pid) if pid > 0 => NamespaceRef::Pid(pid),
+                _ => {
+                    return Err(Failure {
+                        code: 2,
+                        message: format!("'{}' is not a valid PID", a.target),
+                    });
+                }
+            }
+        } else {
+            NamespaceRef::Path(a.target.into())
+        };
+        Ok(AttachConfig {
+            target: config::Target::Namespace(target),
+            userns_path: a.userns_path,
+            ifname: a.ifname,
+            configure: a.configure,
+            mac: a.stack.macaddress,
+            tap_mtu: a.stack.mtu,
+            stack: a.stack.stack_config(),
+            api_socket: a.api_socket,
+            max_api_connections: a.max_api_connections,
+            ready_fd: a.ready_fd,
+            exit_fd: a.exit_fd,
+            sandbox: a.harden.sandbox,
+            seccomp: a.harden.seccomp,
+            exit_with_target: true,
+            on_signal: OnSignal::ExitZero,
+            banner: None,
+        })
+    }
 }
 
 /// Flags (by argument id) that only shape the builtin network: nothing uses them with

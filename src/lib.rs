@@ -19,6 +19,7 @@
 pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod fdpass;
 pub mod footprint;
@@ -28,6 +29,7 @@ pub mod launcher;
 pub mod net;
 pub mod netconf;
 pub mod portdriver;
+pub mod process;
 pub mod resolv;
 pub mod slirp4netns;
 pub mod stack;

@@ -8,7 +8,8 @@ use clap::error::ErrorKind;
 
 use usernet::api::client;
 use usernet::cli::{BadCommandLine, Command, PortsCommand};
-use usernet::launcher::{self, Failure};
+use usernet::launcher;
+use usernet::process::Failure;
 
 fn main() -> ExitCode {
     // Before anything else, whatever the personality: the guest must never be able to ptrace
@@ -36,7 +37,10 @@ fn main() -> ExitCode {
     let result =
         match cli.command {
             Command::Run(args) => launcher::run(args.into()),
-            Command::Attach(args) => attach_config(args).and_then(usernet::attach::run),
+            Command::Attach(args) => args
+                .into_config()
+                .map_err(anyhow::Error::from)
+                .and_then(usernet::attach::run),
             Command::Ports(ports) => print(client::state_dir(ports.target.state_dir).and_then(
                 |dir| match ports.command {
                     PortsCommand::List { json } => client::list(&dir, json),
@@ -57,52 +61,6 @@ fn main() -> ExitCode {
             ExitCode::from(code.clamp(1, 255) as u8)
         }
     }
-}
-
-/// What `usernet attach` was asked to do.
-fn attach_config(a: usernet::cli::AttachArgs) -> anyhow::Result<usernet::attach::AttachConfig> {
-    use usernet::attach::namespace::NamespaceRef;
-    use usernet::attach::{AttachConfig, OnSignal, Target};
-    if a.stack.macaddress.is_some() && !a.configure {
-        return Err(launcher::Failure {
-            code: 2,
-            message: "--macaddress needs --configure (usernet only sets up the tap it configures)"
-                .into(),
-        }
-        .into());
-    }
-    let target = if !a.target.is_empty() && a.target.bytes().all(|b| b.is_ascii_digit()) {
-        match a.target.parse::<i32>() {
-            Ok(pid) if pid > 0 => NamespaceRef::Pid(pid),
-            _ => {
-                return Err(launcher::Failure {
-                    code: 2,
-                    message: format!("'{}' is not a valid PID", a.target),
-                }
-                .into());
-            }
-        }
-    } else {
-        NamespaceRef::Path(a.target.into())
-    };
-    Ok(AttachConfig {
-        target: Target::Namespace(target),
-        userns_path: a.userns_path,
-        ifname: a.ifname,
-        configure: a.configure,
-        mac: a.stack.macaddress,
-        tap_mtu: a.stack.mtu,
-        stack: a.stack.stack_config(),
-        api_socket: a.api_socket,
-        max_api_connections: a.max_api_connections,
-        ready_fd: a.ready_fd,
-        exit_fd: a.exit_fd,
-        sandbox: a.harden.sandbox,
-        seccomp: a.harden.seccomp,
-        exit_with_target: true,
-        on_signal: OnSignal::ExitZero,
-        banner: None,
-    })
 }
 
 /// Print a client command's output; exit 0.

@@ -30,59 +30,15 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::harden::{self, Hardening};
-use crate::launcher::signals::{self, Signals};
+use crate::config::{AttachConfig, OnSignal, Target};
+use crate::harden;
+use crate::process::signals::{self, Signals};
 use crate::slirp4netns::api::HostForwards;
 use crate::slirp4netns::server::{self as api_server, ApiServer};
 use crate::stack::hostfwd::ForwardSpec;
-use crate::stack::{Stack, StackConfig, WAKEUP_TOKEN};
-use namespace::{Configure, NamespaceRef, Namespaces};
+use crate::stack::{Stack, WAKEUP_TOKEN};
+use namespace::{Configure, Namespaces};
 use watch::TargetWatch;
-
-/// Where the guest is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A network namespace, by process or by file.
-    Namespace(NamespaceRef),
-    /// A TAP fd we inherited (slirp4netns `--netns-type=tapfd`).
-    TapFd(RawFd),
-    /// A `SOCK_SEQPACKET` socket path where one BESS client (User Mode Linux) connects.
-    Bess(PathBuf),
-}
-
-/// What a terminating signal does once everything is cleaned up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnSignal {
-    /// Exit 0: the user asked us to stop.
-    ExitZero,
-    /// Die of the same signal, as slirp4netns does (it has no handlers).
-    Reraise,
-}
-
-#[derive(Debug, Clone)]
-pub struct AttachConfig {
-    pub target: Target,
-    pub userns_path: Option<PathBuf>,
-    pub ifname: String,
-    /// Configure the TAP inside (`--configure`).
-    pub configure: bool,
-    pub mac: Option<[u8; 6]>,
-    pub stack: StackConfig,
-    pub api_socket: Option<PathBuf>,
-    /// Most API clients at once.
-    pub max_api_connections: usize,
-    pub ready_fd: Option<RawFd>,
-    pub exit_fd: Option<RawFd>,
-    pub sandbox: Hardening,
-    pub seccomp: Hardening,
-    /// Exit when the target process exits or its namespace file is removed.
-    pub exit_with_target: bool,
-    pub on_signal: OnSignal,
-    /// Printed on stdout once the network is up (slirp4netns's banner).
-    pub banner: Option<String>,
-    /// The MTU `--configure` gives the tap.
-    pub tap_mtu: u32,
-}
 
 const SIGNALS_TOKEN: Token = Token(1);
 const EXIT_FD_TOKEN: Token = Token(2);
@@ -103,7 +59,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
     }
     signals::block_set(&stop_signals).context("cannot block signals")?;
     let mut signals = Signals::for_set(&stop_signals).context("cannot create a signalfd")?;
-    crate::launcher::raise_fd_limit();
+    crate::process::raise_fd_limit();
 
     let mut namespaces = None;
     let tap = match &cfg.target {
@@ -113,7 +69,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
                 net: cfg.stack.policy.net,
                 mtu: cfg.tap_mtu,
                 mac: cfg.mac,
-                txqueuelen: crate::launcher::txqueuelen(cfg.stack.tcp.rx_ring, cfg.stack.mtu),
+                txqueuelen: crate::process::txqueuelen(cfg.stack.tcp.rx_ring, cfg.stack.mtu),
             });
             let tap = namespace::open_tap(&ns, &cfg.ifname, configure.as_ref(), &mut signals)?;
             // Keep the identity of the network namespace, but not its file (an open fd would
@@ -124,7 +80,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
         Target::TapFd(fd) => inherited_fd(*fd)?,
         Target::Bess(path) => accept_bess(path, &mut signals)?,
     };
-    crate::launcher::tune_malloc();
+    crate::process::tune_malloc();
     let mut stack = Stack::new(tap, cfg.stack.clone()).context("cannot start the network stack")?;
     let registry = stack
         .registry()
@@ -196,7 +152,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
         Ok(Stop::ExitFd)
     } else {
         stack.run(|stack, token| match token {
-            SIGNALS_TOKEN => match signals.next() {
+            SIGNALS_TOKEN => match signals.next_signal() {
                 Ok(Some(r)) => ControlFlow::Break(Stop::Signal(r.signal)),
                 _ => ControlFlow::Continue(()),
             },
@@ -316,8 +272,8 @@ fn accept_bess(path: &PathBuf, signals: &mut Signals) -> Result<OwnedFd> {
         let ready = signals::wait_readable(&[listener.as_fd(), signals.as_fd()])
             .context("waiting for the BESS client")?;
         if ready == 1 {
-            if let Some(r) = signals.next().context("signalfd")? {
-                return Err(crate::launcher::Failure {
+            if let Some(r) = signals.next_signal().context("signalfd")? {
+                return Err(crate::process::Failure {
                     code: 128 + r.signal as i32,
                     message: format!(
                         "interrupted by {} while waiting for the BESS client",

@@ -23,24 +23,18 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork};
 
-use crate::launcher::Failure;
-use crate::launcher::channel::{Channel, Msg};
-use crate::launcher::signals::{Signals, wait_readable};
+use crate::config::NamespaceRef;
 use crate::net::VirtualNetwork;
 use crate::netconf::{LinkSettings, Netlink};
+use crate::process::Failure;
+use crate::process::channel::{Channel, Msg};
+use crate::process::signals::{Signals, wait_readable};
 use crate::tap;
 
 /// `NS_GET_USERNS` from linux/nsfs.h: the user namespace that owns a namespace.
 const NS_GET_USERNS: libc::c_ulong = 0xb701;
 /// `NS_GET_NSTYPE` from linux/nsfs.h: the kind of a namespace (a `CLONE_NEW*` flag).
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
-
-/// Where the namespace is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NamespaceRef {
-    Pid(i32),
-    Path(PathBuf),
-}
 
 /// The namespace files, opened.
 pub struct Namespaces {
@@ -161,7 +155,7 @@ pub fn open_tap(
         let ready = wait_readable(&[parent_end.as_fd(), signals.as_fd()])
             .context("waiting for the namespace helper")?;
         if ready == 1 {
-            if let Some(r) = signals.next().context("signalfd")? {
+            if let Some(r) = signals.next_signal().context("signalfd")? {
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
                 break Err(Failure {
                     code: 128 + r.signal as i32,

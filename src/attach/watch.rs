@@ -15,7 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use super::namespace::NamespaceRef;
+use crate::config::NamespaceRef;
 
 pub enum TargetWatch {
     /// The target process: readable once it exits.

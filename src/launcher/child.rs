@@ -25,13 +25,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid, getppid};
 
-use super::Failure;
-use super::channel::{Channel, Msg};
-use super::signals::{Signals, wait_readable};
-use crate::cli::NetMode;
+use crate::config::{NetMode, Propagation};
 use crate::net::VirtualNetwork;
 use crate::netconf::{LinkSettings, Netlink};
 use crate::portdriver::child::ChildServer;
+use crate::process::Failure;
+use crate::process::channel::{Channel, Msg};
+use crate::process::signals::{Signals, wait_readable};
 use crate::tap;
 
 /// Everything the child needs, decided by the parent before the fork.
@@ -47,7 +47,7 @@ pub struct ChildConfig {
     /// Directories to give a writable tmpfs copy (`--copy-up`).
     pub copy_up: Vec<PathBuf>,
     /// Mount propagation of `/` (`--propagation`).
-    pub propagation: crate::cli::Propagation,
+    pub propagation: Propagation,
     /// A new PID namespace, whose init (PID 1) does the rest (`--pidns`).
     pub pidns: bool,
     pub command: Vec<OsString>,
@@ -471,7 +471,7 @@ fn supervise(
     port_driver: Option<&ChildServer>,
 ) -> Result<i32, Failure> {
     // Orphans of COMMAND's process tree are re-parented to us, so we can clean them up.
-    super::reaper::become_subreaper();
+    crate::process::reaper::become_subreaper();
     let mut signals = Signals::new().map_err(|e| fail(format!("signalfd: {e}")))?;
 
     let (program, args) = cfg
@@ -534,7 +534,10 @@ fn supervise(
             server.accept_all();
             continue;
         }
-        while let Some(received) = signals.next().map_err(|e| fail(format!("signalfd: {e}")))? {
+        while let Some(received) = signals
+            .next_signal()
+            .map_err(|e| fail(format!("signalfd: {e}")))?
+        {
             if received.signal == Signal::SIGCHLD {
                 if let Some(code) = reap(pid) {
                     // As a PID namespace's init, our exit ends everything left in it.
@@ -582,7 +585,7 @@ fn reap(command: Pid) -> Option<i32> {
 
 /// Kill whatever is left of COMMAND's process tree (our children, including adopted orphans).
 fn kill_leftovers() {
-    match super::reaper::Reaper::new() {
+    match crate::process::reaper::Reaper::new() {
         Ok(reaper) => reaper.kill_all(),
         Err(e) => log::warn!("cannot list what COMMAND left running: {e}"),
     }

@@ -17,18 +17,13 @@
 //! namespace's user namespace, not even for its sandbox; see [`crate::harden`] for why that
 //! is enough and what the guest can still do to it.
 
-pub(crate) mod channel;
 mod child;
 mod idmap;
-pub(crate) mod reaper;
-pub(crate) mod signals;
 mod statedir;
 
-use std::ffi::OsString;
-use std::fmt;
 use std::ops::ControlFlow;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -38,88 +33,21 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 
 use crate::api::{self, Info, NetworkDriverInfo, PortDriverInfo};
-use crate::cli::{NetMode, PortDriver, RunArgs};
+use crate::config::{NetMode, RunConfig};
 use crate::control::Control;
-use crate::harden::{self, Hardening};
+use crate::harden;
 use crate::portdriver::parent::Forwarder;
-use crate::portdriver::spec::PortSpec;
+use crate::process::channel::{Channel, Msg};
+use crate::process::reaper::{self, Reaper};
+use crate::process::signals::{self, Signals};
+use crate::process::{Failure, raise_fd_limit, tune_malloc, txqueuelen};
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
-use crate::stack::{Stack, StackConfig};
-use channel::{Channel, Msg};
+use crate::stack::Stack;
 use child::ChildConfig;
-use reaper::Reaper;
-use signals::Signals;
 use statedir::{Entry, Kind, StateDir};
 
 pub use idmap::Mapping;
 pub use statedir::{Running, running};
-
-/// An error that carries the exit code usernet should end with.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-/// What `usernet run` was asked to do, validated.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub net_mode: NetMode,
-    pub ifname: String,
-    /// MAC address of tap0 (`--macaddress`).
-    pub mac: Option<[u8; 6]>,
-    pub state_dir: Option<PathBuf>,
-    pub command: Vec<OsString>,
-    /// Addresses, policy, MTU and table bounds of the stack.
-    pub stack: StackConfig,
-    /// Whether the builtin port driver serves published ports.
-    pub port_driver: bool,
-    /// Ports published before COMMAND starts (`-p`).
-    pub publish: Vec<PortSpec>,
-    /// Directories given a writable tmpfs copy in the namespace (`--copy-up`).
-    pub copy_up: Vec<PathBuf>,
-    /// Mount propagation of `/` in the namespace.
-    pub propagation: crate::cli::Propagation,
-    /// A new PID namespace as well (`--pidns`).
-    pub pidns: bool,
-    /// Sandbox and seccomp filter for this process once set up.
-    pub sandbox: Hardening,
-    pub seccomp: Hardening,
-    /// Bounds of api.sock.
-    pub api_limits: crate::api::Limits,
-}
-
-impl From<RunArgs> for RunConfig {
-    fn from(a: RunArgs) -> Self {
-        RunConfig {
-            net_mode: a.net,
-            ifname: a.ifname,
-            mac: a.stack.macaddress,
-            stack: a.stack.stack_config(),
-            state_dir: a.state_dir,
-            command: a.command,
-            port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
-            publish: a.publish,
-            copy_up: a.copy_up,
-            propagation: a.propagation,
-            pidns: a.pidns,
-            sandbox: a.harden.sandbox,
-            seccomp: a.harden.seccomp,
-            api_limits: crate::api::Limits {
-                max_connections: a.max_api_connections,
-                max_body: a.max_api_request,
-            },
-        }
-    }
-}
 
 const SIGNALS_TOKEN: Token = Token(1);
 
@@ -335,7 +263,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
 
 /// Handle pending signals: forward the forwardable, and report the child's exit.
 fn on_signals(signals: &mut Signals, guard: &mut ChildGuard) -> ControlFlow<i32> {
-    while let Ok(Some(received)) = signals.next() {
+    while let Ok(Some(received)) = signals.next_signal() {
         if received.signal == Signal::SIGCHLD {
             if let Some(code) = guard.try_reap() {
                 return ControlFlow::Break(code);
@@ -495,7 +423,7 @@ fn receive<T>(
         let ready = signals::wait_readable(&[chan.as_fd(), signals.as_fd()])
             .context("waiting for the child")?;
         if ready == 1 {
-            while let Some(received) = signals.next().context("signalfd")? {
+            while let Some(received) = signals.next_signal().context("signalfd")? {
                 match received.signal {
                     // Child exits are noticed when its end of the channel closes.
                     Signal::SIGCHLD => {}
@@ -586,46 +514,5 @@ impl Drop for ChildGuard {
             let _ = kill(self.pid, Signal::SIGKILL);
             self.wait_blocking();
         }
-    }
-}
-
-/// tap0's queue length: enough frames for several full windows at this MTU, so a burst the
-/// guest is allowed to send never overflows the queue we read from.
-pub(crate) fn txqueuelen(window: usize, mtu: u32) -> u32 {
-    let mss = (mtu as usize).saturating_sub(40).max(536);
-    (4 * window / mss).clamp(1000, 65536) as u32
-}
-
-/// Flows need one fd each; the default soft limit of 1024 is far too low for a container.
-pub(crate) fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
-    {
-        log::debug!("cannot raise the open file limit: {e}");
-    }
-}
-
-/// Keep large allocations (the per-flow TCP rings) on fresh mmap'd pages: they cost no RSS and
-/// no zeroing until used, and go back to the system when the flow ends. glibc would otherwise
-/// raise its mmap threshold after the first free and start recycling (and zeroing) heap memory.
-pub(crate) fn tune_malloc() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator tuning parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::txqueuelen;
-
-    #[test]
-    fn txqueuelen_fits_the_window() {
-        assert_eq!(txqueuelen(2 << 20, 65520), 1000);
-        assert!(txqueuelen(2 << 20, 1500) >= 4 * (2 << 20) / 1460);
-        assert_eq!(txqueuelen(usize::MAX / 8, 1500), 65536);
     }
 }

@@ -21,8 +21,9 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
-use crate::attach::namespace::NamespaceRef;
-use crate::attach::{self, AttachConfig, OnSignal, Target};
+use crate::attach;
+use crate::config::NamespaceRef;
+use crate::config::{AttachConfig, OnSignal, Target};
 use crate::harden::Hardening;
 use crate::net::{MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::stack::StackConfig;
@@ -43,7 +44,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
             Err(e) => {
                 let code = e
-                    .downcast_ref::<crate::launcher::Failure>()
+                    .downcast_ref::<crate::process::Failure>()
                     .map_or(1, |f| f.code);
                 let _ = writeln!(err, "{program}: {e:#}");
                 ExitCode::from(code.clamp(1, 255) as u8)

@@ -1,5 +1,5 @@
-//! Signals in the launcher: which ones are forwarded to COMMAND, and a signalfd so they arrive
-//! as readable fd events in the same loop as everything else.
+//! Signals of a usernet process: which ones are forwarded to COMMAND, and a signalfd so they
+//! arrive as readable fd events in the same loop as everything else.
 //!
 //! Both the parent and the in-namespace child block the handled signals and read them from a
 //! signalfd. A signal that came from the terminal (`SI_KERNEL`, e.g. Ctrl-C) already reached
@@ -82,7 +82,7 @@ impl Signals {
     }
 
     /// The next pending signal, if any.
-    pub fn next(&mut self) -> io::Result<Option<Received>> {
+    pub fn next_signal(&mut self) -> io::Result<Option<Received>> {
         loop {
             match self.fd.read_signal() {
                 Ok(Some(info)) => {

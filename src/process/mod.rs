@@ -1,0 +1,69 @@
+//! What every front end needs to live as a process, whichever command line started it:
+//! exit codes ([`Failure`]), the setup [channel] between a parent and the child it forks,
+//! [signals] read from a signalfd, the [reaper] that ends what a command left running, and
+//! process-wide tuning (open file limit, malloc, the tap's queue length).
+//!
+//! Nothing here knows about networks or command lines; the launcher, `attach` and the
+//! personalities build on it.
+
+pub mod channel;
+pub mod reaper;
+pub mod signals;
+
+use std::fmt;
+
+/// An error that carries the exit code usernet should end with.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// tap0's queue length: enough frames for several full windows at this MTU, so a burst the
+/// guest is allowed to send never overflows the queue we read from.
+pub fn txqueuelen(window: usize, mtu: u32) -> u32 {
+    let mss = (mtu as usize).saturating_sub(40).max(536);
+    (4 * window / mss).clamp(1000, 65536) as u32
+}
+
+/// Flows need one fd each; the default soft limit of 1024 is far too low for a container.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::debug!("cannot raise the open file limit: {e}");
+    }
+}
+
+/// Keep large allocations (the per-flow TCP rings) on fresh mmap'd pages: they cost no RSS and
+/// no zeroing until used, and go back to the system when the flow ends. glibc would otherwise
+/// raise its mmap threshold after the first free and start recycling (and zeroing) heap memory.
+pub fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tuning parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::txqueuelen;
+
+    #[test]
+    fn txqueuelen_fits_the_window() {
+        assert_eq!(txqueuelen(2 << 20, 65520), 1000);
+        assert!(txqueuelen(2 << 20, 1500) >= 4 * (2 << 20) / 1460);
+        assert_eq!(txqueuelen(usize::MAX / 8, 1500), 65536);
+    }
+}
