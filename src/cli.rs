@@ -264,7 +264,8 @@ pub struct StackArgs {
     #[arg(long, value_name = "N", default_value_t = crate::stack::tcp::DEFAULT_MAX_FLOWS, value_parser = parse_bound)]
     pub max_tcp_flows: usize,
 
-    /// Most host connects in progress at once; past it a new connection gets a reset.
+    /// Most host connects in progress at once; past it a new connection takes the place of
+    /// the one the guest retried least recently (abandoned ones first).
     #[arg(long, value_name = "N", default_value_t = crate::stack::tcp::DEFAULT_MAX_PENDING_CONNECTS, value_parser = parse_bound)]
     pub max_pending_connects: usize,
 

@@ -79,6 +79,9 @@ pub fn main(args: &[String]) -> i32 {
         ["udp-watch", listen] => udp_watch(listen),
         ["dns-burst", addr, n] => dns_burst(addr, parse(n)),
         ["syn-flood", count, rate, targets @ ..] => syn_flood(parse(count), parse(rate), targets),
+        ["tcp-scan", target, n, hold_ms, rate] => {
+            tcp_scan(target, parse(n) as usize, parse(hold_ms), parse(rate))
+        }
         _ => Err(io::Error::other(format!("unknown tool invocation {a:?}"))),
     };
     match result {
@@ -1599,5 +1602,54 @@ fn syn_flood(count: u64, rate: u64, targets: &[&str]) -> io::Result<()> {
         }
     }
     println!("sent {count} ms {}", start.elapsed().as_millis());
+    Ok(())
+}
+
+/// What a port scanner does: `n` non-blocking connects to `target` (an address that never
+/// answers), `rate` a second, each socket closed `hold_ms` after its connect without an
+/// answer. A socket closed in SYN-SENT sends nothing, so the connects are simply abandoned.
+/// Prints "scanned N in MS" once all are closed.
+fn tcp_scan(target: &str, n: usize, hold_ms: u64, rate: u64) -> io::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use socket2::{Domain, Socket, Type};
+    use std::time::Duration;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::other)?;
+    if hard < n as u64 + 64 {
+        return Err(io::Error::other(format!(
+            "{n} sockets need RLIMIT_NOFILE {hard} raised"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::other)?;
+    let target: std::net::SocketAddr = target.parse().map_err(io::Error::other)?;
+    let hold = Duration::from_millis(hold_ms);
+    let start = Instant::now();
+    let mut open = std::collections::VecDeque::with_capacity(n);
+    for i in 0..n {
+        let due = Duration::from_secs_f64(i as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        while open
+            .front()
+            .is_some_and(|(at, _): &(Instant, Socket)| at.elapsed() >= hold)
+        {
+            open.pop_front();
+        }
+        let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        match s.connect(&target.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                open.push_back((Instant::now(), s))
+            }
+            other => return Err(io::Error::other(format!("connect #{i}: {other:?}"))),
+        }
+    }
+    while let Some((at, s)) = open.pop_front() {
+        if let Some(wait) = hold.checked_sub(at.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        drop(s);
+    }
+    println!("scanned {n} in {}", start.elapsed().as_millis());
     Ok(())
 }

@@ -10,7 +10,10 @@
 //! | event | what happens |
 //! |---|---|
 //! | guest SYN, unknown 4-tuple | the [policy](super::policy) picks a host address; a non-blocking `connect()` starts; the SYN is stored and nothing is answered yet |
-//! | guest SYN again while connecting | dropped: the stored SYN answers for it |
+//! | guest SYN again while connecting | refreshes the pending connect (a new initial sequence number replaces the stored SYN); not answered |
+//! | guest stops retransmitting its SYN, or resets | the connect is abandoned: host socket closed, nothing answered (see [pending connects](#pending-connects)) |
+//! | connect still pending after [`CONNECT_TIMEOUT`] | the guest gets what a timed-out connect gives (ICMP host unreachable) |
+//! | new SYN with `--max-pending-connects` (or `--max-tcp-flows`) reached | the pending connect least recently refreshed by a SYN is dropped to make room |
 //! | host connect succeeds | a smoltcp socket listens on the original destination, the stored SYN is replayed into it, the SYN-ACK goes out |
 //! | host connect refused | RST to the guest, which sees `ECONNREFUSED` at once; never a SYN-ACK then a reset |
 //! | host unreachable or timed out | ICMP destination unreachable quoting the SYN |
@@ -29,6 +32,24 @@
 //! goes through the shared [`TapWriter`]; when its backlog is full the flow stops emitting and
 //! waits for the TAP instead of dropping anything. Timers are our own ordered set of per-flow
 //! `poll_at` deadlines.
+//!
+//! # Pending connects
+//!
+//! A host connect to an address that never answers takes the host kernel about two minutes
+//! to give up on, and the guest may have given up long before: a port scanner closes its
+//! non-blocking sockets after half a second. A Linux guest that closes a socket in SYN-SENT
+//! sends nothing, so abandonment is read from the SYN retransmissions instead. Every stack
+//! backs its SYN off exponentially (Linux 1, 2, 4... s after the first, Windows from 3 s), so
+//! after a first SYN at `first` and the latest at `last`, the next one is due within
+//! `max(SYN_RETRANSMIT_MIN_GAP, 2 * (last - first))` of `last`; a guest silent for that (plus
+//! [`SYN_RETRANSMIT_SLACK`]) has abandoned the connect, which is then dropped without an
+//! answer. A guest RST drops it at once. Each pending connect also has a deadline of its own,
+//! [`CONNECT_TIMEOUT`] after its first SYN. Both deadlines are the flow's timer.
+//!
+//! At `--max-pending-connects` a new SYN does not get a reset: the pending connect least
+//! recently refreshed by a SYN is dropped instead (abandoned ones are the least recent, so
+//! they go first). One still alive is not lost: its next SYN retransmission starts it
+//! afresh. So no flood of connects to silent addresses can deny the next connection.
 
 mod device;
 
@@ -63,6 +84,16 @@ const MAX_SEGMENTS_PER_PASS: usize = 512;
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a forwarded connection waits for the guest to answer its SYN.
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a host connect may stay pending before the guest is told it timed out. The host
+/// kernel would keep trying for about 127 s (`tcp_syn_retries` 6); 75 s is BSD's
+/// connection-establishment timer (`TCPTV_KEEP_INIT`), long enough for any destination that
+/// answers at all, and it frees the slot for the rest of the two minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
+/// The longest a guest waits before its first SYN retransmission: Linux, macOS and the BSDs
+/// wait 1 s (RFC 6298's initial RTO), Windows and older Linux 3 s.
+pub const SYN_RETRANSMIT_MIN_GAP: Duration = Duration::from_secs(3);
+/// Allowance on top of the expected retransmission for timer granularity and scheduling.
+pub const SYN_RETRANSMIT_SLACK: Duration = Duration::from_secs(1);
 
 /// Most flows at once, unless `--max-tcp-flows` says otherwise.
 pub const DEFAULT_MAX_FLOWS: usize = 65536;
@@ -102,6 +133,13 @@ pub struct TcpStats {
     pub unreachable: u64,
     pub reset_unknown: u64,
     pub refused_over_limit: u64,
+    /// Pending connects dropped because the guest gave up on them (stopped retransmitting
+    /// its SYN, or reset).
+    pub abandoned: u64,
+    /// Pending connects dropped at the bound to make room for a new one.
+    pub evicted: u64,
+    /// Pending connects that reached [`CONNECT_TIMEOUT`].
+    pub connect_timeouts: u64,
     pub closed_graceful: u64,
     pub closed_reset: u64,
 }
@@ -144,6 +182,9 @@ enum Phase {
         syn: Box<[u8]>,
         syn_end: u32,
         fallbacks: Vec<SocketAddr>,
+        /// When the guest sent this SYN first, and most recently.
+        first_syn: Instant,
+        last_syn: Instant,
     },
     Open(Box<Conn>),
 }
@@ -172,6 +213,12 @@ enum Outcome {
         graceful: bool,
     },
     ConnectFailed(io::Error),
+    /// The host connect is still in progress; look again at this deadline.
+    Pending(Instant),
+    /// The pending connect reached [`CONNECT_TIMEOUT`].
+    ConnectTimedOut,
+    /// The guest stopped retransmitting its SYN.
+    ConnectAbandoned,
 }
 
 /// All TCP flows.
@@ -182,7 +229,8 @@ pub struct TcpFlows {
     timers: BTreeSet<(Instant, Id)>,
     dirty: Vec<Id>,
     tap_waiters: Vec<Id>,
-    pending_connects: usize,
+    /// The pending connects, least recently refreshed by a guest SYN first.
+    pending: BTreeSet<(Instant, Id)>,
     seeds: SplitMix64,
     pub stats: TcpStats,
 }
@@ -196,7 +244,7 @@ impl TcpFlows {
             timers: BTreeSet::new(),
             dirty: Vec::new(),
             tap_waiters: Vec::new(),
-            pending_connects: 0,
+            pending: BTreeSet::new(),
             seeds: SplitMix64::from_entropy(),
             stats: TcpStats::default(),
         }
@@ -211,7 +259,7 @@ impl TcpFlows {
     }
 
     pub fn pending_connects(&self) -> usize {
-        self.pending_connects
+        self.pending.len()
     }
 
     /// The earliest flow deadline.
@@ -243,9 +291,12 @@ impl TcpFlows {
                 Phase::Connecting { .. } => {
                     if seg.flags.rst {
                         // The guest gave up before we answered; so do we.
-                        self.remove(id, cx, false);
+                        self.stats.abandoned += 1;
+                        self.drop_pending(id, "abandoned: the guest reset it", cx);
+                    } else if seg.flags.syn && seg.ack.is_none() {
+                        self.refresh_pending(id, seg, cx.now);
                     }
-                    // Anything else (usually a retransmitted SYN) waits for the connect.
+                    // Anything else waits for the connect.
                 }
                 Phase::Open(conn) => {
                     let mut dev =
@@ -275,8 +326,9 @@ impl TcpFlows {
         cx: &mut Ctx<'_>,
         upstreams: &Upstreams,
     ) {
-        if self.flows.len() >= self.config.max_flows
-            || self.pending_connects >= self.config.max_pending_connects
+        if (self.flows.len() >= self.config.max_flows
+            || self.pending.len() >= self.config.max_pending_connects)
+            && !self.evict_pending(cx)
         {
             self.stats.refused_over_limit += 1;
             log::debug!("refusing {} -> {}: flow limit reached", seg.src, seg.dst);
@@ -326,6 +378,8 @@ impl TcpFlows {
                 syn: seg.ip_packet.into(),
                 syn_end,
                 fallbacks: targets,
+                first_syn: cx.now,
+                last_syn: cx.now,
             },
             guest_fin: false,
             timer: None,
@@ -345,8 +399,58 @@ impl TcpFlows {
             return;
         }
         self.by_key.insert(key, id);
-        self.pending_connects += 1;
+        self.pending.insert((cx.now, id));
+        self.set_timer(id, Some(pending_deadline(cx.now, cx.now)));
         log::trace!("{} -> {}: connecting", seg.src, seg.dst);
+    }
+
+    /// A SYN for a pending connect: the guest is still waiting for it. A SYN with another
+    /// initial sequence number is a new attempt on the same ports (the old one was abandoned):
+    /// it replaces the stored SYN, and its clock starts afresh.
+    fn refresh_pending(&mut self, id: Id, seg: &GuestTcp<'_>, now: Instant) {
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        let Phase::Connecting {
+            syn,
+            syn_end,
+            first_syn,
+            last_syn,
+            ..
+        } = &mut flow.phase
+        else {
+            return;
+        };
+        let end = seg.seq.wrapping_add(seg.seq_len);
+        if end != *syn_end {
+            *syn = seg.ip_packet.into();
+            *syn_end = end;
+            *first_syn = now;
+        }
+        self.pending.remove(&(*last_syn, id));
+        *last_syn = now;
+        self.pending.insert((now, id));
+        let at = pending_deadline(*first_syn, now);
+        self.set_timer(id, Some(at));
+    }
+
+    /// Drop the pending connect least recently refreshed by a SYN, to make room for a new
+    /// flow; false if there is none.
+    fn evict_pending(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let Some(&(_, id)) = self.pending.first() else {
+            return false;
+        };
+        self.stats.evicted += 1;
+        self.drop_pending(id, "dropped to make room", cx);
+        true
+    }
+
+    /// Forget a pending connect without answering the guest, closing its host socket.
+    fn drop_pending(&mut self, id: Id, why: &str, cx: &mut Ctx<'_>) {
+        if let Some(flow) = self.flows.get(id) {
+            log::debug!("{} -> {}: connect {why}", flow.key.guest, flow.key.remote);
+        }
+        self.remove(id, cx, false);
     }
 
     /// A connection accepted on a forwarded host port: connect to the guest at `guest` from
@@ -483,13 +587,24 @@ impl TcpFlows {
         };
         flow.queued = false;
         let outcome = match &flow.phase {
-            Phase::Connecting { .. } => match connect_state(&flow.host.stream) {
-                ConnectState::Pending => return,
+            Phase::Connecting {
+                first_syn,
+                last_syn,
+                ..
+            } => match connect_state(&flow.host.stream) {
+                ConnectState::Pending if cx.now >= *first_syn + CONNECT_TIMEOUT => {
+                    Outcome::ConnectTimedOut
+                }
+                ConnectState::Pending if cx.now >= pending_deadline(*first_syn, *last_syn) => {
+                    Outcome::ConnectAbandoned
+                }
+                ConnectState::Pending => Outcome::Pending(pending_deadline(*first_syn, *last_syn)),
                 ConnectState::Failed(e) => Outcome::ConnectFailed(e),
                 state @ (ConnectState::Connected | ConnectState::ConnectedThenReset) => {
+                    let last_syn = *last_syn;
                     match open(flow, cx, &self.config, self.seeds.next()) {
                         Ok(()) => {
-                            self.pending_connects -= 1;
+                            self.pending.remove(&(last_syn, id));
                             self.stats.opened += 1;
                             flow.host.reset = matches!(state, ConnectState::ConnectedThenReset);
                             relay(flow, cx)
@@ -529,17 +644,38 @@ impl TcpFlows {
                 if self.reconnect(id, cx) {
                     return;
                 }
-                let flow = self.flows.get(id).expect("still present");
-                let key = flow.key;
-                let mac = flow.guest_mac;
-                if let Phase::Connecting { syn, syn_end, .. } = &flow.phase {
-                    let (syn, syn_end) = (syn.clone(), *syn_end);
-                    log::debug!("connect for {} -> {} failed: {e}", key.guest, key.remote);
-                    self.answer_failed_connect(&e, mac, key, &syn, syn_end, cx);
-                }
-                self.remove(id, cx, true);
+                self.fail_connect(id, &e, cx);
+            }
+            Outcome::Pending(at) => self.set_timer(id, Some(at)),
+            Outcome::ConnectTimedOut => {
+                self.stats.connect_timeouts += 1;
+                let timed_out = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+                self.fail_connect(id, &timed_out, cx);
+            }
+            Outcome::ConnectAbandoned => {
+                self.stats.abandoned += 1;
+                self.drop_pending(
+                    id,
+                    "abandoned: the guest stopped retransmitting its SYN",
+                    cx,
+                );
             }
         }
+    }
+
+    /// Tell the guest its pending connect failed with `err`, and forget the flow.
+    fn fail_connect(&mut self, id: Id, err: &io::Error, cx: &mut Ctx<'_>) {
+        let Some(flow) = self.flows.get(id) else {
+            return;
+        };
+        let key = flow.key;
+        let mac = flow.guest_mac;
+        if let Phase::Connecting { syn, syn_end, .. } = &flow.phase {
+            let (syn, syn_end) = (syn.clone(), *syn_end);
+            log::debug!("connect for {} -> {} failed: {err}", key.guest, key.remote);
+            self.answer_failed_connect(err, mac, key, &syn, syn_end, cx);
+        }
+        self.remove(id, cx, true);
     }
 
     /// After a failed connect, start one to the next fallback address; false if none is left.
@@ -613,8 +749,8 @@ impl TcpFlows {
         if let Some(at) = flow.timer {
             self.timers.remove(&(at, id));
         }
-        if matches!(flow.phase, Phase::Connecting { .. }) {
-            self.pending_connects -= 1;
+        if let Phase::Connecting { last_syn, .. } = flow.phase {
+            self.pending.remove(&(last_syn, id));
         }
         let _ = cx.registry.deregister(&mut flow.host.stream);
         if !graceful {
@@ -628,6 +764,18 @@ impl TcpFlows {
             if graceful { "closed" } else { "reset" }
         );
     }
+}
+
+/// When a pending connect whose guest sent its SYN first at `first` and last at `last` is
+/// over: abandoned by a guest that stopped retransmitting, or at [`CONNECT_TIMEOUT`].
+fn pending_deadline(first: Instant, last: Instant) -> Instant {
+    let backoff = (last - first) * 2;
+    let gap = if backoff > SYN_RETRANSMIT_MIN_GAP {
+        backoff
+    } else {
+        SYN_RETRANSMIT_MIN_GAP
+    };
+    (last + gap + SYN_RETRANSMIT_SLACK).min(first + CONNECT_TIMEOUT)
 }
 
 fn mark_dirty(dirty: &mut Vec<Id>, flow: &mut Flow, id: Id) {
@@ -1001,7 +1149,7 @@ impl std::fmt::Debug for TcpFlows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpFlows")
             .field("flows", &self.flows.len())
-            .field("pending_connects", &self.pending_connects)
+            .field("pending_connects", &self.pending.len())
             .field("stats", &self.stats)
             .finish()
     }
@@ -1033,23 +1181,45 @@ mod tests {
         guest: OwnedFd,
         poll: Poll,
         policy: HostPolicy,
+        now: Instant,
     }
 
     impl Harness {
         fn new() -> Self {
+            Self::with_config(TcpConfig::default())
+        }
+
+        fn with_config(config: TcpConfig) -> Self {
             let (a, b) = crate::tap::test_pair();
             Harness {
-                flows: TcpFlows::new(TcpConfig::default()),
+                flows: TcpFlows::new(config),
                 tap: TapWriter::new(a).unwrap(),
                 guest: b,
                 poll: Poll::new().unwrap(),
                 policy: HostPolicy::new(VirtualNetwork::default()),
+                now: Instant::from_millis(0),
             }
+        }
+
+        /// Move the clock to `ms` and fire the timers due by then.
+        fn at(&mut self, ms: i64) {
+            self.now = Instant::from_millis(ms);
+            let mut flows = std::mem::replace(&mut self.flows, TcpFlows::new(TcpConfig::default()));
+            flows.run_timers(&mut self.cx());
+            self.flows = flows;
+        }
+
+        /// A frame the stack wrote to the guest, if any is waiting.
+        fn frame_now(&mut self) -> Option<Vec<u8>> {
+            let mut buf = vec![0u8; 70000];
+            let n = crate::tap::read_frame(self.guest.as_fd(), &mut buf).ok()?;
+            buf.truncate(n);
+            Some(buf)
         }
 
         fn cx(&mut self) -> Ctx<'_> {
             Ctx {
-                now: Instant::from_millis(0),
+                now: self.now,
                 tap: &mut self.tap,
                 registry: self.poll.registry(),
                 policy: &self.policy,
@@ -1102,6 +1272,160 @@ mod tests {
 
     fn syn_frame(dst: SocketAddrV4, src_port: u16) -> Vec<u8> {
         guest_frame(dst, src_port, TcpControl::Syn, 5000, None, &[])
+    }
+
+    /// A listener on the host's loopback whose accept queue is full, so connects to it stay
+    /// pending (the kernel drops their SYNs); reached from the guest as 10.0.2.2:PORT.
+    fn silent_listener() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddrV4) {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+        let target = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut queued = Vec::new();
+        while let Ok(s) =
+            std::net::TcpStream::connect_timeout(&target, StdDuration::from_millis(300))
+        {
+            queued.push(s);
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        (
+            listener,
+            queued,
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port),
+        )
+    }
+
+    #[test]
+    fn pending_deadline_follows_the_guests_syn_backoff() {
+        let s = |secs: i64| Instant::from_millis(secs * 1000);
+        // Linux (1 s, doubling) and Windows (3 s, doubling): each retransmission comes before
+        // the deadline the previous ones set.
+        for schedule in [&[0, 1, 3, 7, 15, 31, 63][..], &[0, 3, 9, 21][..]] {
+            for pair in schedule.windows(2) {
+                let deadline = pending_deadline(s(schedule[0]), s(pair[0]));
+                assert!(s(pair[1]) < deadline, "{schedule:?}: {pair:?}");
+            }
+        }
+        // A guest that sent one SYN and went quiet is given up on 4 s later.
+        assert_eq!(pending_deadline(s(10), s(10)), s(14));
+        // A connect the guest keeps retrying still ends at CONNECT_TIMEOUT.
+        assert_eq!(pending_deadline(s(0), s(63)), s(0) + CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn guest_that_stops_retransmitting_its_syn_loses_the_pending_connect() {
+        let (_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::new();
+        h.guest_sends(&syn_frame(silent, 40010));
+        assert_eq!(h.flows.pending_connects(), 1);
+        h.at(1000);
+        h.guest_sends(&syn_frame(silent, 40010));
+        // Due again by 1 + max(3, 2) + 1 = 5 s.
+        h.at(4900);
+        assert_eq!(h.flows.pending_connects(), 1, "still within its backoff");
+        h.at(5100);
+        assert_eq!(h.flows.pending_connects(), 0);
+        assert!(h.flows.is_empty());
+        assert_eq!(h.flows.stats.abandoned, 1);
+        assert!(
+            h.frame_now().is_none(),
+            "an abandoned connect is not answered"
+        );
+    }
+
+    #[test]
+    fn pending_connect_past_its_deadline_gets_host_unreachable() {
+        let (_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::new();
+        let syn = syn_frame(silent, 40011);
+        for at in [0, 1, 3, 7, 15, 31, 63] {
+            h.at(at * 1000);
+            h.guest_sends(&syn);
+        }
+        h.at(74_900);
+        assert_eq!(h.flows.pending_connects(), 1);
+        h.at(75_000);
+        assert!(h.flows.is_empty());
+        assert_eq!(h.flows.stats.connect_timeouts, 1);
+        let frame = h.frame_now().expect("an ICMP error");
+        let (_, icmp) = crate::stack::emit::parse_icmp(&frame).expect("valid ICMP");
+        assert!(
+            matches!(
+                icmp,
+                Icmpv4Repr::DstUnreachable {
+                    reason: Icmpv4DstUnreachable::HostUnreachable,
+                    ..
+                }
+            ),
+            "{icmp:?}"
+        );
+    }
+
+    #[test]
+    fn pending_connect_bound_evicts_the_least_recently_refreshed() {
+        let (_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::with_config(TcpConfig {
+            max_pending_connects: 2,
+            ..TcpConfig::default()
+        });
+        h.guest_sends(&syn_frame(silent, 40021));
+        h.at(100);
+        h.guest_sends(&syn_frame(silent, 40022));
+        h.at(1000);
+        h.guest_sends(&syn_frame(silent, 40021));
+        // A third: 40022 (last heard of at 0.1 s) makes room, without any answer.
+        h.at(1200);
+        h.guest_sends(&syn_frame(silent, 40023));
+        assert_eq!(h.flows.pending_connects(), 2);
+        assert_eq!(h.flows.stats.evicted, 1);
+        assert_eq!(h.flows.stats.refused_over_limit, 0);
+        assert!(h.frame_now().is_none(), "nobody gets a reset");
+        let ports: Vec<u16> = h.flows.by_key.keys().map(|k| k.guest.port()).collect();
+        assert!(
+            ports.contains(&40021) && ports.contains(&40023),
+            "{ports:?}"
+        );
+        // The evicted one's next SYN starts it afresh (evicting the least recent in turn).
+        h.guest_sends(&syn_frame(silent, 40022));
+        assert_eq!(h.flows.pending_connects(), 2);
+        assert!(h.flows.by_key.keys().any(|k| k.guest.port() == 40022));
+    }
+
+    #[test]
+    fn new_initial_sequence_number_replaces_the_stored_syn() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_silent_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::new();
+        let gw = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port);
+        // A connect that stays pending, then a second attempt from the same port with
+        // another ISN: its clock starts afresh.
+        h.guest_sends(&syn_frame(silent, 40030));
+        h.at(3000);
+        h.guest_sends(&guest_frame(
+            silent,
+            40030,
+            TcpControl::Syn,
+            9000,
+            None,
+            &[],
+        ));
+        h.at(6900);
+        assert_eq!(
+            h.flows.pending_connects(),
+            1,
+            "the new attempt has until 7 s"
+        );
+        // Against a listening port, the SYN-ACK answers the latest SYN.
+        h.guest_sends(&syn_frame(gw, 40031));
+        h.guest_sends(&guest_frame(gw, 40031, TcpControl::Syn, 9000, None, &[]));
+        let frame = h.next_frame().expect("a SYN-ACK");
+        let (_, tcp) = parse_tcp(&frame);
+        assert_eq!(tcp.ack_number, Some(TcpSeqNumber(9001)));
     }
 
     /// A segment from the guest's port `src_port` to `dst`.
