@@ -1,6 +1,7 @@
 //! Faults (issue 6): the host peer resets mid-transfer, the guest process is killed, every
 //! DNS upstream is dead, the TAP queue stays full, COMMAND exits with connections open, and
-//! a SYN flood from the guest. For each, usernet must stay responsive (a paced transfer
+//! a SYN flood from the guest. Issue 11: a port scanner that abandons its connects, and
+//! hundreds of stalled connections full of data (against the buffers' memory budget). For each, usernet must stay responsive (a paced transfer
 //! checked by SHA-256 runs right through the fault), stay under a stated memory bound (peak
 //! RSS, `VmHWM` of the usernet process), and give back every fd it took for the fault (its
 //! `/proc/PID/fd` count returns to the baseline taken before).
@@ -921,4 +922,106 @@ pub fn port_scan_of_a_silent_address_leaves_new_connections_instant() {
         "pending connects held for {freed_after:?}"
     );
     guest.back_to_baseline(baseline, Duration::from_secs(5));
+}
+
+/// Which side of the stalled connections does not read.
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    /// The host peer: the guest pushes into each connection until it takes no more.
+    HostPeer,
+    /// The guest: the host peer pushes, and the guest's window closes.
+    Guest,
+}
+
+/// usernet's RSS once it stopped growing (by less than 1 MiB in a second), in KiB.
+fn settled_rss(guest: &Guest<'_>, limit: Duration) -> u64 {
+    let start = Instant::now();
+    let mut last = guest.rss_kib();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = guest.rss_kib();
+        if now < last + 1024 || start.elapsed() > limit {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Issue 11, item 3: `n` stalled connections, full of data, then a 64 MiB transfer each way
+/// alongside, checked by hash. usernet's flow buffers stay within `budget_mib` (its peak
+/// RSS, buffers and all, stays under it) and the transfer completes. Once the stalled
+/// connections end, the memory and fds are given back.
+fn stalled_flows_under_a_budget(flags: &[&str], budget_mib: u64, n: usize, stall: Stall) {
+    let world = World::new();
+    // Small kernel buffers in the world (usernet's host sockets), so what the guest pushes
+    // ends up in usernet's rings rather than in the world's socket buffers.
+    let setup = "echo '4096 16384 131072' > /proc/sys/net/ipv4/tcp_wmem";
+    run(world.command("sh").args(["-c", setup]), LIMIT).assert_ok();
+    let peer = match stall {
+        Stall::HostPeer => world.server(&["tcp-unread", "198.18.0.1:7271"]),
+        Stall::Guest => world.server(&["tcp-flood", "198.18.0.1:7271"]),
+    };
+    let bytes = (64 * MIB).to_string();
+    let _partner = world.server(&["tcp-server", "198.18.0.1:7272", &bytes]);
+    let guest = Guest::start(&world, flags);
+    let baseline = guest.baseline();
+    let n = n.to_string();
+    let (tool, stalled) = match stall {
+        Stall::HostPeer => {
+            let mut pusher = guest.spawn(&["tcp-stall", "198.18.0.1:7271", &n]);
+            pusher.line("connected", Duration::from_secs(60));
+            let line = pusher.line("stalled", Duration::from_secs(120));
+            (pusher, line)
+        }
+        Stall::Guest => {
+            let mut holder = guest.spawn(&["tcp-hold-unread", "198.18.0.1:7271", &n]);
+            holder.line("connected", Duration::from_secs(60));
+            settled_rss(&guest, Duration::from_secs(60));
+            (holder, format!("{n} connections unread by the guest"))
+        }
+    };
+    let stalled_rss = guest.rss_kib();
+    let started = Instant::now();
+    let out = guest.run(&["tcp-client", "198.18.0.1:7272", &bytes, &bytes]);
+    let took = started.elapsed();
+    let peak = guest.peak_rss_kib();
+    eprintln!(
+        "{stalled}: usernet RSS {stalled_rss} KiB; a 64 MiB transfer each way alongside took \
+         {took:?}; peak RSS {peak} KiB (budget {budget_mib} MiB)"
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.starts_with("OK sent=67108864 received=67108864"),
+        "{out:#?}"
+    );
+    assert!(
+        stalled_rss < budget_mib * 1024,
+        "{n} stalled flows hold {stalled_rss} KiB, over the {budget_mib} MiB budget"
+    );
+    assert!(
+        peak < budget_mib * 1024,
+        "usernet peaked at {peak} KiB, over the {budget_mib} MiB budget"
+    );
+    // The host peer goes away, with the data unread: its resets end the flows, their rings
+    // are unmapped and their reservations given back.
+    drop(peer);
+    drop(tool);
+    guest.back_to_baseline(baseline, Duration::from_secs(10));
+}
+
+/// Issue 11, item 3, with a budget of 64 MiB (`--max-buffer-memory 64M`): 300 stalled flows
+/// would hold 600 MiB of rings without it.
+pub fn stalled_flows_stay_within_the_buffer_budget_and_a_new_transfer_completes() {
+    stalled_flows_under_a_budget(&["--max-buffer-memory", "64M"], 64, 300, Stall::HostPeer);
+}
+
+/// The same with the default budget of 256 MiB.
+pub fn stalled_flows_stay_within_the_default_buffer_budget() {
+    stalled_flows_under_a_budget(&[], 256, 300, Stall::HostPeer);
+}
+
+/// The same the other way: 300 connections the guest does not read, pushed full by their
+/// host peers (each would hold a 2 MiB ring of host data without the budget).
+pub fn flows_the_guest_does_not_read_stay_within_the_buffer_budget() {
+    stalled_flows_under_a_budget(&["--max-buffer-memory", "64M"], 64, 300, Stall::Guest);
 }

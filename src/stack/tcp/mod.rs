@@ -18,7 +18,9 @@
 //! | host connect refused | RST to the guest, which sees `ECONNREFUSED` at once; never a SYN-ACK then a reset |
 //! | host unreachable or timed out | ICMP destination unreachable quoting the SYN |
 //! | guest data | lands in smoltcp's rx ring, then `write()` to the host socket; when the host socket is full the ring fills and the advertised window closes |
+//! | guest data past the window we advertised | turned away before smoltcp sees it, and ACKed (the [gate](gate)) |
 //! | host data | `read()` straight into smoltcp's tx ring; when the ring is full we stop reading, remember the socket is readable, and resume when the guest ACKs |
+//! | the rings' [budget](budget) is tight | the window we advertise shrinks (the gate rewrites smoltcp's) and host reads stop short, never below what was already promised; when room comes back, a window update of our own and the host reads resume |
 //! | guest FIN | once the rx ring is drained to the host: `shutdown(SHUT_WR)`; data keeps flowing the other way |
 //! | host EOF | `close()`: smoltcp sends FIN after the tx ring drains |
 //! | guest RST | host socket closed with `SO_LINGER` 0, so the host peer sees a reset |
@@ -32,6 +34,11 @@
 //! goes through the shared [`TapWriter`]; when its backlog is full the flow stops emitting and
 //! waits for the TAP instead of dropping anything. Timers are our own ordered set of per-flow
 //! `poll_at` deadlines.
+//!
+//! Back-pressure and memory: each flow's rings hold at most what the [budget](budget) lets
+//! it, which the [window gate](gate) enforces on the window the guest sees and the host
+//! reads enforce on the other direction. [`TcpFlows::balance`] runs once per turn of the
+//! event loop to give pages back and wake the flows that were refused room.
 //!
 //! # Pending connects
 //!
@@ -51,7 +58,9 @@
 //! they go first). One still alive is not lost: its next SYN retransmission starts it
 //! afresh. So no flood of connects to silent addresses can deny the next connection.
 
+mod budget;
 mod device;
+mod gate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -65,7 +74,10 @@ use smoltcp::socket::tcp::{self, CongestionControl, RecvError, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
+use budget::{Budget, FlowMemory, SocketView};
 use device::FlowDevice;
+
+pub use budget::{BudgetStats, DEFAULT_BUFFER_MEMORY};
 
 use super::Ctx;
 use super::dns::Upstreams;
@@ -111,6 +123,8 @@ pub struct TcpConfig {
     pub max_flows: usize,
     /// Most host connects in progress at once.
     pub max_pending_connects: usize,
+    /// The memory all flows' rings may hold together (see [`budget`]).
+    pub buffer_memory: usize,
 }
 
 impl Default for TcpConfig {
@@ -120,6 +134,7 @@ impl Default for TcpConfig {
             tx_ring: 2 << 20,
             max_flows: DEFAULT_MAX_FLOWS,
             max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
+            buffer_memory: DEFAULT_BUFFER_MEMORY,
         }
     }
 }
@@ -142,6 +157,12 @@ pub struct TcpStats {
     pub connect_timeouts: u64,
     pub closed_graceful: u64,
     pub closed_reset: u64,
+    /// Guest data past the window we advertised, turned away (see [`gate`]).
+    pub out_of_window: u64,
+    /// Window updates we sent for windows the gate had held back.
+    pub window_updates: u64,
+    /// The rings' memory budget.
+    pub buffers: BudgetStats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,6 +194,8 @@ struct Conn {
     iface: Interface,
     sockets: SocketSet<'static>,
     handle: SocketHandle,
+    /// The flow's share of the rings' budget, and its window gate.
+    memory: FlowMemory,
 }
 
 enum Phase {
@@ -231,6 +254,7 @@ pub struct TcpFlows {
     tap_waiters: Vec<Id>,
     /// The pending connects, least recently refreshed by a guest SYN first.
     pending: BTreeSet<(Instant, Id)>,
+    budget: Budget,
     seeds: SplitMix64,
     pub stats: TcpStats,
 }
@@ -245,6 +269,7 @@ impl TcpFlows {
             dirty: Vec::new(),
             tap_waiters: Vec::new(),
             pending: BTreeSet::new(),
+            budget: Budget::new(config.buffer_memory),
             seeds: SplitMix64::from_entropy(),
             stats: TcpStats::default(),
         }
@@ -299,10 +324,27 @@ impl TcpFlows {
                     // Anything else waits for the connect.
                 }
                 Phase::Open(conn) => {
-                    let mut dev =
-                        FlowDevice::new(Some(seg.ip_packet), cx.tap, cx.link, flow.guest_mac);
-                    conn.iface
-                        .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
+                    if seg.flags.syn
+                        && let Some(tcp) = gate::tcp_of(seg.ip_packet)
+                    {
+                        // A forwarded connection's SYN-ACK (or a retransmitted SYN).
+                        conn.memory.on_guest_syn(tcp);
+                    }
+                    let data = seg.seq_len - u32::from(seg.flags.syn) - u32::from(seg.flags.fin);
+                    if conn.memory.gate.admit(seg.seq, data) {
+                        let gate = Some(&mut conn.memory.gate);
+                        let mut dev = FlowDevice::new(
+                            Some(seg.ip_packet),
+                            cx.tap,
+                            cx.link,
+                            flow.guest_mac,
+                            gate,
+                        );
+                        conn.iface
+                            .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
+                    } else {
+                        self.stats.out_of_window += 1;
+                    }
                     mark_dirty(&mut self.dirty, flow, id);
                 }
             }
@@ -479,7 +521,7 @@ impl TcpFlows {
         };
         let key = key_for(port);
         let mut iface = new_interface(cx, self.seeds.next(), guest_mac);
-        let mut socket = new_socket(&self.config);
+        let (mut socket, memory) = new_socket(&self.config);
         let remote = (IpAddress::Ipv4(*guest.ip()), guest.port());
         let local = (IpAddress::Ipv4(*source.ip()), port);
         if socket.connect(iface.context(), remote, local).is_err() {
@@ -505,6 +547,7 @@ impl TcpFlows {
                 iface,
                 sockets,
                 handle,
+                memory,
             })),
             guest_fin: false,
             timer: None,
@@ -570,6 +613,42 @@ impl TcpFlows {
         }
     }
 
+    /// Keep the rings within their budget, once per turn of the event loop: under pressure,
+    /// flows that went quiet with pages to spare give them back; flows refused room they
+    /// wanted are serviced again once room was freed.
+    pub fn balance(&mut self) {
+        while let Some(id) = self.budget.next_to_reclaim() {
+            if let Some(flow) = self.flows.get_mut(id)
+                && let Phase::Open(conn) = &mut flow.phase
+                && conn.memory.listed(false)
+            {
+                let sock = SocketView::of(conn.sockets.get::<tcp::Socket>(conn.handle));
+                self.budget.reclaim(&mut conn.memory, sock);
+            }
+        }
+        for id in self.budget.take_woken() {
+            if let Some(flow) = self.flows.get_mut(id)
+                && let Phase::Open(conn) = &mut flow.phase
+                && conn.memory.listed(true)
+            {
+                conn.memory.woken();
+                mark_dirty(&mut self.dirty, flow, id);
+            }
+        }
+        let flows = &self.flows;
+        self.budget.compact(flows.len(), |id, starved| {
+            flows
+                .get(id)
+                .is_some_and(|f| matches!(&f.phase, Phase::Open(c) if c.memory.listed(starved)))
+        });
+        self.stats.buffers = self.budget.stats;
+    }
+
+    /// Bytes the flows' rings have reserved of their budget.
+    pub fn buffer_memory(&self) -> usize {
+        self.budget.used()
+    }
+
     /// The TAP drained: let flows that were holding output go again.
     pub fn on_tap_writable(&mut self, cx: &mut Ctx<'_>) {
         let waiters = std::mem::take(&mut self.tap_waiters);
@@ -607,14 +686,18 @@ impl TcpFlows {
                             self.pending.remove(&(last_syn, id));
                             self.stats.opened += 1;
                             flow.host.reset = matches!(state, ConnectState::ConnectedThenReset);
-                            relay(flow, cx)
+                            relay(flow, cx, &mut self.budget, &mut self.stats)
                         }
                         Err(e) => Outcome::ConnectFailed(e),
                     }
                 }
             },
-            Phase::Open(_) => relay(flow, cx),
+            Phase::Open(_) => relay(flow, cx, &mut self.budget, &mut self.stats),
         };
+        if let Phase::Open(conn) = &mut flow.phase {
+            let sock = SocketView::of(conn.sockets.get::<tcp::Socket>(conn.handle));
+            self.budget.note(id, &mut conn.memory, sock);
+        }
         match outcome {
             Outcome::Keep => {
                 let at = match &mut flow.phase {
@@ -749,8 +832,11 @@ impl TcpFlows {
         if let Some(at) = flow.timer {
             self.timers.remove(&(at, id));
         }
-        if let Phase::Connecting { last_syn, .. } = flow.phase {
-            self.pending.remove(&(last_syn, id));
+        match &mut flow.phase {
+            Phase::Connecting { last_syn, .. } => {
+                self.pending.remove(&(*last_syn, id));
+            }
+            Phase::Open(conn) => self.budget.forget(&mut conn.memory),
         }
         let _ = cx.registry.deregister(&mut flow.host.stream);
         if !graceful {
@@ -792,7 +878,10 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     };
     let local = flow.key.remote;
     let mut iface = new_interface(cx, seed, flow.guest_mac);
-    let mut socket = new_socket(config);
+    let (mut socket, mut memory) = new_socket(config);
+    if let Some(tcp) = gate::tcp_of(syn) {
+        memory.on_guest_syn(tcp);
+    }
     let endpoint = IpListenEndpoint {
         addr: Some(local.ip().into()),
         port: local.port(),
@@ -803,12 +892,14 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     let mut sockets = SocketSet::new(Vec::with_capacity(1));
     let handle = sockets.add(socket);
 
-    let mut dev = FlowDevice::new(Some(syn), cx.tap, cx.link, flow.guest_mac);
+    let gate = Some(&mut memory.gate);
+    let mut dev = FlowDevice::new(Some(syn), cx.tap, cx.link, flow.guest_mac, gate);
     iface.poll_ingress_single(cx.now, &mut dev, &mut sockets);
     flow.phase = Phase::Open(Box::new(Conn {
         iface,
         sockets,
         handle,
+        memory,
     }));
     // A just-connected socket is writable; reads are attempted optimistically.
     flow.host.writable = true;
@@ -821,7 +912,7 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
 /// host the guest talks to.
 fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Interface {
     let net = cx.policy.net;
-    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac);
+    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac, None);
     let mut iface_config = Config::new(HardwareAddress::Ip);
     iface_config.random_seed = seed;
     let mut iface = Interface::new(iface_config, &mut dev, cx.now);
@@ -850,7 +941,8 @@ fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Int
 /// `65535 << shift` ahead until its next ACK. Past the ring, that data is counted but not
 /// stored, and a guest can turn it into an assertion failure (see the test
 /// `data_past_the_ring_right_after_the_handshake_is_not_taken`). A size just under a power
-/// of two (2 MiB - 1 for 2 MiB) keeps `65535 << shift` inside the ring.
+/// of two (2 MiB - 1 for 2 MiB) keeps `65535 << shift` inside the ring. (The window gate
+/// now turns such data away before smoltcp sees it too; this stays as the second line.)
 fn rx_ring_size(requested: usize) -> usize {
     let max_unscaled = usize::from(u16::MAX);
     if requested <= max_unscaled {
@@ -865,21 +957,24 @@ fn rx_ring_size(requested: usize) -> usize {
     }
 }
 
-/// A flow's smoltcp socket, tuned for a local link (see the module docs of the stack).
-fn new_socket(config: &TcpConfig) -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; rx_ring_size(config.rx_ring)]),
-        tcp::SocketBuffer::new(vec![0u8; config.tx_ring]),
-    );
+/// A flow's smoltcp socket, tuned for a local link (see the module docs of the stack), and
+/// the record of its rings' memory.
+fn new_socket(config: &TcpConfig) -> (tcp::Socket<'static>, FlowMemory) {
+    // Zeroed allocations this large are fresh mappings: no memory until written.
+    let mut rx = vec![0u8; rx_ring_size(config.rx_ring)];
+    let mut tx = vec![0u8; config.tx_ring];
+    let memory = FlowMemory::new(&mut rx, &mut tx);
+    let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(None);
     socket.set_congestion_control(CongestionControl::None);
-    socket
+    (socket, memory)
 }
 
 /// Move bytes both ways, emit what smoltcp wants to send, and decide whether the flow is done.
-fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
+fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut TcpStats) -> Outcome {
     let Flow {
+        key,
         phase,
         host,
         guest_mac,
@@ -890,15 +985,22 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     let Phase::Open(conn) = phase else {
         return Outcome::Keep;
     };
-    let conn = &mut **conn;
-    let sock = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+    let Conn {
+        iface,
+        sockets,
+        handle,
+        memory,
+    } = &mut **conn;
+    let sock = sockets.get_mut::<tcp::Socket>(*handle);
     if *connecting_to_guest && sock.state() != State::SynSent {
         // The guest answered our SYN: no connect timeout from here on.
         *connecting_to_guest = false;
         sock.set_timeout(None);
     }
 
-    guest_to_host(sock, host);
+    guest_to_host(sock, host, memory);
+    // Room in the budget for the window and for host data, given what just left.
+    memory.plan(budget, SocketView::of(sock));
     if !host.write_shut
         && !host.failed
         && matches!(sock.recv(|_| (0, ())), Err(RecvError::Finished))
@@ -907,7 +1009,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
         let _ = host.stream.shutdown(Shutdown::Write);
         host.write_shut = true;
     }
-    host_to_guest(sock, host);
+    host_to_guest(sock, host, memory);
     // A reset from the host reaches the guest once what came before it was delivered.
     if host.reset && host.eof && sock.send_queue() == 0 {
         host.failed = true;
@@ -930,24 +1032,47 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     // Emit ACKs with fresh windows, data, FIN or RST. Nothing is sent in TIME-WAIT, and a
     // closed socket without a peer has nothing left to say.
     let rst_pending = state == State::Closed && sock.remote_endpoint().is_some();
+    let mut tap_full = false;
     if state != State::TimeWait && (state != State::Closed || rst_pending) {
         let mut sent = 0;
         loop {
             if cx.tap.is_blocked() {
-                return Outcome::WaitTap;
+                tap_full = true;
+                break;
             }
             if sent >= MAX_SEGMENTS_PER_PASS {
                 break;
             }
-            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac);
-            match conn.iface.poll_egress(cx.now, &mut dev, &mut conn.sockets) {
+            let gate = Some(&mut memory.gate);
+            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac, gate);
+            match iface.poll_egress(cx.now, &mut dev, sockets) {
                 PollResult::None => break,
                 PollResult::SocketStateChanged => sent += 1,
             }
         }
     }
+    // smoltcp does not know the gate held its window back, so it sends no update when room
+    // comes back: we do.
+    if matches!(
+        state,
+        State::SynReceived | State::Established | State::FinWait1 | State::FinWait2
+    ) && let Some(update) = memory
+        .gate
+        .update(memory.ring_edge(), gate::UPDATE_MIN_GAIN)
+    {
+        stats.window_updates += 1;
+        let (seq, ack, window) = (update.seq, update.ack, update.window);
+        let net = cx.policy.net;
+        emit::tcp_window_update(
+            cx.tap, &net, *guest_mac, key.remote, key.guest, seq, ack, window,
+        );
+    }
+    memory.settle(budget, host.readable && !host.eof && !host.failed);
+    if tap_full {
+        return Outcome::WaitTap;
+    }
 
-    let sock = conn.sockets.get::<tcp::Socket>(conn.handle);
+    let sock = sockets.get::<tcp::Socket>(*handle);
     match sock.state() {
         State::Closed if sock.remote_endpoint().is_some() => Outcome::WaitTap,
         State::Closed | State::Listen | State::TimeWait => {
@@ -965,11 +1090,15 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
 }
 
 /// Move what the guest sent from smoltcp's rx ring into the host socket.
-fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
+fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) {
     while host.writable && !host.failed && !host.reset && sock.can_recv() {
-        let r = sock.recv(|buf| match (&host.stream).write(buf) {
-            Ok(n) => (n, Ok((n, buf.len()))),
-            Err(e) => (0, Err(e)),
+        let r = sock.recv(|buf| {
+            let written = match (&host.stream).write(buf) {
+                Ok(n) => (n, Ok((n, buf.len()))),
+                Err(e) => (0, Err(e)),
+            };
+            memory.on_recv(buf.as_ptr(), written.0);
+            written
         });
         match r {
             Ok(Ok((0, _))) | Err(_) => break,
@@ -1001,7 +1130,13 @@ fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
         // ACKs in guest segments it cannot accept (RFC 9293's allowance for a zero window is
         // not implemented), and the guest's ACKs of what is still being delivered to it are
         // what ends the flow.
-        while sock.recv(|buf| (buf.len(), buf.len())).is_ok_and(|n| n > 0) {}
+        while sock
+            .recv(|buf| {
+                memory.on_recv(buf.as_ptr(), buf.len());
+                (buf.len(), buf.len())
+            })
+            .is_ok_and(|n| n > 0)
+        {}
     }
 }
 
@@ -1010,24 +1145,35 @@ enum HostRead {
     /// Less than asked for: the socket had no more at that moment.
     Drained,
     RingFull,
+    /// The flow may not hold more host data now (see [`budget`]); it is woken when room
+    /// is freed.
+    OverBudget,
     Eof,
     Error(io::Error),
 }
 
 /// Read from the host socket straight into smoltcp's tx ring, until the socket is empty (a
 /// short read or EAGAIN) or the ring is full.
-fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
+fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) {
     while host.readable && !host.eof && !host.failed && sock.can_send() {
         let r = sock.send(|buf| {
             if buf.is_empty() {
                 return (0, HostRead::RingFull);
             }
-            match (&host.stream).read(buf) {
+            let room = memory.send_room(buf.len());
+            let buf = &mut buf[..room];
+            if buf.is_empty() {
+                memory.on_send(buf.as_ptr(), 0);
+                return (0, HostRead::OverBudget);
+            }
+            let read = match (&host.stream).read(buf) {
                 Ok(0) => (0, HostRead::Eof),
                 Ok(n) if n < buf.len() => (n, HostRead::Drained),
                 Ok(n) => (n, HostRead::Data),
                 Err(e) => (0, HostRead::Error(e)),
-            }
+            };
+            memory.on_send(buf.as_ptr(), read.0);
+            read
         });
         match r {
             Ok(HostRead::Data) => {}
@@ -1035,7 +1181,7 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
             // there is no need for a read that would only say EAGAIN. Unless the peer's FIN
             // or an error is already there (announced in an earlier event): read on to it.
             Ok(HostRead::Drained) => host.readable = host.ending,
-            Ok(HostRead::RingFull) | Err(_) => break,
+            Ok(HostRead::RingFull | HostRead::OverBudget) | Err(_) => break,
             Ok(HostRead::Eof) => {
                 host.eof = true;
                 // After a reset the end is a reset, not a FIN.
