@@ -316,7 +316,8 @@ pub struct StackArgs {
     #[arg(long, value_name = "N", default_value_t = crate::stack::tcp::DEFAULT_MAX_FLOWS, value_parser = parse_bound)]
     pub max_tcp_flows: usize,
 
-    /// Most host connects in progress at once; past it a new connection gets a reset.
+    /// Most host connects in progress at once; past it a new connection takes the place of
+    /// the one the guest retried least recently (abandoned ones first).
     #[arg(long, value_name = "N", default_value_t = crate::stack::tcp::DEFAULT_MAX_PENDING_CONNECTS, value_parser = parse_bound)]
     pub max_pending_connects: usize,
 
@@ -324,6 +325,12 @@ pub struct StackArgs {
     /// answer (or a conversation quiet for 10 s), else it is refused with ICMP.
     #[arg(long, value_name = "N", default_value_t = crate::stack::udp::DEFAULT_MAX_ENTRIES, value_parser = parse_bound)]
     pub max_udp_flows: usize,
+
+    /// Memory all TCP connections' buffers may hold together (SIZE in bytes, or with a K, M
+    /// or G suffix); past half of it each connection gets a small share, so transfers slow
+    /// down rather than memory grow.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub max_buffer_memory: usize,
 }
 
 impl From<RunArgs> for RunConfig {
@@ -511,6 +518,7 @@ impl StackArgs {
         stack.tcp.max_flows = self.max_tcp_flows;
         stack.tcp.max_pending_connects = self.max_pending_connects;
         stack.udp.max_entries = self.max_udp_flows;
+        stack.tcp.buffer_memory = self.max_buffer_memory;
         stack
     }
 }
@@ -584,6 +592,26 @@ fn parse_bound(s: &str) -> Result<usize, String> {
         return Err(format!("{v} is outside 1..=1000000"));
     }
     Ok(v)
+}
+
+/// A memory size: bytes, or a number with a K, M or G suffix (powers of 1024), from 1 MiB to
+/// 1 TiB.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let v: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (bytes, or a number with K, M or G)"))?;
+    let bytes = v
+        .checked_mul(1 << shift)
+        .filter(|b| (1 << 20..=1 << 40).contains(b))
+        .ok_or_else(|| format!("{s} is outside 1M..=1024G"))?;
+    usize::try_from(bytes).map_err(|_| format!("{s} does not fit this machine's address space"))
 }
 
 fn parse_mtu(s: &str) -> Result<u32, String> {
@@ -745,6 +773,38 @@ mod tests {
         };
         assert_eq!(r.stack.mtu, DEFAULT_MTU);
         assert_eq!(r.command.len(), 3);
+    }
+
+    #[test]
+    fn buffer_memory_takes_sizes_with_suffixes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("4096k"), Ok(4 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        for bad in [
+            "",
+            "M",
+            "64X",
+            "-1M",
+            "1K",
+            "2000G",
+            "99999999999999999999G",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        let c = parse(&["run", "--max-buffer-memory", "64M", "--", "true"]).unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.stack.stack_config().tcp.buffer_memory, 64 << 20);
+        let c = parse(&["run", "--", "true"]).unwrap();
+        let Command::Run(r) = c.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            r.stack.stack_config().tcp.buffer_memory,
+            crate::stack::tcp::DEFAULT_BUFFER_MEMORY
+        );
     }
 
     #[test]

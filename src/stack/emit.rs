@@ -1,5 +1,6 @@
 //! Frames usernet writes on its own, outside any smoltcp socket: ARP replies, IPv6 neighbour
 //! and router advertisements, TCP resets for connections that do not exist or were refused,
+//! TCP window updates for flows whose window the gate held back,
 //! UDP datagrams (NAT replies, DNS, DHCP), ICMP and ICMPv6 echo replies and errors.
 //!
 //! Each builder writes a complete Ethernet frame through the [`TapWriter`], using smoltcp's
@@ -183,7 +184,8 @@ pub fn tcp_reset(tx: &mut TapWriter, net: &VirtualNetwork, seg: &GuestTcp<'_>) {
         Some(ack) => (ack, None),
         None => (0, Some(seg.seq.wrapping_add(seg.seq_len))),
     };
-    emit_tcp(tx, net, seg.src_mac, seg.dst, seg.src, seq, ack);
+    let rst = TcpControl::Rst;
+    emit_tcp(tx, net, seg.src_mac, seg.dst, seg.src, rst, seq, ack, 0);
 }
 
 /// Refuse a guest SYN whose sequence space ends at `syn_end`: RST|ACK from `remote`, so the
@@ -196,26 +198,48 @@ pub fn tcp_refuse(
     guest: SocketAddr,
     syn_end: u32,
 ) {
-    emit_tcp(tx, net, guest_mac, remote, guest, 0, Some(syn_end));
+    let rst = TcpControl::Rst;
+    emit_tcp(tx, net, guest_mac, remote, guest, rst, 0, Some(syn_end), 0);
 }
 
-/// A bare RST (with ACK when `ack` is given).
-fn emit_tcp(
+/// A pure ACK from `from` to the guest at `to` that tells it of a new receive window (the
+/// flow's smoltcp socket does not know its window was held back, so it would not).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_window_update(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     guest_mac: EthernetAddress,
     from: SocketAddr,
     to: SocketAddr,
     seq: u32,
+    ack: u32,
+    window: u16,
+) {
+    let none = TcpControl::None;
+    emit_tcp(tx, net, guest_mac, from, to, none, seq, Some(ack), window);
+}
+
+/// A segment without payload or options: a bare RST (with ACK when `ack` is given), or a
+/// pure ACK.
+#[allow(clippy::too_many_arguments)]
+fn emit_tcp(
+    tx: &mut TapWriter,
+    net: &VirtualNetwork,
+    guest_mac: EthernetAddress,
+    from: SocketAddr,
+    to: SocketAddr,
+    control: TcpControl,
+    seq: u32,
     ack: Option<u32>,
+    window: u16,
 ) {
     let tcp = TcpRepr {
         src_port: from.port(),
         dst_port: to.port(),
-        control: TcpControl::Rst,
+        control,
         seq_number: TcpSeqNumber(seq as i32),
         ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
-        window_len: 0,
+        window_len: window,
         window_scale: None,
         max_seg_size: None,
         sack_permitted: false,

@@ -432,6 +432,7 @@ impl Stack {
         self.dns
             .service_ready(&mut self.upstreams, &mut cx, &mut self.recv_buf);
         self.tcp.run_timers(&mut cx);
+        self.tcp.balance();
         self.udp.expire(&mut cx);
         self.pinger.expire(&mut cx);
         self.dns.run_timers(&mut self.upstreams, &mut cx);

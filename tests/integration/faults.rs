@@ -1,6 +1,7 @@
 //! Faults (issue 6): the host peer resets mid-transfer, the guest process is killed, every
 //! DNS upstream is dead, the TAP queue stays full, COMMAND exits with connections open, and
-//! a SYN flood from the guest. For each, usernet must stay responsive (a paced transfer
+//! a SYN flood from the guest. Issue 11: a port scanner that abandons its connects, and
+//! hundreds of stalled connections full of data (against the buffers' memory budget). For each, usernet must stay responsive (a paced transfer
 //! checked by SHA-256 runs right through the fault), stay under a stated memory bound (peak
 //! RSS, `VmHWM` of the usernet process), and give back every fd it took for the fault (its
 //! `/proc/PID/fd` count returns to the baseline taken before).
@@ -811,8 +812,8 @@ pub fn syn_flood_from_the_guest_stays_bounded_and_responsive() {
     let guest = Guest::start(&world, &[]);
     let baseline = guest.baseline();
     let dropped_before = guest.tap_counter("tx_dropped");
-    // Connected before the flood: while the pending connects are at their bound, new
-    // connections are reset (by design), but open ones must keep going.
+    // Connected before the flood: open connections must keep going while the pending
+    // connects sit at their bound.
     let paced = start_paced(&guest, "10.0.2.2:7251");
     let peak = FdPeak::watch(guest.pid());
 
@@ -831,7 +832,8 @@ pub fn syn_flood_from_the_guest_stays_bounded_and_responsive() {
     let flood_over = Instant::now();
     let dropped = guest.tap_counter("tx_dropped") - dropped_before;
     // The pending connects end when the world's kernel gives up on them (3 s after their
-    // SYN); then only the paced transfer's socket is left, if it is still going.
+    // SYN), or when usernet sees them abandoned (a raw SYN is never retransmitted: 4 s);
+    // then only the paced transfer's socket is left, if it is still going.
     guest.wait_fds(baseline + 1, Duration::from_secs(15));
     let freed_after = flood_over.elapsed();
     let paced_took = finish_paced(paced);
@@ -869,4 +871,157 @@ pub fn syn_flood_from_the_guest_stays_bounded_and_responsive() {
         peak_rss < SYN_FLOOD_RSS_LIMIT_KIB,
         "usernet peaked at {peak_rss} KiB"
     );
+}
+
+/// Issue 11, item 2: a port scanner in the guest (4,200 non-blocking connects to an address
+/// that never answers, 10,000 a second, each socket closed after 0.5 s) must not block new
+/// connections. Its
+/// connects fill `--max-pending-connects` (4096), but the next connection, to 10.0.2.2, takes
+/// the place of the least recently refreshed pending connect and succeeds at once; and since
+/// the scanner never retransmits its SYNs, usernet sees the connects abandoned and closes
+/// their host sockets within seconds, not when the host kernel gives up two minutes later.
+pub fn port_scan_of_a_silent_address_leaves_new_connections_instant() {
+    let world = World::new();
+    // 198.18.5.2 never answers: its frames go to a veth whose peer is down. The world's
+    // kernel keeps its default SYN retries, so only usernet can end the connects early.
+    let setup = "ip link add v0 type veth peer name v1 && ip addr add 198.18.5.1/24 dev v0 \
+                 && ip link set v0 up \
+                 && ip neigh add 198.18.5.2 lladdr 02:00:00:00:00:09 dev v0 nud permanent";
+    run(world.command("sh").args(["-c", setup]), LIMIT).assert_ok();
+    let _server = world.server(&["tcp-echo", "127.0.0.1:7261"]);
+    let guest = Guest::start(&world, &[]);
+    let baseline = guest.baseline();
+    let peak = FdPeak::watch(guest.pid());
+    let out = guest.run(&["tcp-scan", "198.18.5.2:80", "4200", "500", "10000"]);
+    out.assert_ok();
+    let scanned = Instant::now();
+    let next = guest.run(&["tcp-connect", "10.0.2.2:7261"]);
+    next.assert_ok();
+    let next = next.stdout.trim().to_string();
+    let ms: u64 = next
+        .strip_prefix("connected ")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("the next connection failed: {next}"));
+    assert!(ms < 500, "the next connection took {ms} ms");
+    let freed = guest.wait_fds(baseline, Duration::from_secs(15));
+    let freed_after = scanned.elapsed();
+    let peak_fds = peak.finish();
+    eprintln!(
+        "{}; the next connection: {next}; usernet fds {baseline} -> peak {peak_fds} -> \
+         {baseline} {freed_after:?} after the scan ({freed:?} after the connection)",
+        out.stdout.trim()
+    );
+    assert!(
+        peak_fds >= baseline + MAX_PENDING_CONNECTS,
+        "the scan never filled the pending connects (peak {peak_fds}, baseline {baseline})"
+    );
+    // Abandonment shows 4 s after the scanner's SYNs (3 s for a first retransmission that
+    // never came, 1 s slack); the host kernel would take about 130 s.
+    assert!(
+        freed_after < Duration::from_secs(10),
+        "pending connects held for {freed_after:?}"
+    );
+    guest.back_to_baseline(baseline, Duration::from_secs(5));
+}
+
+/// Which side of the stalled connections does not read.
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    /// The host peer: the guest pushes into each connection until it takes no more.
+    HostPeer,
+    /// The guest: the host peer pushes, and the guest's window closes.
+    Guest,
+}
+
+/// usernet's RSS once it stopped growing (by less than 1 MiB in a second), in KiB.
+fn settled_rss(guest: &Guest<'_>, limit: Duration) -> u64 {
+    let start = Instant::now();
+    let mut last = guest.rss_kib();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = guest.rss_kib();
+        if now < last + 1024 || start.elapsed() > limit {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Issue 11, item 3: `n` stalled connections, full of data, then a 64 MiB transfer each way
+/// alongside, checked by hash. usernet's flow buffers stay within `budget_mib` (its peak
+/// RSS, buffers and all, stays under it) and the transfer completes. Once the stalled
+/// connections end, the memory and fds are given back.
+fn stalled_flows_under_a_budget(flags: &[&str], budget_mib: u64, n: usize, stall: Stall) {
+    let world = World::new();
+    // Small kernel buffers in the world (usernet's host sockets), so what the guest pushes
+    // ends up in usernet's rings rather than in the world's socket buffers.
+    let setup = "echo '4096 16384 131072' > /proc/sys/net/ipv4/tcp_wmem";
+    run(world.command("sh").args(["-c", setup]), LIMIT).assert_ok();
+    let peer = match stall {
+        Stall::HostPeer => world.server(&["tcp-unread", "198.18.0.1:7271"]),
+        Stall::Guest => world.server(&["tcp-flood", "198.18.0.1:7271"]),
+    };
+    let bytes = (64 * MIB).to_string();
+    let _partner = world.server(&["tcp-server", "198.18.0.1:7272", &bytes]);
+    let guest = Guest::start(&world, flags);
+    let baseline = guest.baseline();
+    let n = n.to_string();
+    let (tool, stalled) = match stall {
+        Stall::HostPeer => {
+            let mut pusher = guest.spawn(&["tcp-stall", "198.18.0.1:7271", &n]);
+            pusher.line("connected", Duration::from_secs(60));
+            let line = pusher.line("stalled", Duration::from_secs(120));
+            (pusher, line)
+        }
+        Stall::Guest => {
+            let mut holder = guest.spawn(&["tcp-hold-unread", "198.18.0.1:7271", &n]);
+            holder.line("connected", Duration::from_secs(60));
+            settled_rss(&guest, Duration::from_secs(60));
+            (holder, format!("{n} connections unread by the guest"))
+        }
+    };
+    let stalled_rss = guest.rss_kib();
+    let started = Instant::now();
+    let out = guest.run(&["tcp-client", "198.18.0.1:7272", &bytes, &bytes]);
+    let took = started.elapsed();
+    let peak = guest.peak_rss_kib();
+    eprintln!(
+        "{stalled}: usernet RSS {stalled_rss} KiB; a 64 MiB transfer each way alongside took \
+         {took:?}; peak RSS {peak} KiB (budget {budget_mib} MiB)"
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.starts_with("OK sent=67108864 received=67108864"),
+        "{out:#?}"
+    );
+    assert!(
+        stalled_rss < budget_mib * 1024,
+        "{n} stalled flows hold {stalled_rss} KiB, over the {budget_mib} MiB budget"
+    );
+    assert!(
+        peak < budget_mib * 1024,
+        "usernet peaked at {peak} KiB, over the {budget_mib} MiB budget"
+    );
+    // The host peer goes away, with the data unread: its resets end the flows, their rings
+    // are unmapped and their reservations given back.
+    drop(peer);
+    drop(tool);
+    guest.back_to_baseline(baseline, Duration::from_secs(10));
+}
+
+/// Issue 11, item 3, with a budget of 64 MiB (`--max-buffer-memory 64M`): 300 stalled flows
+/// would hold 600 MiB of rings without it.
+pub fn stalled_flows_stay_within_the_buffer_budget_and_a_new_transfer_completes() {
+    stalled_flows_under_a_budget(&["--max-buffer-memory", "64M"], 64, 300, Stall::HostPeer);
+}
+
+/// The same with the default budget of 256 MiB.
+pub fn stalled_flows_stay_within_the_default_buffer_budget() {
+    stalled_flows_under_a_budget(&[], 256, 300, Stall::HostPeer);
+}
+
+/// The same the other way: 300 connections the guest does not read, pushed full by their
+/// host peers (each would hold a 2 MiB ring of host data without the budget).
+pub fn flows_the_guest_does_not_read_stay_within_the_buffer_budget() {
+    stalled_flows_under_a_budget(&["--max-buffer-memory", "64M"], 64, 300, Stall::Guest);
 }

@@ -83,6 +83,13 @@ pub fn main(args: &[String]) -> i32 {
         ["udp-watch", listen] => udp_watch(listen),
         ["dns-burst", addr, n] => dns_burst(addr, parse(n)),
         ["syn-flood", count, rate, targets @ ..] => syn_flood(parse(count), parse(rate), targets),
+        ["tcp-unread", listen] => tcp_unread(listen),
+        ["tcp-stall", addr, n] => tcp_stall(addr, parse(n) as usize),
+        ["tcp-flood", listen] => tcp_flood(listen),
+        ["tcp-hold-unread", addr, n] => tcp_hold_unread(addr, parse(n) as usize),
+        ["tcp-scan", target, n, hold_ms, rate] => {
+            tcp_scan(target, parse(n) as usize, parse(hold_ms), parse(rate))
+        }
         _ => Err(io::Error::other(format!("unknown tool invocation {a:?}"))),
     };
     match result {
@@ -1631,4 +1638,165 @@ fn syn_flood(count: u64, rate: u64, targets: &[&str]) -> io::Result<()> {
     }
     println!("sent {count} ms {}", start.elapsed().as_millis());
     Ok(())
+}
+
+/// What a port scanner does: `n` non-blocking connects to `target` (an address that never
+/// answers), `rate` a second, each socket closed `hold_ms` after its connect without an
+/// answer. A socket closed in SYN-SENT sends nothing, so the connects are simply abandoned.
+/// Prints "scanned N in MS" once all are closed.
+fn tcp_scan(target: &str, n: usize, hold_ms: u64, rate: u64) -> io::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use socket2::{Domain, Socket, Type};
+    use std::time::Duration;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::other)?;
+    if hard < n as u64 + 64 {
+        return Err(io::Error::other(format!(
+            "{n} sockets need RLIMIT_NOFILE {hard} raised"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::other)?;
+    let target: std::net::SocketAddr = target.parse().map_err(io::Error::other)?;
+    let hold = Duration::from_millis(hold_ms);
+    let start = Instant::now();
+    let mut open = std::collections::VecDeque::with_capacity(n);
+    for i in 0..n {
+        let due = Duration::from_secs_f64(i as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        while open
+            .front()
+            .is_some_and(|(at, _): &(Instant, Socket)| at.elapsed() >= hold)
+        {
+            open.pop_front();
+        }
+        let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+        s.set_nonblocking(true)?;
+        match s.connect(&target.into()) {
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                open.push_back((Instant::now(), s))
+            }
+            other => return Err(io::Error::other(format!("connect #{i}: {other:?}"))),
+        }
+    }
+    while let Some((at, s)) = open.pop_front() {
+        if let Some(wait) = hold.checked_sub(at.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        drop(s);
+    }
+    println!("scanned {n} in {}", start.elapsed().as_millis());
+    Ok(())
+}
+
+/// A server that accepts every connection and never reads from it, with a receive buffer as
+/// small as the kernel allows, so a peer's data piles up on its own side.
+fn tcp_unread(listen: &str) -> io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = listen.parse().map_err(io::Error::other)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // Inherited by the accepted sockets, and set before the handshake fixes the window scale.
+    socket.set_recv_buffer_size(4096)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let listener: TcpListener = socket.into();
+    println!("listening {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    let mut held = Vec::new();
+    for conn in listener.incoming() {
+        held.push(conn?);
+    }
+    Ok(())
+}
+
+/// `n` connections to `addr` (a server that never reads), each pushed full: data is written
+/// to every one, round and round, until none has taken a byte for a second. Each socket's
+/// send buffer is kept small, so what piles up is in the peer's window, not in this kernel.
+/// Prints "connected N", then "stalled N pushed BYTES", then holds the connections open
+/// until killed.
+fn tcp_stall(addr: &str, n: usize) -> io::Result<()> {
+    let mut conns = connect_many(addr, n, |s| s.set_send_buffer_size(64 * 1024))?;
+    for conn in &conns {
+        conn.set_nonblocking(true)?;
+    }
+    println!("connected {n}");
+    io::stdout().flush()?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    Pattern::new(CLIENT_SEED).fill(&mut chunk);
+    let mut pushed = 0u64;
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < std::time::Duration::from_secs(1) {
+        let mut progress = false;
+        for conn in &mut conns {
+            match conn.write(&chunk) {
+                Ok(k) if k > 0 => {
+                    pushed += k as u64;
+                    progress = true;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if progress {
+            last_progress = Instant::now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    println!("stalled {n} pushed {pushed}");
+    io::stdout().flush()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// A server that writes to every connection it accepts, as fast as it goes, until the
+/// connection fails.
+fn tcp_flood(listen: &str) -> io::Result<()> {
+    let listener = listen_announce(listen)?;
+    for conn in listener.incoming() {
+        let mut conn = conn?;
+        std::thread::spawn(move || {
+            let mut chunk = vec![0u8; 64 * 1024];
+            Pattern::new(SERVER_SEED).fill(&mut chunk);
+            while conn.write_all(&chunk).is_ok() {}
+        });
+    }
+    Ok(())
+}
+
+/// `n` connections to `addr` that are never read from, with receive buffers as small as the
+/// kernel allows, so what the peer sends piles up on its side. Prints "connected N", then
+/// holds them until killed.
+fn tcp_hold_unread(addr: &str, n: usize) -> io::Result<()> {
+    let _conns = connect_many(addr, n, |s| s.set_recv_buffer_size(4096))?;
+    println!("connected {n}");
+    io::stdout().flush()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// `n` connections to `addr`, each socket set up by `configure` before it connects (the
+/// open-file limit raised to take them).
+fn connect_many(
+    addr: &str,
+    n: usize,
+    configure: impl Fn(&socket2::Socket) -> io::Result<()>,
+) -> io::Result<Vec<TcpStream>> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use socket2::{Domain, Socket, Type};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::other)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::other)?;
+    let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+        configure(&s)?;
+        s.connect(&target.into())?;
+        conns.push(TcpStream::from(s));
+    }
+    Ok(conns)
 }

@@ -2,13 +2,15 @@
 //!
 //! It is created on the stack for one call into smoltcp and borrows what it needs: at most one
 //! received IP packet to hand in, and the shared [`TapWriter`] to write replies to. smoltcp works
-//! on `Medium::Ip`; this device adds the Ethernet header on the way out. It reports itself
-//! exhausted while the TAP backlog is full, which is how flows are back-pressured.
+//! on `Medium::Ip`; this device adds the Ethernet header on the way out, and hands each
+//! segment to the flow's [`WindowGate`] before it leaves. It reports itself exhausted while
+//! the TAP backlog is full, which is how flows are back-pressured.
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 
+use super::gate::WindowGate;
 use crate::stack::Link;
 use crate::stack::tx::TapWriter;
 
@@ -19,6 +21,7 @@ pub struct FlowDevice<'a> {
     tx: &'a mut TapWriter,
     link: Link,
     guest_mac: EthernetAddress,
+    gate: Option<&'a mut WindowGate>,
 }
 
 impl<'a> FlowDevice<'a> {
@@ -27,12 +30,14 @@ impl<'a> FlowDevice<'a> {
         tx: &'a mut TapWriter,
         link: Link,
         guest_mac: EthernetAddress,
+        gate: Option<&'a mut WindowGate>,
     ) -> Self {
         FlowDevice {
             rx,
             tx,
             link,
             guest_mac,
+            gate,
         }
     }
 }
@@ -55,6 +60,7 @@ impl Device for FlowDevice<'_> {
                 tx: self.tx,
                 our_mac: self.link.our_mac,
                 guest_mac: self.guest_mac,
+                gate: self.gate.as_deref_mut(),
             },
         ))
     }
@@ -67,6 +73,7 @@ impl Device for FlowDevice<'_> {
             tx: self.tx,
             our_mac: self.link.our_mac,
             guest_mac: self.guest_mac,
+            gate: self.gate.as_deref_mut(),
         })
     }
 
@@ -102,6 +109,7 @@ pub struct TxToken<'a> {
     tx: &'a mut TapWriter,
     our_mac: EthernetAddress,
     guest_mac: EthernetAddress,
+    gate: Option<&'a mut WindowGate>,
 }
 
 impl smoltcp::phy::TxToken for TxToken<'_> {
@@ -109,13 +117,16 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let (our_mac, guest_mac) = (self.our_mac, self.guest_mac);
+        let (our_mac, guest_mac, gate) = (self.our_mac, self.guest_mac, self.gate);
         self.tx.send(ETH_LEN + len, |frame| {
             let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
             eth.set_src_addr(our_mac);
             eth.set_dst_addr(guest_mac);
             let ip = &mut frame[ETH_LEN..];
             let f_result = f(ip);
+            if let Some(gate) = gate {
+                gate.on_egress(ip);
+            }
             let proto = if ip.first().is_some_and(|b| b >> 4 == 6) {
                 EthernetProtocol::Ipv6
             } else {

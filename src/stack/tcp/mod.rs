@@ -10,12 +10,17 @@
 //! | event | what happens |
 //! |---|---|
 //! | guest SYN, unknown 4-tuple | the [policy](super::policy) picks a host address; a non-blocking `connect()` starts; the SYN is stored and nothing is answered yet |
-//! | guest SYN again while connecting | dropped: the stored SYN answers for it |
+//! | guest SYN again while connecting | refreshes the pending connect (a new initial sequence number replaces the stored SYN); not answered |
+//! | guest stops retransmitting its SYN, or resets | the connect is abandoned: host socket closed, nothing answered (see [pending connects](#pending-connects)) |
+//! | connect still pending after [`CONNECT_TIMEOUT`] | the guest gets what a timed-out connect gives (ICMP host unreachable) |
+//! | new SYN with `--max-pending-connects` (or `--max-tcp-flows`) reached | the pending connect least recently refreshed by a SYN is dropped to make room |
 //! | host connect succeeds | a smoltcp socket listens on the original destination, the stored SYN is replayed into it, the SYN-ACK goes out |
 //! | host connect refused | RST to the guest, which sees `ECONNREFUSED` at once; never a SYN-ACK then a reset |
 //! | host unreachable or timed out | ICMP destination unreachable quoting the SYN |
 //! | guest data | lands in smoltcp's rx ring, then `write()` to the host socket; when the host socket is full the ring fills and the advertised window closes |
+//! | guest data past the window we advertised | turned away before smoltcp sees it, and ACKed (the [gate](gate)) |
 //! | host data | `read()` straight into smoltcp's tx ring; when the ring is full we stop reading, remember the socket is readable, and resume when the guest ACKs |
+//! | the rings' [budget](budget) is tight | the window we advertise shrinks (the gate rewrites smoltcp's) and host reads stop short, never below what was already promised; when room comes back, a window update of our own and the host reads resume |
 //! | guest FIN | once the rx ring is drained to the host: `shutdown(SHUT_WR)`; data keeps flowing the other way |
 //! | host EOF | `close()`: smoltcp sends FIN after the tx ring drains |
 //! | guest RST | host socket closed with `SO_LINGER` 0, so the host peer sees a reset |
@@ -29,8 +34,33 @@
 //! goes through the shared [`TapWriter`]; when its backlog is full the flow stops emitting and
 //! waits for the TAP instead of dropping anything. Timers are our own ordered set of per-flow
 //! `poll_at` deadlines.
+//!
+//! Back-pressure and memory: each flow's rings hold at most what the [budget](budget) lets
+//! it, which the [window gate](gate) enforces on the window the guest sees and the host
+//! reads enforce on the other direction. [`TcpFlows::balance`] runs once per turn of the
+//! event loop to give pages back and wake the flows that were refused room.
+//!
+//! # Pending connects
+//!
+//! A host connect to an address that never answers takes the host kernel about two minutes
+//! to give up on, and the guest may have given up long before: a port scanner closes its
+//! non-blocking sockets after half a second. A Linux guest that closes a socket in SYN-SENT
+//! sends nothing, so abandonment is read from the SYN retransmissions instead. Every stack
+//! backs its SYN off exponentially (Linux 1, 2, 4... s after the first, Windows from 3 s), so
+//! after a first SYN at `first` and the latest at `last`, the next one is due within
+//! `max(SYN_RETRANSMIT_MIN_GAP, 2 * (last - first))` of `last`; a guest silent for that (plus
+//! [`SYN_RETRANSMIT_SLACK`]) has abandoned the connect, which is then dropped without an
+//! answer. A guest RST drops it at once. Each pending connect also has a deadline of its own,
+//! [`CONNECT_TIMEOUT`] after its first SYN. Both deadlines are the flow's timer.
+//!
+//! At `--max-pending-connects` a new SYN does not get a reset: the pending connect least
+//! recently refreshed by a SYN is dropped instead (abandoned ones are the least recent, so
+//! they go first). One still alive is not lost: its next SYN retransmission starts it
+//! afresh. So no flood of connects to silent addresses can deny the next connection.
 
+mod budget;
 mod device;
+mod gate;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -44,7 +74,10 @@ use smoltcp::socket::tcp::{self, CongestionControl, RecvError, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
+use budget::{Budget, FlowMemory, SocketView};
 use device::FlowDevice;
+
+pub use budget::{BudgetStats, DEFAULT_BUFFER_MEMORY};
 
 use super::Ctx;
 use super::dns::Upstreams;
@@ -63,6 +96,16 @@ const MAX_SEGMENTS_PER_PASS: usize = 512;
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a forwarded connection waits for the guest to answer its SYN.
 const INBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a host connect may stay pending before the guest is told it timed out. The host
+/// kernel would keep trying for about 127 s (`tcp_syn_retries` 6); 75 s is BSD's
+/// connection-establishment timer (`TCPTV_KEEP_INIT`), long enough for any destination that
+/// answers at all, and it frees the slot for the rest of the two minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
+/// The longest a guest waits before its first SYN retransmission: Linux, macOS and the BSDs
+/// wait 1 s (RFC 6298's initial RTO), Windows and older Linux 3 s.
+pub const SYN_RETRANSMIT_MIN_GAP: Duration = Duration::from_secs(3);
+/// Allowance on top of the expected retransmission for timer granularity and scheduling.
+pub const SYN_RETRANSMIT_SLACK: Duration = Duration::from_secs(1);
 
 /// Most flows at once, unless `--max-tcp-flows` says otherwise.
 pub const DEFAULT_MAX_FLOWS: usize = 65536;
@@ -80,6 +123,8 @@ pub struct TcpConfig {
     pub max_flows: usize,
     /// Most host connects in progress at once.
     pub max_pending_connects: usize,
+    /// The memory all flows' rings may hold together (see [`budget`]).
+    pub buffer_memory: usize,
 }
 
 impl Default for TcpConfig {
@@ -89,6 +134,7 @@ impl Default for TcpConfig {
             tx_ring: 2 << 20,
             max_flows: DEFAULT_MAX_FLOWS,
             max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
+            buffer_memory: DEFAULT_BUFFER_MEMORY,
         }
     }
 }
@@ -102,8 +148,21 @@ pub struct TcpStats {
     pub unreachable: u64,
     pub reset_unknown: u64,
     pub refused_over_limit: u64,
+    /// Pending connects dropped because the guest gave up on them (stopped retransmitting
+    /// its SYN, or reset).
+    pub abandoned: u64,
+    /// Pending connects dropped at the bound to make room for a new one.
+    pub evicted: u64,
+    /// Pending connects that reached [`CONNECT_TIMEOUT`].
+    pub connect_timeouts: u64,
     pub closed_graceful: u64,
     pub closed_reset: u64,
+    /// Guest data past the window we advertised, turned away (see [`gate`]).
+    pub out_of_window: u64,
+    /// Window updates we sent for windows the gate had held back.
+    pub window_updates: u64,
+    /// The rings' memory budget.
+    pub buffers: BudgetStats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,6 +194,8 @@ struct Conn {
     iface: Interface,
     sockets: SocketSet<'static>,
     handle: SocketHandle,
+    /// The flow's share of the rings' budget, and its window gate.
+    memory: FlowMemory,
 }
 
 enum Phase {
@@ -144,6 +205,9 @@ enum Phase {
         syn: Box<[u8]>,
         syn_end: u32,
         fallbacks: Vec<SocketAddr>,
+        /// When the guest sent this SYN first, and most recently.
+        first_syn: Instant,
+        last_syn: Instant,
     },
     Open(Box<Conn>),
 }
@@ -172,6 +236,12 @@ enum Outcome {
         graceful: bool,
     },
     ConnectFailed(io::Error),
+    /// The host connect is still in progress; look again at this deadline.
+    Pending(Instant),
+    /// The pending connect reached [`CONNECT_TIMEOUT`].
+    ConnectTimedOut,
+    /// The guest stopped retransmitting its SYN.
+    ConnectAbandoned,
 }
 
 /// All TCP flows.
@@ -182,7 +252,9 @@ pub struct TcpFlows {
     timers: BTreeSet<(Instant, Id)>,
     dirty: Vec<Id>,
     tap_waiters: Vec<Id>,
-    pending_connects: usize,
+    /// The pending connects, least recently refreshed by a guest SYN first.
+    pending: BTreeSet<(Instant, Id)>,
+    budget: Budget,
     seeds: SplitMix64,
     pub stats: TcpStats,
 }
@@ -196,7 +268,8 @@ impl TcpFlows {
             timers: BTreeSet::new(),
             dirty: Vec::new(),
             tap_waiters: Vec::new(),
-            pending_connects: 0,
+            pending: BTreeSet::new(),
+            budget: Budget::new(config.buffer_memory),
             seeds: SplitMix64::from_entropy(),
             stats: TcpStats::default(),
         }
@@ -211,7 +284,7 @@ impl TcpFlows {
     }
 
     pub fn pending_connects(&self) -> usize {
-        self.pending_connects
+        self.pending.len()
     }
 
     /// The earliest flow deadline.
@@ -243,15 +316,35 @@ impl TcpFlows {
                 Phase::Connecting { .. } => {
                     if seg.flags.rst {
                         // The guest gave up before we answered; so do we.
-                        self.remove(id, cx, false);
+                        self.stats.abandoned += 1;
+                        self.drop_pending(id, "abandoned: the guest reset it", cx);
+                    } else if seg.flags.syn && seg.ack.is_none() {
+                        self.refresh_pending(id, seg, cx.now);
                     }
-                    // Anything else (usually a retransmitted SYN) waits for the connect.
+                    // Anything else waits for the connect.
                 }
                 Phase::Open(conn) => {
-                    let mut dev =
-                        FlowDevice::new(Some(seg.ip_packet), cx.tap, cx.link, flow.guest_mac);
-                    conn.iface
-                        .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
+                    if seg.flags.syn
+                        && let Some(tcp) = gate::tcp_of(seg.ip_packet)
+                    {
+                        // A forwarded connection's SYN-ACK (or a retransmitted SYN).
+                        conn.memory.on_guest_syn(tcp);
+                    }
+                    let data = seg.seq_len - u32::from(seg.flags.syn) - u32::from(seg.flags.fin);
+                    if conn.memory.gate.admit(seg.seq, data) {
+                        let gate = Some(&mut conn.memory.gate);
+                        let mut dev = FlowDevice::new(
+                            Some(seg.ip_packet),
+                            cx.tap,
+                            cx.link,
+                            flow.guest_mac,
+                            gate,
+                        );
+                        conn.iface
+                            .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
+                    } else {
+                        self.stats.out_of_window += 1;
+                    }
                     mark_dirty(&mut self.dirty, flow, id);
                 }
             }
@@ -275,8 +368,9 @@ impl TcpFlows {
         cx: &mut Ctx<'_>,
         upstreams: &Upstreams,
     ) {
-        if self.flows.len() >= self.config.max_flows
-            || self.pending_connects >= self.config.max_pending_connects
+        if (self.flows.len() >= self.config.max_flows
+            || self.pending.len() >= self.config.max_pending_connects)
+            && !self.evict_pending(cx)
         {
             self.stats.refused_over_limit += 1;
             log::debug!("refusing {} -> {}: flow limit reached", seg.src, seg.dst);
@@ -326,6 +420,8 @@ impl TcpFlows {
                 syn: seg.ip_packet.into(),
                 syn_end,
                 fallbacks: targets,
+                first_syn: cx.now,
+                last_syn: cx.now,
             },
             guest_fin: false,
             timer: None,
@@ -345,8 +441,58 @@ impl TcpFlows {
             return;
         }
         self.by_key.insert(key, id);
-        self.pending_connects += 1;
+        self.pending.insert((cx.now, id));
+        self.set_timer(id, Some(pending_deadline(cx.now, cx.now)));
         log::trace!("{} -> {}: connecting", seg.src, seg.dst);
+    }
+
+    /// A SYN for a pending connect: the guest is still waiting for it. A SYN with another
+    /// initial sequence number is a new attempt on the same ports (the old one was abandoned):
+    /// it replaces the stored SYN, and its clock starts afresh.
+    fn refresh_pending(&mut self, id: Id, seg: &GuestTcp<'_>, now: Instant) {
+        let Some(flow) = self.flows.get_mut(id) else {
+            return;
+        };
+        let Phase::Connecting {
+            syn,
+            syn_end,
+            first_syn,
+            last_syn,
+            ..
+        } = &mut flow.phase
+        else {
+            return;
+        };
+        let end = seg.seq.wrapping_add(seg.seq_len);
+        if end != *syn_end {
+            *syn = seg.ip_packet.into();
+            *syn_end = end;
+            *first_syn = now;
+        }
+        self.pending.remove(&(*last_syn, id));
+        *last_syn = now;
+        self.pending.insert((now, id));
+        let at = pending_deadline(*first_syn, now);
+        self.set_timer(id, Some(at));
+    }
+
+    /// Drop the pending connect least recently refreshed by a SYN, to make room for a new
+    /// flow; false if there is none.
+    fn evict_pending(&mut self, cx: &mut Ctx<'_>) -> bool {
+        let Some(&(_, id)) = self.pending.first() else {
+            return false;
+        };
+        self.stats.evicted += 1;
+        self.drop_pending(id, "dropped to make room", cx);
+        true
+    }
+
+    /// Forget a pending connect without answering the guest, closing its host socket.
+    fn drop_pending(&mut self, id: Id, why: &str, cx: &mut Ctx<'_>) {
+        if let Some(flow) = self.flows.get(id) {
+            log::debug!("{} -> {}: connect {why}", flow.key.guest, flow.key.remote);
+        }
+        self.remove(id, cx, false);
     }
 
     /// A connection accepted on a forwarded host port: connect to the guest at `guest` from
@@ -375,7 +521,7 @@ impl TcpFlows {
         };
         let key = key_for(port);
         let mut iface = new_interface(cx, self.seeds.next(), guest_mac);
-        let mut socket = new_socket(&self.config);
+        let (mut socket, memory) = new_socket(&self.config);
         let remote = (IpAddress::Ipv4(*guest.ip()), guest.port());
         let local = (IpAddress::Ipv4(*source.ip()), port);
         if socket.connect(iface.context(), remote, local).is_err() {
@@ -401,6 +547,7 @@ impl TcpFlows {
                 iface,
                 sockets,
                 handle,
+                memory,
             })),
             guest_fin: false,
             timer: None,
@@ -466,6 +613,42 @@ impl TcpFlows {
         }
     }
 
+    /// Keep the rings within their budget, once per turn of the event loop: under pressure,
+    /// flows that went quiet with pages to spare give them back; flows refused room they
+    /// wanted are serviced again once room was freed.
+    pub fn balance(&mut self) {
+        while let Some(id) = self.budget.next_to_reclaim() {
+            if let Some(flow) = self.flows.get_mut(id)
+                && let Phase::Open(conn) = &mut flow.phase
+                && conn.memory.listed(false)
+            {
+                let sock = SocketView::of(conn.sockets.get::<tcp::Socket>(conn.handle));
+                self.budget.reclaim(&mut conn.memory, sock);
+            }
+        }
+        for id in self.budget.take_woken() {
+            if let Some(flow) = self.flows.get_mut(id)
+                && let Phase::Open(conn) = &mut flow.phase
+                && conn.memory.listed(true)
+            {
+                conn.memory.woken();
+                mark_dirty(&mut self.dirty, flow, id);
+            }
+        }
+        let flows = &self.flows;
+        self.budget.compact(flows.len(), |id, starved| {
+            flows
+                .get(id)
+                .is_some_and(|f| matches!(&f.phase, Phase::Open(c) if c.memory.listed(starved)))
+        });
+        self.stats.buffers = self.budget.stats;
+    }
+
+    /// Bytes the flows' rings have reserved of their budget.
+    pub fn buffer_memory(&self) -> usize {
+        self.budget.used()
+    }
+
     /// The TAP drained: let flows that were holding output go again.
     pub fn on_tap_writable(&mut self, cx: &mut Ctx<'_>) {
         let waiters = std::mem::take(&mut self.tap_waiters);
@@ -483,23 +666,38 @@ impl TcpFlows {
         };
         flow.queued = false;
         let outcome = match &flow.phase {
-            Phase::Connecting { .. } => match connect_state(&flow.host.stream) {
-                ConnectState::Pending => return,
+            Phase::Connecting {
+                first_syn,
+                last_syn,
+                ..
+            } => match connect_state(&flow.host.stream) {
+                ConnectState::Pending if cx.now >= *first_syn + CONNECT_TIMEOUT => {
+                    Outcome::ConnectTimedOut
+                }
+                ConnectState::Pending if cx.now >= pending_deadline(*first_syn, *last_syn) => {
+                    Outcome::ConnectAbandoned
+                }
+                ConnectState::Pending => Outcome::Pending(pending_deadline(*first_syn, *last_syn)),
                 ConnectState::Failed(e) => Outcome::ConnectFailed(e),
                 state @ (ConnectState::Connected | ConnectState::ConnectedThenReset) => {
+                    let last_syn = *last_syn;
                     match open(flow, cx, &self.config, self.seeds.next()) {
                         Ok(()) => {
-                            self.pending_connects -= 1;
+                            self.pending.remove(&(last_syn, id));
                             self.stats.opened += 1;
                             flow.host.reset = matches!(state, ConnectState::ConnectedThenReset);
-                            relay(flow, cx)
+                            relay(flow, cx, &mut self.budget, &mut self.stats)
                         }
                         Err(e) => Outcome::ConnectFailed(e),
                     }
                 }
             },
-            Phase::Open(_) => relay(flow, cx),
+            Phase::Open(_) => relay(flow, cx, &mut self.budget, &mut self.stats),
         };
+        if let Phase::Open(conn) = &mut flow.phase {
+            let sock = SocketView::of(conn.sockets.get::<tcp::Socket>(conn.handle));
+            self.budget.note(id, &mut conn.memory, sock);
+        }
         match outcome {
             Outcome::Keep => {
                 let at = match &mut flow.phase {
@@ -529,17 +727,38 @@ impl TcpFlows {
                 if self.reconnect(id, cx) {
                     return;
                 }
-                let flow = self.flows.get(id).expect("still present");
-                let key = flow.key;
-                let mac = flow.guest_mac;
-                if let Phase::Connecting { syn, syn_end, .. } = &flow.phase {
-                    let (syn, syn_end) = (syn.clone(), *syn_end);
-                    log::debug!("connect for {} -> {} failed: {e}", key.guest, key.remote);
-                    self.answer_failed_connect(&e, mac, key, &syn, syn_end, cx);
-                }
-                self.remove(id, cx, true);
+                self.fail_connect(id, &e, cx);
+            }
+            Outcome::Pending(at) => self.set_timer(id, Some(at)),
+            Outcome::ConnectTimedOut => {
+                self.stats.connect_timeouts += 1;
+                let timed_out = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+                self.fail_connect(id, &timed_out, cx);
+            }
+            Outcome::ConnectAbandoned => {
+                self.stats.abandoned += 1;
+                self.drop_pending(
+                    id,
+                    "abandoned: the guest stopped retransmitting its SYN",
+                    cx,
+                );
             }
         }
+    }
+
+    /// Tell the guest its pending connect failed with `err`, and forget the flow.
+    fn fail_connect(&mut self, id: Id, err: &io::Error, cx: &mut Ctx<'_>) {
+        let Some(flow) = self.flows.get(id) else {
+            return;
+        };
+        let key = flow.key;
+        let mac = flow.guest_mac;
+        if let Phase::Connecting { syn, syn_end, .. } = &flow.phase {
+            let (syn, syn_end) = (syn.clone(), *syn_end);
+            log::debug!("connect for {} -> {} failed: {err}", key.guest, key.remote);
+            self.answer_failed_connect(err, mac, key, &syn, syn_end, cx);
+        }
+        self.remove(id, cx, true);
     }
 
     /// After a failed connect, start one to the next fallback address; false if none is left.
@@ -613,8 +832,11 @@ impl TcpFlows {
         if let Some(at) = flow.timer {
             self.timers.remove(&(at, id));
         }
-        if matches!(flow.phase, Phase::Connecting { .. }) {
-            self.pending_connects -= 1;
+        match &mut flow.phase {
+            Phase::Connecting { last_syn, .. } => {
+                self.pending.remove(&(*last_syn, id));
+            }
+            Phase::Open(conn) => self.budget.forget(&mut conn.memory),
         }
         let _ = cx.registry.deregister(&mut flow.host.stream);
         if !graceful {
@@ -628,6 +850,18 @@ impl TcpFlows {
             if graceful { "closed" } else { "reset" }
         );
     }
+}
+
+/// When a pending connect whose guest sent its SYN first at `first` and last at `last` is
+/// over: abandoned by a guest that stopped retransmitting, or at [`CONNECT_TIMEOUT`].
+fn pending_deadline(first: Instant, last: Instant) -> Instant {
+    let backoff = (last - first) * 2;
+    let gap = if backoff > SYN_RETRANSMIT_MIN_GAP {
+        backoff
+    } else {
+        SYN_RETRANSMIT_MIN_GAP
+    };
+    (last + gap + SYN_RETRANSMIT_SLACK).min(first + CONNECT_TIMEOUT)
 }
 
 fn mark_dirty(dirty: &mut Vec<Id>, flow: &mut Flow, id: Id) {
@@ -644,7 +878,10 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     };
     let local = flow.key.remote;
     let mut iface = new_interface(cx, seed, flow.guest_mac);
-    let mut socket = new_socket(config);
+    let (mut socket, mut memory) = new_socket(config);
+    if let Some(tcp) = gate::tcp_of(syn) {
+        memory.on_guest_syn(tcp);
+    }
     let endpoint = IpListenEndpoint {
         addr: Some(local.ip().into()),
         port: local.port(),
@@ -655,12 +892,14 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     let mut sockets = SocketSet::new(Vec::with_capacity(1));
     let handle = sockets.add(socket);
 
-    let mut dev = FlowDevice::new(Some(syn), cx.tap, cx.link, flow.guest_mac);
+    let gate = Some(&mut memory.gate);
+    let mut dev = FlowDevice::new(Some(syn), cx.tap, cx.link, flow.guest_mac, gate);
     iface.poll_ingress_single(cx.now, &mut dev, &mut sockets);
     flow.phase = Phase::Open(Box::new(Conn {
         iface,
         sockets,
         handle,
+        memory,
     }));
     // A just-connected socket is writable; reads are attempted optimistically.
     flow.host.writable = true;
@@ -673,7 +912,7 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
 /// host the guest talks to.
 fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Interface {
     let net = cx.policy.net;
-    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac);
+    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac, None);
     let mut iface_config = Config::new(HardwareAddress::Ip);
     iface_config.random_seed = seed;
     let mut iface = Interface::new(iface_config, &mut dev, cx.now);
@@ -702,7 +941,8 @@ fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Int
 /// `65535 << shift` ahead until its next ACK. Past the ring, that data is counted but not
 /// stored, and a guest can turn it into an assertion failure (see the test
 /// `data_past_the_ring_right_after_the_handshake_is_not_taken`). A size just under a power
-/// of two (2 MiB - 1 for 2 MiB) keeps `65535 << shift` inside the ring.
+/// of two (2 MiB - 1 for 2 MiB) keeps `65535 << shift` inside the ring. (The window gate
+/// now turns such data away before smoltcp sees it too; this stays as the second line.)
 fn rx_ring_size(requested: usize) -> usize {
     let max_unscaled = usize::from(u16::MAX);
     if requested <= max_unscaled {
@@ -717,21 +957,24 @@ fn rx_ring_size(requested: usize) -> usize {
     }
 }
 
-/// A flow's smoltcp socket, tuned for a local link (see the module docs of the stack).
-fn new_socket(config: &TcpConfig) -> tcp::Socket<'static> {
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; rx_ring_size(config.rx_ring)]),
-        tcp::SocketBuffer::new(vec![0u8; config.tx_ring]),
-    );
+/// A flow's smoltcp socket, tuned for a local link (see the module docs of the stack), and
+/// the record of its rings' memory.
+fn new_socket(config: &TcpConfig) -> (tcp::Socket<'static>, FlowMemory) {
+    // Zeroed allocations this large are fresh mappings: no memory until written.
+    let mut rx = vec![0u8; rx_ring_size(config.rx_ring)];
+    let mut tx = vec![0u8; config.tx_ring];
+    let memory = FlowMemory::new(&mut rx, &mut tx);
+    let mut socket = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
     socket.set_nagle_enabled(false);
     socket.set_ack_delay(None);
     socket.set_congestion_control(CongestionControl::None);
-    socket
+    (socket, memory)
 }
 
 /// Move bytes both ways, emit what smoltcp wants to send, and decide whether the flow is done.
-fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
+fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut TcpStats) -> Outcome {
     let Flow {
+        key,
         phase,
         host,
         guest_mac,
@@ -742,15 +985,22 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     let Phase::Open(conn) = phase else {
         return Outcome::Keep;
     };
-    let conn = &mut **conn;
-    let sock = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+    let Conn {
+        iface,
+        sockets,
+        handle,
+        memory,
+    } = &mut **conn;
+    let sock = sockets.get_mut::<tcp::Socket>(*handle);
     if *connecting_to_guest && sock.state() != State::SynSent {
         // The guest answered our SYN: no connect timeout from here on.
         *connecting_to_guest = false;
         sock.set_timeout(None);
     }
 
-    guest_to_host(sock, host);
+    guest_to_host(sock, host, memory);
+    // Room in the budget for the window and for host data, given what just left.
+    memory.plan(budget, SocketView::of(sock));
     if !host.write_shut
         && !host.failed
         && matches!(sock.recv(|_| (0, ())), Err(RecvError::Finished))
@@ -759,7 +1009,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
         let _ = host.stream.shutdown(Shutdown::Write);
         host.write_shut = true;
     }
-    host_to_guest(sock, host);
+    host_to_guest(sock, host, memory);
     // A reset from the host reaches the guest once what came before it was delivered.
     if host.reset && host.eof && sock.send_queue() == 0 {
         host.failed = true;
@@ -782,24 +1032,47 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
     // Emit ACKs with fresh windows, data, FIN or RST. Nothing is sent in TIME-WAIT, and a
     // closed socket without a peer has nothing left to say.
     let rst_pending = state == State::Closed && sock.remote_endpoint().is_some();
+    let mut tap_full = false;
     if state != State::TimeWait && (state != State::Closed || rst_pending) {
         let mut sent = 0;
         loop {
             if cx.tap.is_blocked() {
-                return Outcome::WaitTap;
+                tap_full = true;
+                break;
             }
             if sent >= MAX_SEGMENTS_PER_PASS {
                 break;
             }
-            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac);
-            match conn.iface.poll_egress(cx.now, &mut dev, &mut conn.sockets) {
+            let gate = Some(&mut memory.gate);
+            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac, gate);
+            match iface.poll_egress(cx.now, &mut dev, sockets) {
                 PollResult::None => break,
                 PollResult::SocketStateChanged => sent += 1,
             }
         }
     }
+    // smoltcp does not know the gate held its window back, so it sends no update when room
+    // comes back: we do.
+    if matches!(
+        state,
+        State::SynReceived | State::Established | State::FinWait1 | State::FinWait2
+    ) && let Some(update) = memory
+        .gate
+        .update(memory.ring_edge(), gate::UPDATE_MIN_GAIN)
+    {
+        stats.window_updates += 1;
+        let (seq, ack, window) = (update.seq, update.ack, update.window);
+        let net = cx.policy.net;
+        emit::tcp_window_update(
+            cx.tap, &net, *guest_mac, key.remote, key.guest, seq, ack, window,
+        );
+    }
+    memory.settle(budget, host.readable && !host.eof && !host.failed);
+    if tap_full {
+        return Outcome::WaitTap;
+    }
 
-    let sock = conn.sockets.get::<tcp::Socket>(conn.handle);
+    let sock = sockets.get::<tcp::Socket>(*handle);
     match sock.state() {
         State::Closed if sock.remote_endpoint().is_some() => Outcome::WaitTap,
         State::Closed | State::Listen | State::TimeWait => {
@@ -817,11 +1090,15 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>) -> Outcome {
 }
 
 /// Move what the guest sent from smoltcp's rx ring into the host socket.
-fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
+fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) {
     while host.writable && !host.failed && !host.reset && sock.can_recv() {
-        let r = sock.recv(|buf| match (&host.stream).write(buf) {
-            Ok(n) => (n, Ok((n, buf.len()))),
-            Err(e) => (0, Err(e)),
+        let r = sock.recv(|buf| {
+            let written = match (&host.stream).write(buf) {
+                Ok(n) => (n, Ok((n, buf.len()))),
+                Err(e) => (0, Err(e)),
+            };
+            memory.on_recv(buf.as_ptr(), written.0);
+            written
         });
         match r {
             Ok(Ok((0, _))) | Err(_) => break,
@@ -853,7 +1130,13 @@ fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
         // ACKs in guest segments it cannot accept (RFC 9293's allowance for a zero window is
         // not implemented), and the guest's ACKs of what is still being delivered to it are
         // what ends the flow.
-        while sock.recv(|buf| (buf.len(), buf.len())).is_ok_and(|n| n > 0) {}
+        while sock
+            .recv(|buf| {
+                memory.on_recv(buf.as_ptr(), buf.len());
+                (buf.len(), buf.len())
+            })
+            .is_ok_and(|n| n > 0)
+        {}
     }
 }
 
@@ -862,24 +1145,35 @@ enum HostRead {
     /// Less than asked for: the socket had no more at that moment.
     Drained,
     RingFull,
+    /// The flow may not hold more host data now (see [`budget`]); it is woken when room
+    /// is freed.
+    OverBudget,
     Eof,
     Error(io::Error),
 }
 
 /// Read from the host socket straight into smoltcp's tx ring, until the socket is empty (a
 /// short read or EAGAIN) or the ring is full.
-fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
+fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) {
     while host.readable && !host.eof && !host.failed && sock.can_send() {
         let r = sock.send(|buf| {
             if buf.is_empty() {
                 return (0, HostRead::RingFull);
             }
-            match (&host.stream).read(buf) {
+            let room = memory.send_room(buf.len());
+            let buf = &mut buf[..room];
+            if buf.is_empty() {
+                memory.on_send(buf.as_ptr(), 0);
+                return (0, HostRead::OverBudget);
+            }
+            let read = match (&host.stream).read(buf) {
                 Ok(0) => (0, HostRead::Eof),
                 Ok(n) if n < buf.len() => (n, HostRead::Drained),
                 Ok(n) => (n, HostRead::Data),
                 Err(e) => (0, HostRead::Error(e)),
-            }
+            };
+            memory.on_send(buf.as_ptr(), read.0);
+            read
         });
         match r {
             Ok(HostRead::Data) => {}
@@ -887,7 +1181,7 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide) {
             // there is no need for a read that would only say EAGAIN. Unless the peer's FIN
             // or an error is already there (announced in an earlier event): read on to it.
             Ok(HostRead::Drained) => host.readable = host.ending,
-            Ok(HostRead::RingFull) | Err(_) => break,
+            Ok(HostRead::RingFull | HostRead::OverBudget) | Err(_) => break,
             Ok(HostRead::Eof) => {
                 host.eof = true;
                 // After a reset the end is a reset, not a FIN.
@@ -1001,7 +1295,7 @@ impl std::fmt::Debug for TcpFlows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpFlows")
             .field("flows", &self.flows.len())
-            .field("pending_connects", &self.pending_connects)
+            .field("pending_connects", &self.pending.len())
             .field("stats", &self.stats)
             .finish()
     }
@@ -1033,23 +1327,45 @@ mod tests {
         guest: OwnedFd,
         poll: Poll,
         policy: HostPolicy,
+        now: Instant,
     }
 
     impl Harness {
         fn new() -> Self {
+            Self::with_config(TcpConfig::default())
+        }
+
+        fn with_config(config: TcpConfig) -> Self {
             let (a, b) = crate::tap::test_pair();
             Harness {
-                flows: TcpFlows::new(TcpConfig::default()),
+                flows: TcpFlows::new(config),
                 tap: TapWriter::new(a).unwrap(),
                 guest: b,
                 poll: Poll::new().unwrap(),
                 policy: HostPolicy::new(VirtualNetwork::default()),
+                now: Instant::from_millis(0),
             }
+        }
+
+        /// Move the clock to `ms` and fire the timers due by then.
+        fn at(&mut self, ms: i64) {
+            self.now = Instant::from_millis(ms);
+            let mut flows = std::mem::replace(&mut self.flows, TcpFlows::new(TcpConfig::default()));
+            flows.run_timers(&mut self.cx());
+            self.flows = flows;
+        }
+
+        /// A frame the stack wrote to the guest, if any is waiting.
+        fn frame_now(&mut self) -> Option<Vec<u8>> {
+            let mut buf = vec![0u8; 70000];
+            let n = crate::tap::read_frame(self.guest.as_fd(), &mut buf).ok()?;
+            buf.truncate(n);
+            Some(buf)
         }
 
         fn cx(&mut self) -> Ctx<'_> {
             Ctx {
-                now: Instant::from_millis(0),
+                now: self.now,
                 tap: &mut self.tap,
                 registry: self.poll.registry(),
                 policy: &self.policy,
@@ -1102,6 +1418,160 @@ mod tests {
 
     fn syn_frame(dst: SocketAddrV4, src_port: u16) -> Vec<u8> {
         guest_frame(dst, src_port, TcpControl::Syn, 5000, None, &[])
+    }
+
+    /// A listener on the host's loopback whose accept queue is full, so connects to it stay
+    /// pending (the kernel drops their SYNs); reached from the guest as 10.0.2.2:PORT.
+    fn silent_listener() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddrV4) {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+        let target = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut queued = Vec::new();
+        while let Ok(s) =
+            std::net::TcpStream::connect_timeout(&target, StdDuration::from_millis(300))
+        {
+            queued.push(s);
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        (
+            listener,
+            queued,
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port),
+        )
+    }
+
+    #[test]
+    fn pending_deadline_follows_the_guests_syn_backoff() {
+        let s = |secs: i64| Instant::from_millis(secs * 1000);
+        // Linux (1 s, doubling) and Windows (3 s, doubling): each retransmission comes before
+        // the deadline the previous ones set.
+        for schedule in [&[0, 1, 3, 7, 15, 31, 63][..], &[0, 3, 9, 21][..]] {
+            for pair in schedule.windows(2) {
+                let deadline = pending_deadline(s(schedule[0]), s(pair[0]));
+                assert!(s(pair[1]) < deadline, "{schedule:?}: {pair:?}");
+            }
+        }
+        // A guest that sent one SYN and went quiet is given up on 4 s later.
+        assert_eq!(pending_deadline(s(10), s(10)), s(14));
+        // A connect the guest keeps retrying still ends at CONNECT_TIMEOUT.
+        assert_eq!(pending_deadline(s(0), s(63)), s(0) + CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn guest_that_stops_retransmitting_its_syn_loses_the_pending_connect() {
+        let (_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::new();
+        h.guest_sends(&syn_frame(silent, 40010));
+        assert_eq!(h.flows.pending_connects(), 1);
+        h.at(1000);
+        h.guest_sends(&syn_frame(silent, 40010));
+        // Due again by 1 + max(3, 2) + 1 = 5 s.
+        h.at(4900);
+        assert_eq!(h.flows.pending_connects(), 1, "still within its backoff");
+        h.at(5100);
+        assert_eq!(h.flows.pending_connects(), 0);
+        assert!(h.flows.is_empty());
+        assert_eq!(h.flows.stats.abandoned, 1);
+        assert!(
+            h.frame_now().is_none(),
+            "an abandoned connect is not answered"
+        );
+    }
+
+    #[test]
+    fn pending_connect_past_its_deadline_gets_host_unreachable() {
+        let (_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::new();
+        let syn = syn_frame(silent, 40011);
+        for at in [0, 1, 3, 7, 15, 31, 63] {
+            h.at(at * 1000);
+            h.guest_sends(&syn);
+        }
+        h.at(74_900);
+        assert_eq!(h.flows.pending_connects(), 1);
+        h.at(75_000);
+        assert!(h.flows.is_empty());
+        assert_eq!(h.flows.stats.connect_timeouts, 1);
+        let frame = h.frame_now().expect("an ICMP error");
+        let (_, icmp) = crate::stack::emit::parse_icmp(&frame).expect("valid ICMP");
+        assert!(
+            matches!(
+                icmp,
+                Icmpv4Repr::DstUnreachable {
+                    reason: Icmpv4DstUnreachable::HostUnreachable,
+                    ..
+                }
+            ),
+            "{icmp:?}"
+        );
+    }
+
+    #[test]
+    fn pending_connect_bound_evicts_the_least_recently_refreshed() {
+        let (_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::with_config(TcpConfig {
+            max_pending_connects: 2,
+            ..TcpConfig::default()
+        });
+        h.guest_sends(&syn_frame(silent, 40021));
+        h.at(100);
+        h.guest_sends(&syn_frame(silent, 40022));
+        h.at(1000);
+        h.guest_sends(&syn_frame(silent, 40021));
+        // A third: 40022 (last heard of at 0.1 s) makes room, without any answer.
+        h.at(1200);
+        h.guest_sends(&syn_frame(silent, 40023));
+        assert_eq!(h.flows.pending_connects(), 2);
+        assert_eq!(h.flows.stats.evicted, 1);
+        assert_eq!(h.flows.stats.refused_over_limit, 0);
+        assert!(h.frame_now().is_none(), "nobody gets a reset");
+        let ports: Vec<u16> = h.flows.by_key.keys().map(|k| k.guest.port()).collect();
+        assert!(
+            ports.contains(&40021) && ports.contains(&40023),
+            "{ports:?}"
+        );
+        // The evicted one's next SYN starts it afresh (evicting the least recent in turn).
+        h.guest_sends(&syn_frame(silent, 40022));
+        assert_eq!(h.flows.pending_connects(), 2);
+        assert!(h.flows.by_key.keys().any(|k| k.guest.port() == 40022));
+    }
+
+    #[test]
+    fn new_initial_sequence_number_replaces_the_stored_syn() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_silent_listener, _queued, silent) = silent_listener();
+        let mut h = Harness::new();
+        let gw = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), port);
+        // A connect that stays pending, then a second attempt from the same port with
+        // another ISN: its clock starts afresh.
+        h.guest_sends(&syn_frame(silent, 40030));
+        h.at(3000);
+        h.guest_sends(&guest_frame(
+            silent,
+            40030,
+            TcpControl::Syn,
+            9000,
+            None,
+            &[],
+        ));
+        h.at(6900);
+        assert_eq!(
+            h.flows.pending_connects(),
+            1,
+            "the new attempt has until 7 s"
+        );
+        // Against a listening port, the SYN-ACK answers the latest SYN.
+        h.guest_sends(&syn_frame(gw, 40031));
+        h.guest_sends(&guest_frame(gw, 40031, TcpControl::Syn, 9000, None, &[]));
+        let frame = h.next_frame().expect("a SYN-ACK");
+        let (_, tcp) = parse_tcp(&frame);
+        assert_eq!(tcp.ack_number, Some(TcpSeqNumber(9001)));
     }
 
     /// A segment from the guest's port `src_port` to `dst`.
