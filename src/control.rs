@@ -14,7 +14,7 @@ use mio::{Events, Poll, Registry};
 use crate::api::{self, ApiServer, Info};
 use crate::portdriver::parent::{self as forwarder, Forwarder};
 use crate::portdriver::spec::{PortSpec, PortStatus};
-use crate::stack::slab::Id;
+use crate::slab::Id;
 
 /// How often idle API connections and UDP clients are swept.
 const SWEEP: Duration = Duration::from_secs(5);

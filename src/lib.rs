@@ -31,6 +31,7 @@ pub mod netconf;
 pub mod portdriver;
 pub mod process;
 pub mod resolv;
+pub mod slab;
 pub mod slirp4netns;
 pub mod stack;
 pub mod tap;

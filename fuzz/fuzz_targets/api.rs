@@ -33,7 +33,7 @@ use usernet::api::{self, ApiServer, Info, Limits, NetworkDriverInfo, PortDriverI
 use usernet::portdriver::parent::Forwarder;
 use usernet::slirp4netns::api::{HostForwards, Request, respond};
 use usernet::stack::hostfwd::ForwardSpec;
-use usernet::stack::slab::Id;
+use usernet::slab::Id;
 use usernet_fuzz::world;
 
 /// A small body limit, so inputs of libFuzzer's sizes reach it.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::portdriver::parent::Forwarder;
 use crate::portdriver::spec::{PROTOS, PortSpec};
-use crate::stack::slab::{Id, Slab};
+use crate::slab::{Id, Slab};
 use http::{Parsed, Response};
 
 /// Version of the REST API we speak (rootlesskit's).

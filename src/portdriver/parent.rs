@@ -33,7 +33,7 @@ use super::msg::{self, FD_PAYLOAD, Reply, Request, TYPE_CONNECT, TYPE_INIT};
 use super::spec::{Family, PortSpec, PortStatus, Transport};
 use super::splice::{Relay, RelayState};
 use crate::fdpass;
-use crate::stack::slab::{Id, Slab};
+use crate::slab::{Id, Slab};
 
 /// Token kinds of the forwarder's sockets (the control thread dispatches on them).
 pub const KIND_LISTENER: u8 = 1;

@@ -18,7 +18,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
 use super::api::{self, HostForwards, Request};
-use crate::stack::slab::{Id, Slab};
+use crate::slab::{Id, Slab};
 
 /// Token of the listener (in the embedding program's range of the stack's poller).
 pub const LISTENER_TOKEN: Token = Token(16);

@@ -26,9 +26,9 @@ use smoltcp::wire::EthernetAddress;
 use super::Ctx;
 use super::emit::{self, UDP_LEN};
 use super::frame::GuestUdp;
-use super::slab::{Id, Slab};
 use super::udp::connect_udp;
 use crate::resolv::ResolvConf;
+use crate::slab::{Id, Slab};
 
 /// Token kind of upstream query sockets.
 pub const TOKEN_KIND: u8 = 3;

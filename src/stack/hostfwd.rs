@@ -26,8 +26,8 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use smoltcp::time::{Duration, Instant};
 
-use super::slab::{Id, Slab};
 use crate::net::VirtualNetwork;
+use crate::slab::{Id, Slab};
 
 /// Token kind of forward listeners.
 pub const TOKEN_KIND: u8 = 5;

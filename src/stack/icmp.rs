@@ -27,8 +27,8 @@ use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
 use super::policy::{Unreachable, unreachable_reason};
-use super::slab::{Id, Slab};
 use super::udp::{connect_dgram, error_source};
+use crate::slab::{Id, Slab};
 
 /// Token kind of ping sockets.
 pub const TOKEN_KIND: u8 = 4;

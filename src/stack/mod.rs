@@ -23,7 +23,6 @@ pub mod hostfwd;
 pub mod icmp;
 pub mod neigh;
 pub mod policy;
-pub mod slab;
 pub mod tcp;
 pub mod tx;
 pub mod udp;
@@ -56,7 +55,7 @@ use udp::{UdpConfig, UdpNat};
 const TAP_TOKEN: Token = Token(0);
 /// Tokens from 1 up to here are the embedding program's.
 pub const FIRST_STACK_TOKEN: usize = 1 << 16;
-/// Token kinds ([`slab::Id::token`]) from here up are the embedding program's too.
+/// Token kinds ([`crate::slab::Id::token`]) from here up are the embedding program's too.
 pub const FIRST_EMBEDDER_KIND: u8 = 128;
 /// The token the callback of [`Stack::run`] sees when the [`Stack::wake_at`] deadline passes.
 pub const WAKEUP_TOKEN: Token = Token(FIRST_STACK_TOKEN - 1);
@@ -549,7 +548,7 @@ impl Stack {
 
     fn inbound_datagram(
         &mut self,
-        slot: slab::Id,
+        slot: crate::slab::Id,
         socket: &std::rc::Rc<mio::net::UdpSocket>,
         client: std::net::SocketAddr,
         guest: std::net::SocketAddrV4,
@@ -634,7 +633,7 @@ impl Stack {
 
     /// Readiness of one of the flows' host sockets.
     fn on_socket_event(&mut self, token: Token, event: &mio::event::Event) {
-        let (kind, id) = slab::Id::from_token(token);
+        let (kind, id) = crate::slab::Id::from_token(token);
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         match kind {
@@ -809,7 +808,7 @@ impl Stack {
 
 /// Whether `token` belongs to the embedding program.
 fn is_embedders(token: Token) -> bool {
-    token.0 < FIRST_STACK_TOKEN || slab::Id::from_token(token).0 >= FIRST_EMBEDDER_KIND
+    token.0 < FIRST_STACK_TOKEN || crate::slab::Id::from_token(token).0 >= FIRST_EMBEDDER_KIND
 }
 
 impl Stack {

@@ -33,7 +33,7 @@ use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
-use super::slab::{Id, Slab};
+use crate::slab::{Id, Slab};
 
 /// Token kind of NAT entries' host sockets.
 pub const TOKEN_KIND: u8 = 2;

@@ -47,7 +47,7 @@ use std::collections::VecDeque;
 use smoltcp::socket::tcp::{self, State};
 
 use super::gate::{WindowGate, seq_after};
-use crate::stack::slab::Id;
+use crate::slab::Id;
 
 /// The budget unless `--max-buffer-memory` says otherwise: fits a small machine, and is 64
 /// flows at full speed both ways.

@@ -85,7 +85,7 @@ use super::emit;
 use super::frame::GuestTcp;
 use super::hostfwd;
 use super::policy::{HostPolicy, Verdict, unreachable_reason};
-use super::slab::{Id, Slab};
+use crate::slab::{Id, Slab};
 
 /// Token kind for TCP flows' host sockets (see [`Id::token`]).
 pub const TOKEN_KIND: u8 = 1;
