@@ -19,7 +19,7 @@ use crate::config::{
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, Ipv6Network, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
-use crate::portdriver::spec::PortSpec;
+use crate::ports::PortSpec;
 use crate::process::Failure;
 use crate::resolv::parse_upstream;
 
@@ -242,7 +242,7 @@ pub struct RunArgs {
     pub propagation: Propagation,
 
     /// Most clients of api.sock at once; more are answered 503 and closed.
-    #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
+    #[arg(long, value_name = "N", default_value_t = crate::api::rest::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
     pub max_api_connections: usize,
 
     /// Largest request body api.sock takes, in bytes; bigger ones are answered 413.
@@ -572,7 +572,7 @@ pub struct AttachArgs {
     pub api_socket: Option<PathBuf>,
 
     /// Most clients of the API socket at once; more are answered with an error and closed.
-    #[arg(long, value_name = "N", default_value_t = crate::slirp4netns::server::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
+    #[arg(long, value_name = "N", default_value_t = crate::api::slirp::DEFAULT_MAX_CONNECTIONS, value_parser = parse_bound)]
     pub max_api_connections: usize,
 
     #[command(flatten)]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use crate::harden::Hardening;
-use crate::portdriver::spec::PortSpec;
+use crate::ports::PortSpec;
 use crate::stack::StackConfig;
 
 /// How published ports are served.

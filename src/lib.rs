@@ -19,8 +19,8 @@
 pub mod api;
 pub mod attach;
 pub mod cli;
+pub mod client;
 pub mod config;
-pub mod control;
 pub mod fdpass;
 pub mod footprint;
 pub mod harden;
@@ -29,6 +29,7 @@ pub mod launcher;
 pub mod net;
 pub mod netconf;
 pub mod portdriver;
+pub mod ports;
 pub mod process;
 pub mod resolv;
 pub mod slab;

@@ -6,15 +6,33 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 
-use usernet::api::client;
 use usernet::cli::{BadCommandLine, Command, PortsCommand};
+use usernet::client;
 use usernet::launcher;
 use usernet::process::Failure;
 
+/// Non-dumpable before `main`, before even the Rust runtime starts: a constructor the loader
+/// runs right after mapping the binary, so the time in which a process of the same uid could
+/// ptrace usernet or open its `/proc/PID/mem` (an fd that would stay usable) shrinks to the
+/// dynamic loader's own work (see `harden`).
+#[used]
+#[unsafe(link_section = ".init_array")]
+static UNDUMPABLE_AT_LOAD: extern "C" fn() = {
+    extern "C" fn undumpable() {
+        usernet::harden::set_undumpable();
+    }
+    undumpable
+};
+
 fn main() -> ExitCode {
     // Before anything else, whatever the personality: the guest must never be able to ptrace
-    // or read the memory and fds of the process that holds host sockets (see `harden`).
+    // or read the memory and fds of the process that holds host sockets (see `harden`). The
+    // constructor above already did it; a tracer that attached before it is refused here.
     usernet::harden::set_undumpable();
+    if let Err(e) = usernet::harden::refuse_foreign_tracer() {
+        eprintln!("usernet: {e}");
+        return ExitCode::from(1);
+    }
     usernet::footprint::heap_policy();
     // Invoked as slirp4netns (through a symlink): slirp4netns's command line, exactly.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();

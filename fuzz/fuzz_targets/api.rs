@@ -6,12 +6,13 @@
 //! - REST (rootlesskit's, on `api.sock`): [`http::parse`](usernet::api::http::parse) over the
 //!   bytes, request after request as a pipelining client would send them (a complete request
 //!   must consume at least one byte and never more than it was given), then the same bytes
-//!   through a real [`ApiServer`](usernet::api::ApiServer) on a Unix socket in a temporary
-//!   directory, with a fresh port driver [`Forwarder`](usernet::portdriver::parent::Forwarder)
-//!   behind it (a `POST /v1/ports` really listens, inside the fuzz namespace). What comes back
-//!   must be HTTP responses with the length they announce.
-//! - slirp4netns (`--api-socket`): [`respond`](usernet::slirp4netns::api::respond) against an
-//!   in-memory forward table holding a few entries, on every prefix the client might have sent
+//!   through a real [`Server`](usernet::api::Server) speaking
+//!   [`RestApi`](usernet::api::RestApi) on a Unix socket in a temporary directory, with a fresh
+//!   port driver [`Forwarder`](usernet::portdriver::parent::Forwarder) behind it (a
+//!   `POST /v1/ports` really listens, inside the fuzz namespace). What comes back must be HTTP
+//!   responses with the length they announce.
+//! - slirp4netns (`--api-socket`): [`respond`](usernet::api::slirp::respond) against an
+//!   in-memory port table holding a few entries, on every prefix the client might have sent
 //!   so far and on the whole with EOF. Whatever the answer, it must be JSON.
 //!
 //! Runs only inside a throwaway network namespace (see `fuzz/run.sh`).
@@ -29,10 +30,10 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use mio::{Events, Poll};
 use usernet::api::http::{self, Parsed};
-use usernet::api::{self, ApiServer, Info, Limits, NetworkDriverInfo, PortDriverInfo};
-use usernet::portdriver::parent::Forwarder;
-use usernet::slirp4netns::api::{HostForwards, Request, respond};
-use usernet::stack::hostfwd::ForwardSpec;
+use usernet::api::slirp::{Request, respond};
+use usernet::api::{self, Info, Limits, NetworkDriverInfo, PortDriverInfo, RestApi, Server};
+use usernet::portdriver::parent::{Forwarder, Ports};
+use usernet::ports::{PortError, PortManager, PortSpec, PortStatus};
 use usernet::slab::Id;
 use usernet_fuzz::world;
 
@@ -45,39 +46,53 @@ const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 #[derive(Default)]
 struct Table {
     next: i64,
-    entries: BTreeMap<i64, ForwardSpec>,
+    entries: BTreeMap<i64, PortSpec>,
 }
 
-impl HostForwards for Table {
-    fn add(&mut self, spec: ForwardSpec) -> Result<i64, String> {
-        if self
-            .entries
-            .values()
-            .any(|s| s.host == spec.host && s.proto == spec.proto)
-        {
-            return Err("address in use".into());
+impl PortManager for Table {
+    fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
+        if self.entries.values().any(|s| {
+            s.parent_ip == spec.parent_ip
+                && s.parent_port == spec.parent_port
+                && s.proto == spec.proto
+        }) {
+            return Err(PortError("address in use".into()));
         }
         self.next += 1;
-        self.entries.insert(self.next, spec);
-        Ok(self.next)
+        self.entries.insert(self.next, spec.clone());
+        Ok(PortStatus {
+            id: self.next,
+            spec,
+        })
     }
 
-    fn remove(&mut self, id: i64) -> bool {
-        self.entries.remove(&id).is_some()
+    fn remove(&mut self, id: i64) -> Result<(), PortError> {
+        self.entries
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| PortError(format!("unknown id: {id}")))
     }
 
-    fn list(&self) -> Vec<(i64, ForwardSpec)> {
-        self.entries.iter().map(|(k, v)| (*k, *v)).collect()
+    fn list(&self) -> Vec<PortStatus> {
+        self.entries
+            .iter()
+            .map(|(id, spec)| PortStatus {
+                id: *id,
+                spec: spec.clone(),
+            })
+            .collect()
     }
 }
 
 fn slirp(data: &[u8]) {
     let mut table = Table::default();
     for (port, guest) in [(8080, 80), (5353, 53)] {
-        let spec = ForwardSpec {
-            proto: usernet::stack::hostfwd::Proto::Tcp,
-            host: std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-            guest: std::net::SocketAddrV4::new(GUEST, guest),
+        let spec = PortSpec {
+            proto: "tcp".into(),
+            parent_ip: Ipv4Addr::UNSPECIFIED.to_string(),
+            parent_port: port,
+            child_ip: GUEST.to_string(),
+            child_port: guest,
         };
         table.add(spec).expect("seed entry");
     }
@@ -104,7 +119,7 @@ fn check_json(answer: &[u8]) {
 
 struct Rest {
     poll: Poll,
-    server: ApiServer,
+    server: Server<RestApi>,
     path: PathBuf,
     bp_sock: PathBuf,
 }
@@ -133,7 +148,10 @@ fn rest_server() -> &'static std::sync::Mutex<Rest> {
             max_body: MAX_BODY,
             ..Limits::default()
         };
-        let server = ApiServer::bind(&path, info, limits, poll.registry()).expect("bind api.sock");
+        let protocol = RestApi::new(info, limits);
+        let settings = protocol.settings();
+        let mut server = Server::bind(&path, protocol, settings).expect("bind api.sock");
+        server.register(poll.registry()).expect("watch api.sock");
         std::sync::Mutex::new(Rest {
             poll,
             server,
@@ -164,7 +182,7 @@ fn rest(data: &[u8]) {
     // The whole server, over a socket.
     let mut guard = rest_server().lock().unwrap_or_else(|e| e.into_inner());
     let rest = &mut *guard;
-    let mut ports = Forwarder::new(rest.bp_sock.clone(), Duration::from_secs(60));
+    let mut forwarder = Forwarder::new(rest.bp_sock.clone(), Duration::from_secs(60));
     let Ok(mut client) = UnixStream::connect(&rest.path) else {
         return;
     };
@@ -177,12 +195,16 @@ fn rest(data: &[u8]) {
     for _ in 0..200 {
         let _ = rest.poll.poll(&mut events, Some(Duration::from_millis(10)));
         for event in events.iter() {
-            if event.token() == api::LISTENER_TOKEN {
+            if rest.server.is_listener(event.token()) {
                 rest.server.accept(rest.poll.registry());
             } else {
                 let (_, id): (u8, Id) = Id::from_token(event.token());
-                rest.server
-                    .on_event(id, rest.poll.registry(), Some(&mut ports));
+                let registry = rest.poll.registry();
+                let mut ports = Ports {
+                    forwarder: &mut forwarder,
+                    registry,
+                };
+                rest.server.on_event(id, registry, Some(&mut ports));
             }
         }
         let mut closed = false;
@@ -204,10 +226,14 @@ fn rest(data: &[u8]) {
     // Let the server see the hang-up and close its end.
     let _ = rest.poll.poll(&mut events, Some(Duration::ZERO));
     for event in events.iter() {
-        if event.token() != api::LISTENER_TOKEN {
+        if !rest.server.is_listener(event.token()) {
             let (_, id) = Id::from_token(event.token());
-            rest.server
-                .on_event(id, rest.poll.registry(), Some(&mut ports));
+            let registry = rest.poll.registry();
+            let mut ports = Ports {
+                forwarder: &mut forwarder,
+                registry,
+            };
+            rest.server.on_event(id, registry, Some(&mut ports));
         }
     }
     assert!(

@@ -20,6 +20,7 @@ mod watch;
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -30,17 +31,23 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::sys::signal::{SigSet, Signal};
 
+use crate::api::Server;
+use crate::api::slirp::SlirpApi;
 use crate::config::{AttachConfig, OnSignal, Target};
 use crate::harden;
+use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::process::signals::{self, Signals};
-use crate::slirp4netns::api::HostForwards;
-use crate::slirp4netns::server::{self as api_server, ApiServer};
-use crate::stack::hostfwd::ForwardSpec;
+use crate::slab::Id;
+use crate::stack::hostfwd::{ForwardSpec, Proto};
 use crate::stack::{Stack, WAKEUP_TOKEN};
 use namespace::{Configure, Namespaces};
 use watch::TargetWatch;
 
 const SIGNALS_TOKEN: Token = Token(1);
+/// The API socket's listener, and its connections' token kind (one of the stack's embedder
+/// kinds).
+const API_LISTENER: Token = Token(16);
+const API_CONNECTION_KIND: u8 = crate::stack::FIRST_EMBEDDER_KIND + 2;
 const EXIT_FD_TOKEN: Token = Token(2);
 const TARGET_TOKEN: Token = Token(3);
 
@@ -89,9 +96,12 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
 
     let mut api = match &cfg.api_socket {
         Some(path) => {
-            let mut server =
-                ApiServer::bind(path, cfg.stack.policy.net.guest, cfg.max_api_connections)
-                    .map_err(|e| anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
+            remove_stale_socket(path);
+            let settings =
+                SlirpApi::settings(API_LISTENER, API_CONNECTION_KIND, cfg.max_api_connections);
+            let protocol = SlirpApi::new(cfg.stack.policy.net.guest);
+            let mut server = Server::bind(path, protocol, settings)
+                .map_err(|e| anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
             server
                 .register(&registry)
                 .context("cannot watch the API socket")?;
@@ -164,7 +174,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
                     ControlFlow::Continue(())
                 }
             }
-            api_server::LISTENER_TOKEN => {
+            API_LISTENER => {
                 if let Some(api) = &mut api {
                     api.accept(&registry);
                     stack.wake_at(api.expire(&registry));
@@ -178,8 +188,11 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
                 ControlFlow::Continue(())
             }
             token => {
-                if let Some(api) = &mut api {
-                    api.on_event(token, &registry, &mut StackForwards(stack));
+                let (kind, id) = Id::from_token(token);
+                if let Some(api) = &mut api
+                    && kind == API_CONNECTION_KIND
+                {
+                    api.on_event(id, &registry, Some(&mut StackForwards(stack)));
                     stack.wake_at(api.expire(&registry));
                 }
                 ControlFlow::Continue(())
@@ -215,20 +228,85 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
     Ok(code)
 }
 
-/// The stack's forward table, as the API sees it.
+/// The stack's forward table, as the API sees it: slirp-style forwards, IPv4 and `tcp` or
+/// `udp` only, that enter the guest through the stack.
 struct StackForwards<'a>(&'a mut Stack);
 
-impl HostForwards for StackForwards<'_> {
-    fn add(&mut self, spec: ForwardSpec) -> Result<i64, String> {
-        self.0.add_forward(spec).map_err(|e| e.to_string())
+impl PortManager for StackForwards<'_> {
+    fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
+        let forward = forward_spec(&spec)?;
+        let id = self
+            .0
+            .add_forward(forward)
+            .map_err(|e| PortError(e.to_string()))?;
+        Ok(PortStatus {
+            id,
+            spec: port_spec(&forward),
+        })
     }
 
-    fn remove(&mut self, id: i64) -> bool {
-        self.0.remove_forward(id)
+    fn remove(&mut self, id: i64) -> Result<(), PortError> {
+        if self.0.remove_forward(id) {
+            Ok(())
+        } else {
+            Err(PortError(format!("unknown id: {id}")))
+        }
     }
 
-    fn list(&self) -> Vec<(i64, ForwardSpec)> {
-        self.0.forwards()
+    fn list(&self) -> Vec<PortStatus> {
+        self.0
+            .forwards()
+            .into_iter()
+            .map(|(id, f)| PortStatus {
+                id,
+                spec: port_spec(&f),
+            })
+            .collect()
+    }
+}
+
+/// A port spec as a forward of the stack's (an empty host address is every address).
+fn forward_spec(spec: &PortSpec) -> Result<ForwardSpec, PortError> {
+    let bad = |what: &str| PortError(format!("a forward needs {what}"));
+    let proto = match spec.proto.as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return Err(bad("proto tcp or udp")),
+    };
+    let address = |s: &str| -> Result<Ipv4Addr, PortError> {
+        if s.is_empty() {
+            return Ok(Ipv4Addr::UNSPECIFIED);
+        }
+        s.parse().map_err(|_| bad("IPv4 addresses"))
+    };
+    let port = |p: i64| u16::try_from(p).map_err(|_| bad("ports in 1..65535"));
+    Ok(ForwardSpec {
+        proto,
+        host: SocketAddrV4::new(address(&spec.parent_ip)?, port(spec.parent_port)?),
+        guest: SocketAddrV4::new(address(&spec.child_ip)?, port(spec.child_port)?),
+    })
+}
+
+/// A forward of the stack's as a port spec.
+fn port_spec(f: &ForwardSpec) -> PortSpec {
+    PortSpec {
+        proto: f.proto.as_str().into(),
+        parent_ip: f.host.ip().to_string(),
+        parent_port: f.host.port().into(),
+        child_ip: f.guest.ip().to_string(),
+        child_port: f.guest.port().into(),
+    }
+}
+
+/// slirp4netns replaces what is at its API socket's path; we replace only a socket of ours
+/// (a previous run's), never a file we did not create.
+fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+        && meta.uid() == nix::unistd::geteuid().as_raw()
+    {
+        let _ = std::fs::remove_file(path);
     }
 }
 

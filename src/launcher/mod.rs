@@ -18,6 +18,7 @@
 //! is enough and what the guest can still do to it.
 
 mod child;
+mod control;
 mod idmap;
 mod statedir;
 
@@ -34,7 +35,6 @@ use nix::unistd::{ForkResult, Pid, fork, getpid};
 
 use crate::api::{self, Info, NetworkDriverInfo, PortDriverInfo};
 use crate::config::{NetMode, RunConfig};
-use crate::control::Control;
 use crate::harden;
 use crate::portdriver::parent::Forwarder;
 use crate::process::channel::{Channel, Msg};
@@ -44,6 +44,7 @@ use crate::process::{Failure, raise_fd_limit, tune_malloc, txqueuelen};
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
 use crate::stack::Stack;
 use child::ChildConfig;
+use control::Control;
 use statedir::{Entry, Kind, StateDir};
 
 pub use idmap::Mapping;

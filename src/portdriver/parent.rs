@@ -30,9 +30,9 @@ use mio::{Interest, Registry};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::msg::{self, FD_PAYLOAD, Reply, Request, TYPE_CONNECT, TYPE_INIT};
-use super::spec::{Family, PortSpec, PortStatus, Transport};
 use super::splice::{Relay, RelayState};
 use crate::fdpass;
+use crate::ports::{Family, PortError, PortManager, PortSpec, PortStatus, Transport};
 use crate::slab::{Id, Slab};
 
 /// Token kinds of the forwarder's sockets (the control thread dispatches on them).
@@ -804,5 +804,24 @@ impl std::fmt::Debug for Forwarder {
             .field("udp", &self.udp.len())
             .field("stats", &self.stats)
             .finish()
+    }
+}
+/// The port driver as the APIs see it: its listeners are watched on this thread's poller.
+pub struct Ports<'a> {
+    pub forwarder: &'a mut Forwarder,
+    pub registry: &'a Registry,
+}
+
+impl PortManager for Ports<'_> {
+    fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
+        self.forwarder.add(spec, self.registry).map_err(PortError)
+    }
+
+    fn list(&self) -> Vec<PortStatus> {
+        self.forwarder.list()
+    }
+
+    fn remove(&mut self, id: i64) -> Result<(), PortError> {
+        self.forwarder.remove(id, self.registry).map_err(PortError)
     }
 }

@@ -11,9 +11,7 @@
 //! `--netns-type=path` (it joins the namespace's owner instead of failing); and no client
 //! of the API socket can stall the network.
 
-pub mod api;
 pub mod args;
-pub mod server;
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -122,7 +120,7 @@ fn config(
         mac,
         stack,
         api_socket: o.api_socket.clone(),
-        max_api_connections: crate::slirp4netns::server::DEFAULT_MAX_CONNECTIONS,
+        max_api_connections: crate::api::slirp::DEFAULT_MAX_CONNECTIONS,
         ready_fd: o.ready_fd,
         exit_fd: o.exit_fd,
         sandbox: harden(o.enable_sandbox),

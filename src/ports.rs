@@ -1,5 +1,7 @@
-//! Port specs: what `-p`, `usernet ports add`, `rootlessctl add-ports` and `POST /v1/ports`
-//! ask for, in rootlesskit's JSON shape, with rootlesskit's validation rules.
+//! Published ports: what `-p`, `usernet ports add`, `rootlessctl add-ports`, `POST /v1/ports`
+//! and slirp4netns's `add_hostfwd` ask for ([`PortSpec`], in rootlesskit's JSON shape, with
+//! rootlesskit's validation rules), and the [`PortManager`] interface the APIs drive: the
+//! builtin port driver implements it, and so do the slirp-style forwards through the stack.
 //!
 //! The string form is `[HOSTIP:]HOSTPORT:[CHILDIP:]CHILDPORT[/PROTO]`, IPv6 addresses in
 //! brackets; the protocol defaults to `tcp`. That accepts everything rootlesskit's
@@ -9,6 +11,28 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+
+/// A table of published ports, as rootlesskit's port `Manager`: what the REST API and the
+/// slirp4netns API act on, whoever serves the ports.
+pub trait PortManager {
+    /// Publish `spec`; its id and spec as stored, or why not (the API client's message).
+    fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError>;
+    /// Every published port, oldest first.
+    fn list(&self) -> Vec<PortStatus>;
+    /// Stop publishing port `id`.
+    fn remove(&mut self, id: i64) -> Result<(), PortError>;
+}
+
+/// Why a port could not be published or removed: the one line an API client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PortError(pub String);
+
+impl From<String> for PortError {
+    fn from(s: String) -> Self {
+        PortError(s)
+    }
+}
 
 /// Protocols the builtin port driver serves.
 pub const PROTOS: [&str; 6] = ["tcp", "tcp4", "tcp6", "udp", "udp4", "udp6"];

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
-use super::Info;
-use crate::portdriver::spec::{PortSpec, PortStatus};
+use crate::api::Info;
+use crate::ports::{PortSpec, PortStatus};
 
 /// The state dir to talk to: the flag, else $USERNET_STATE_DIR, else $ROOTLESSKIT_STATE_DIR
 /// (both are set for the command usernet runs), else the only usernet of ours running.

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Registry};
 
-use crate::api::{self, ApiServer, Info};
-use crate::portdriver::parent::{self as forwarder, Forwarder};
-use crate::portdriver::spec::{PortSpec, PortStatus};
+use crate::api::rest::{self, RestApi};
+use crate::api::{self, Info, Server};
+use crate::portdriver::parent::{self as forwarder, Forwarder, Ports};
+use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::slab::Id;
 
 /// How often idle API connections and UDP clients are swept.
@@ -21,7 +22,7 @@ const SWEEP: Duration = Duration::from_secs(5);
 
 pub struct Control {
     poll: Poll,
-    api: ApiServer,
+    api: Server<RestApi>,
     forwarder: Option<Forwarder>,
 }
 
@@ -34,7 +35,10 @@ impl Control {
         forwarder: Option<Forwarder>,
     ) -> io::Result<Control> {
         let poll = Poll::new()?;
-        let api = ApiServer::bind(api_sock, info, limits, poll.registry())?;
+        let protocol = RestApi::new(info, limits);
+        let settings = protocol.settings();
+        let mut api = Server::bind(api_sock, protocol, settings)?;
+        api.register(poll.registry())?;
         Ok(Control {
             poll,
             api,
@@ -43,10 +47,14 @@ impl Control {
     }
 
     /// Publish a port now (used for `-p`, before the thread starts).
-    pub fn publish(&mut self, spec: PortSpec) -> Result<PortStatus, String> {
+    pub fn publish(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
         match &mut self.forwarder {
-            Some(f) => f.add(spec, self.poll.registry()),
-            None => Err("no PortDriver is available".into()),
+            Some(forwarder) => Ports {
+                forwarder,
+                registry: self.poll.registry(),
+            }
+            .add(spec),
+            None => Err(PortError("no PortDriver is available".into())),
         }
     }
 
@@ -95,18 +103,27 @@ impl Control {
 }
 
 fn dispatch(
-    api: &mut ApiServer,
+    api: &mut Server<RestApi>,
     forwarder: Option<&mut Forwarder>,
     registry: &Registry,
     token: mio::Token,
 ) {
-    if token == api::LISTENER_TOKEN {
+    if api.is_listener(token) {
         api.accept(registry);
         return;
     }
     let (kind, id): (u8, Id) = Id::from_token(token);
     match kind {
-        api::KIND_CONNECTION => api.on_event(id, registry, forwarder),
+        rest::KIND_CONNECTION => match forwarder {
+            Some(forwarder) => {
+                let mut ports = Ports {
+                    forwarder,
+                    registry,
+                };
+                api.on_event(id, registry, Some(&mut ports));
+            }
+            None => api.on_event(id, registry, None),
+        },
         forwarder::KIND_LISTENER..=forwarder::KIND_UDP_REQUEST => {
             if let Some(f) = forwarder {
                 f.on_event(kind, id, registry);

@@ -3,8 +3,15 @@
 //! usernet unchanged.
 //!
 //! This module is the protocol only: [`respond`] turns one request's bytes into the response's
-//! bytes against a [`HostForwards`] table, with no I/O, so it is unit-tested and fuzzed
-//! directly. The socket side is [`super::server`].
+//! bytes against a [`PortManager`] (the stack's forward table under `usernet attach`), with no
+//! I/O, so it is unit-tested and fuzzed directly; [`SlirpApi`] serves it through the shared
+//! [server](super::server), which owns the socket and its bounds.
+//!
+//! slirp4netns served one connection at a time with a blocking read, so a client that
+//! connected and sent nothing froze all networking. Here each connection is an ordinary
+//! non-blocking socket with a deadline: a silent client holds only its own slot, at most
+//! [`DEFAULT_MAX_CONNECTIONS`] (or `--max-api-connections`) exist at once, and a request is at
+//! most [`MAX_REQUEST`] bytes.
 //!
 //! What is kept from slirp4netns and what is fixed, deliberately:
 //! - kept: one request per connection; the first JSON value counts and trailing bytes are
@@ -16,25 +23,98 @@
 //!   outside 1..65535 are rejected instead of wrapping; a request is answered once it is
 //!   complete even if it came in several writes; a silent client never stalls anything.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
+use std::time::Duration;
 
+use mio::Token;
 use serde::Serialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::stack::hostfwd::{ForwardSpec, Proto};
+use super::server::{Next, Protocol, Refusal, Settings, Timeout};
+use crate::ports::{PortManager, PortSpec};
 
 /// A request of this many bytes or more is "too large" (slirp4netns reads 4096 at most).
 pub const MAX_REQUEST: usize = 4096;
+/// Connections at once, unless `--max-api-connections` says otherwise; more are answered
+/// with an error and closed.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// How long a client has to send its request and read the answer.
+pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// The forward table the API manages.
-pub trait HostForwards {
-    /// Add a forward; its id, or why not.
-    fn add(&mut self, spec: ForwardSpec) -> Result<i64, String>;
-    /// Remove forward `id`; false if there is none.
-    fn remove(&mut self, id: i64) -> bool;
-    /// All forwards, oldest first.
-    fn list(&self) -> Vec<(i64, ForwardSpec)>;
+/// slirp4netns's API, as a [`Protocol`]: one request per connection.
+pub struct SlirpApi {
+    /// The address `guest_addr` defaults to.
+    guest: Ipv4Addr,
+}
+
+impl SlirpApi {
+    pub fn new(guest: Ipv4Addr) -> Self {
+        SlirpApi { guest }
+    }
+
+    /// Where the API sits on its poller (`listener`, `connection_kind`), and its bounds.
+    pub fn settings(listener: Token, connection_kind: u8, max_connections: usize) -> Settings {
+        Settings {
+            listener,
+            connection_kind,
+            max_connections,
+            timeout: Timeout::Total(DEADLINE),
+        }
+    }
+}
+
+impl Protocol for SlirpApi {
+    fn max_input(&self) -> usize {
+        MAX_REQUEST
+    }
+
+    fn refusal(&self, why: Refusal) -> Vec<u8> {
+        error(match why {
+            Refusal::OtherUser => "permission denied: the API socket belongs to another user",
+            Refusal::Busy => "busy: too many API connections",
+        })
+    }
+
+    /// Once the request is whole, its answer; then the server ends the connection.
+    fn serve(
+        &mut self,
+        input: &mut Vec<u8>,
+        eof: bool,
+        output: &mut Vec<u8>,
+        ports: Option<&mut dyn PortManager>,
+    ) -> Next {
+        log::debug!("api request: {}", String::from_utf8_lossy(input).trim_end());
+        let mut none = NoPorts;
+        let table: &mut dyn PortManager = match ports {
+            Some(p) => p,
+            None => &mut none,
+        };
+        match respond(input, eof, table, self.guest) {
+            Request::Incomplete => Next::Read,
+            Request::Answer(answer) => {
+                *output = answer;
+                Next::Finish
+            }
+        }
+    }
+}
+
+/// The table when there is none: nothing listed, nothing added.
+struct NoPorts;
+
+impl PortManager for NoPorts {
+    fn add(&mut self, _: PortSpec) -> Result<crate::ports::PortStatus, crate::ports::PortError> {
+        Err(crate::ports::PortError("no forward table".into()))
+    }
+
+    fn list(&self) -> Vec<crate::ports::PortStatus> {
+        Vec::new()
+    }
+
+    fn remove(&mut self, id: i64) -> Result<(), crate::ports::PortError> {
+        Err(crate::ports::PortError(format!("unknown id: {id}")))
+    }
 }
 
 /// What a buffer received so far amounts to.
@@ -47,7 +127,7 @@ pub enum Request {
 }
 
 /// Look at what a client sent so far; `eof` says it will send no more.
-pub fn respond(buf: &[u8], eof: bool, table: &mut dyn HostForwards, guest: Ipv4Addr) -> Request {
+pub fn respond(buf: &[u8], eof: bool, table: &mut dyn PortManager, guest: Ipv4Addr) -> Request {
     match parse(buf) {
         Parsed::Value(v) => Request::Answer(execute(&v, table, guest)),
         Parsed::Incomplete if buf.len() >= MAX_REQUEST => {
@@ -79,7 +159,7 @@ fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
-fn execute(v: &Value, table: &mut dyn HostForwards, guest: Ipv4Addr) -> Vec<u8> {
+fn execute(v: &Value, table: &mut dyn PortManager, guest: Ipv4Addr) -> Vec<u8> {
     let Value::Object(root) = v else {
         return error("bad request: json_object() failed");
     };
@@ -98,16 +178,11 @@ fn execute(v: &Value, table: &mut dyn HostForwards, guest: Ipv4Addr) -> Vec<u8> 
     }
 }
 
-fn add(
-    args: Option<&Map<String, Value>>,
-    table: &mut dyn HostForwards,
-    guest: Ipv4Addr,
-) -> Vec<u8> {
+fn add(args: Option<&Map<String, Value>>, table: &mut dyn PortManager, guest: Ipv4Addr) -> Vec<u8> {
     let bad = |what: &str| error(&format!("bad request: add_hostfwd: bad arguments.{what}"));
     let get = |key: &str| args.and_then(|a| a.get(key));
     let proto = match get("proto") {
-        Some(Value::String(p)) if p == "tcp" => Proto::Tcp,
-        Some(Value::String(p)) if p == "udp" => Proto::Udp,
+        Some(Value::String(p)) if p == "tcp" || p == "udp" => p.as_str(),
         _ => return bad("proto"),
     };
     let host_addr = match address(get("host_addr")) {
@@ -128,19 +203,18 @@ fn add(
     let Some(guest_port) = port(get("guest_port")) else {
         return bad("guest_port");
     };
-    let spec = ForwardSpec {
-        proto,
-        host: SocketAddrV4::new(host_addr, host_port),
-        guest: SocketAddrV4::new(guest_addr, guest_port),
+    let spec = PortSpec {
+        proto: proto.into(),
+        parent_ip: host_addr.to_string(),
+        parent_port: host_port.into(),
+        child_ip: guest_addr.to_string(),
+        child_port: guest_port.into(),
     };
     match table.add(spec) {
-        Ok(id) => json(&serde_json::json!({ "return": { "id": id } })),
+        Ok(status) => json(&serde_json::json!({ "return": { "id": status.id } })),
         Err(why) => {
             log::warn!(
-                "add_hostfwd {} {} -> {}: {why}",
-                proto.as_str(),
-                spec.host,
-                spec.guest
+                "add_hostfwd {proto} {host_addr}:{host_port} -> {guest_addr}:{guest_port}: {why}"
             );
             error("bad request: add_hostfwd: slirp_add_hostfwd failed")
         }
@@ -150,11 +224,11 @@ fn add(
 #[derive(Serialize)]
 struct Entry {
     id: i64,
-    proto: &'static str,
+    proto: String,
     host_addr: String,
-    host_port: u16,
+    host_port: i64,
     guest_addr: String,
-    guest_port: u16,
+    guest_port: i64,
 }
 
 #[derive(Serialize)]
@@ -162,25 +236,25 @@ struct Entries {
     entries: Vec<Entry>,
 }
 
-fn list(table: &dyn HostForwards) -> Vec<u8> {
+fn list(table: &dyn PortManager) -> Vec<u8> {
     let entries = table
         .list()
         .into_iter()
-        .map(|(id, s)| Entry {
-            id,
-            proto: s.proto.as_str(),
-            host_addr: s.host.ip().to_string(),
-            host_port: s.host.port(),
-            guest_addr: s.guest.ip().to_string(),
-            guest_port: s.guest.port(),
+        .map(|p| Entry {
+            id: p.id,
+            proto: p.spec.proto,
+            host_addr: p.spec.parent_ip,
+            host_port: p.spec.parent_port,
+            guest_addr: p.spec.child_ip,
+            guest_port: p.spec.child_port,
         })
         .collect();
     json(&Entries { entries })
 }
 
-fn remove(args: Option<&Map<String, Value>>, table: &mut dyn HostForwards) -> Vec<u8> {
+fn remove(args: Option<&Map<String, Value>>, table: &mut dyn PortManager) -> Vec<u8> {
     let id = args.and_then(|a| a.get("id")).map_or(0, c_int);
-    if id != 0 && table.remove(i64::from(id)) {
+    if id != 0 && table.remove(i64::from(id)).is_ok() {
         json(&serde_json::json!({ "return": {} }))
     } else {
         error("bad request: remove_hostfwd: bad arguments.id")
@@ -301,29 +375,39 @@ impl<'de> Visitor<'de> for StrictVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::{PortError, PortStatus};
 
     /// A table that records what it was asked, refusing one host port.
     #[derive(Default)]
     struct Table {
-        forwards: Vec<(i64, ForwardSpec)>,
+        forwards: Vec<PortStatus>,
         next: i64,
     }
 
-    impl HostForwards for Table {
-        fn add(&mut self, spec: ForwardSpec) -> Result<i64, String> {
-            if spec.host.port() == 1 || self.forwards.iter().any(|(_, s)| s.host == spec.host) {
-                return Err("in use".into());
+    impl PortManager for Table {
+        fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
+            let taken =
+                |s: &PortSpec| s.parent_ip == spec.parent_ip && s.parent_port == spec.parent_port;
+            if spec.parent_port == 1 || self.forwards.iter().any(|p| taken(&p.spec)) {
+                return Err(PortError("in use".into()));
             }
             self.next += 1;
-            self.forwards.push((self.next, spec));
-            Ok(self.next)
+            let status = PortStatus {
+                id: self.next,
+                spec,
+            };
+            self.forwards.push(status.clone());
+            Ok(status)
         }
-        fn remove(&mut self, id: i64) -> bool {
+        fn remove(&mut self, id: i64) -> Result<(), PortError> {
             let before = self.forwards.len();
-            self.forwards.retain(|(i, _)| *i != id);
-            before != self.forwards.len()
+            self.forwards.retain(|p| p.id != id);
+            if before == self.forwards.len() {
+                return Err(PortError(format!("unknown id: {id}")));
+            }
+            Ok(())
         }
-        fn list(&self) -> Vec<(i64, ForwardSpec)> {
+        fn list(&self) -> Vec<PortStatus> {
             self.forwards.clone()
         }
     }
