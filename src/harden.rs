@@ -11,10 +11,15 @@
 //! case it also needs `CAP_SYS_PTRACE` in the user namespace the target was started in; or a
 //! caller with `CAP_SYS_PTRACE` in the target's *current* user namespace. Hence two rules:
 //!
-//! 1. [`set_undumpable`] runs first thing in `main`, for every personality (`run`, `attach`,
+//! 1. [`set_undumpable`] runs before `main` (a constructor of the binary, so only the dynamic
+//!    loader's work comes between `execve` and it), for every personality (`run`, `attach`,
 //!    slirp4netns), before any host socket exists, and nothing makes the process dumpable again
 //!    (an `execve` would, and seccomp forbids it). The guest never has `CAP_SYS_PTRACE` in the
-//!    namespace usernet was started in. Forked helpers inherit the flag; the one process that
+//!    namespace usernet was started in. A tracer that won the race for that first instant is
+//!    refused ([`refuse_foreign_tracer`]); what is left is a `/proc/PID/mem` opened in it,
+//!    which no process can detect: a guest would have to find usernet's pid within the
+//!    loader's few hundred microseconds, and only under `usernet attach` to a namespace whose
+//!    command already runs (`usernet run` starts COMMAND after setup). Forked helpers inherit the flag; the one process that
 //!    turns it back off is `usernet run`'s process inside the namespace, which by then holds no
 //!    host-side resource and must stay reachable for `nsenter -t $(cat child_pid)` (see the
 //!    launcher's child).
@@ -157,6 +162,26 @@ pub fn set_undumpable() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// Fail if a process other than our parent is tracing us: it could only have attached in the
+/// instant between `execve` and [`set_undumpable`], and would then own this process. Our
+/// parent tracing us (`strace usernet ...`, `gdb --args usernet ...`) is the user debugging.
+pub fn refuse_foreign_tracer() -> Result<(), String> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Ok(());
+    };
+    let tracer = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    if tracer != 0 && tracer != nix::unistd::getppid().as_raw() {
+        return Err(format!(
+            "process {tracer} is tracing usernet (ptrace) and is not the process that started it; refusing to run (trace usernet by starting it from the tracer, e.g. strace usernet ...)"
+        ));
+    }
+    Ok(())
 }
 
 /// Enter the sandbox as `mode` says.

@@ -415,6 +415,19 @@ pub fn guest_cannot_inspect_or_drive_the_host_side_process() {
                 .spawn()
                 .unwrap(),
         );
+        // The pid is usernet's once setpriv has executed it (before that, it is setpriv's,
+        // an ordinary process of the user's).
+        let usernet_exe = std::fs::canonicalize(crate::world::usernet_bin()).unwrap();
+        let start = Instant::now();
+        while std::fs::read_link(format!("/proc/{}/exe", usernet.pid())).ok()
+            != Some(usernet_exe.clone())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "usernet did not start"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let temp = pid_file.with_extension("tmp");
         std::fs::write(&temp, usernet.pid().to_string()).unwrap();
         std::os::unix::fs::chown(&temp, Some(1000), Some(1000)).unwrap();
