@@ -696,7 +696,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
     let addr = match s.parse::<Ipv4Addr>() {
         Ok(a) => a,
-        Err(_) => interface_ipv4(s).ok_or_else(|| {
+        Err(_) => crate::hostinfo::interface_ipv4(s).ok_or_else(|| {
             format!("'{s}' is neither an IPv4 address nor an interface with an IPv4 address")
         })?,
     };
@@ -705,22 +705,12 @@ fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
     Ok(addr)
 }
 
-/// The first IPv4 address of the interface `name`.
-pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
-        if ifa.interface_name != name {
-            return None;
-        }
-        let sin = ifa.address?.as_sockaddr_in().copied()?;
-        Some(sin.ip())
-    })
-}
 
 /// An IPv6 address of this host, given as itself or as an interface name.
 fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
     let addr = match s.parse::<Ipv6Addr>() {
         Ok(a) => a,
-        Err(_) => interface_ipv6(s).ok_or_else(|| {
+        Err(_) => crate::hostinfo::interface_ipv6(s).ok_or_else(|| {
             format!("'{s}' is neither an IPv6 address nor an interface with a global IPv6 address")
         })?,
     };
@@ -729,17 +719,6 @@ fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
     Ok(addr)
 }
 
-/// The first IPv6 address of the interface `name` that is not link-local (a host socket
-/// bound to one could only reach that link).
-pub fn interface_ipv6(name: &str) -> Option<Ipv6Addr> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
-        if ifa.interface_name != name {
-            return None;
-        }
-        let ip = ifa.address?.as_sockaddr_in6().copied()?.ip();
-        (!ip.is_unicast_link_local()).then_some(ip)
-    })
-}
 
 fn parse_ifname(s: &str) -> Result<String, String> {
     if valid_ifname(s) {

@@ -1,6 +1,8 @@
 //! Facts about the host that usernet reads from /proc once, before it may enter a sandbox
-//! where /proc is gone: they only shape messages and defaults, never the datapath.
+//! where /proc is gone: they only shape messages and defaults, never the datapath; and the
+//! addresses of the host's interfaces, which `--outbound-addr IFNAME` names.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone)]
@@ -36,4 +38,27 @@ pub fn get() -> &'static HostInfo {
 /// Read everything now (call before entering a sandbox).
 pub fn preload() {
     get();
+}
+
+/// The first IPv4 address of the interface `name`.
+pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != name {
+            return None;
+        }
+        let sin = ifa.address?.as_sockaddr_in().copied()?;
+        Some(sin.ip())
+    })
+}
+
+/// The first IPv6 address of the interface `name` that is not link-local (a host socket
+/// bound to one could only reach that link).
+pub fn interface_ipv6(name: &str) -> Option<Ipv6Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != name {
+            return None;
+        }
+        let ip = ifa.address?.as_sockaddr_in6().copied()?.ip();
+        (!ip.is_unicast_link_local()).then_some(ip)
+    })
 }

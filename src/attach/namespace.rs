@@ -64,7 +64,7 @@ impl Namespaces {
             anyhow!(
                 "cannot open network namespace {}: {}{hint}",
                 net_path.display(),
-                crate::slirp4netns::args::strerror(&e)
+                crate::process::strerror(&e)
             )
         })?;
         if !is_netns(&net) {

@@ -56,6 +56,14 @@ pub fn tune_malloc() {
     }
 }
 
+/// An I/O error's text as C's `strerror` words it (no "(os error N)").
+pub fn strerror(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::txqueuelen;

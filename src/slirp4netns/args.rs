@@ -388,7 +388,7 @@ pub fn parse(args: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> Par
                 if let Err(e) = std::fs::metadata(&path) {
                     let msg = format!(
                         "existing path expected when --netns-type=path: {}",
-                        strerror(&e)
+                        crate::process::strerror(&e)
                     );
                     return usage_fail(out, err, Some(&msg));
                 }
@@ -425,14 +425,6 @@ pub fn c_long(s: &str) -> Option<i64> {
         v = -v;
     }
     Some(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
-}
-
-/// An I/O error's text as C's `strerror` words it (no "(os error N)").
-pub fn strerror(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
-        None => e.to_string(),
-    }
 }
 
 /// `--cidr`, checked as slirp4netns checks it, with its messages.
@@ -517,7 +509,7 @@ fn scan_hex(s: &str) -> Option<u64> {
 pub fn outbound4(s: &str) -> Result<Ipv4Addr, String> {
     s.parse()
         .ok()
-        .or_else(|| crate::cli::interface_ipv4(s))
+        .or_else(|| crate::hostinfo::interface_ipv4(s))
         .ok_or_else(|| "outbound-addr has to be valid ipv4 address or interface name.".into())
 }
 
@@ -525,7 +517,7 @@ pub fn outbound4(s: &str) -> Result<Ipv4Addr, String> {
 pub fn outbound6(s: &str) -> Result<Ipv6Addr, String> {
     s.parse()
         .ok()
-        .or_else(|| crate::cli::interface_ipv6(s))
+        .or_else(|| crate::hostinfo::interface_ipv6(s))
         .ok_or_else(|| "outbound-addr6 has to be valid ipv6 address or interface name.".into())
 }
 
