@@ -705,7 +705,6 @@ fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
     Ok(addr)
 }
 
-
 /// An IPv6 address of this host, given as itself or as an interface name.
 fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
     let addr = match s.parse::<Ipv6Addr>() {
@@ -718,7 +717,6 @@ fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
         .map_err(|e| format!("{addr} is not an address of this host ({e})"))?;
     Ok(addr)
 }
-
 
 fn parse_ifname(s: &str) -> Result<String, String> {
     if valid_ifname(s) {

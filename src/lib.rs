@@ -32,6 +32,7 @@ pub mod portdriver;
 pub mod ports;
 pub mod process;
 pub mod resolv;
+pub mod runtime;
 pub mod slab;
 pub mod slirp4netns;
 pub mod stack;

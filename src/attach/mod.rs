@@ -37,13 +37,13 @@ use crate::config::{AttachConfig, OnSignal, Target};
 use crate::harden;
 use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::process::signals::{self, Signals};
+use crate::runtime;
 use crate::slab::Id;
 use crate::stack::hostfwd::{ForwardSpec, Proto};
 use crate::stack::{Stack, WAKEUP_TOKEN};
 use namespace::{Configure, Namespaces};
 use watch::TargetWatch;
 
-const SIGNALS_TOKEN: Token = Token(1);
 /// The API socket's listener, and its connections' token kind (one of the stack's embedder
 /// kinds).
 const API_LISTENER: Token = Token(16);
@@ -64,7 +64,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         stop_signals.add(s);
     }
-    signals::block_set(&stop_signals).context("cannot block signals")?;
+    runtime::prepare(&stop_signals)?;
     let mut signals = Signals::for_set(&stop_signals).context("cannot create a signalfd")?;
     crate::process::raise_fd_limit();
 
@@ -87,8 +87,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
         Target::TapFd(fd) => inherited_fd(*fd)?,
         Target::Bess(path) => accept_bess(path, &mut signals)?,
     };
-    crate::process::tune_malloc();
-    let mut stack = Stack::new(tap, cfg.stack.clone()).context("cannot start the network stack")?;
+    let mut stack = runtime::start_stack(tap, cfg.stack.clone())?;
     let registry = stack
         .registry()
         .try_clone()
@@ -128,17 +127,13 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
         state_dir: None,
     };
     // Never in the target's user namespace, whose root could then ptrace us (see `harden`).
-    let sandbox = harden::apply_sandbox(cfg.sandbox, &keep)?;
-    harden::apply_seccomp(cfg.seccomp)?;
+    let sandbox = runtime::confine(cfg.sandbox, cfg.seccomp, &keep)?;
 
     if let Some(fd) = cfg.ready_fd {
         write_ready(fd);
     }
 
-    // The end conditions.
-    signals
-        .watch(stack.registry(), SIGNALS_TOKEN)
-        .context("cannot watch signals")?;
+    // The end conditions (signals are watched by `runtime::serve`).
     let mut exit_now = false;
     if let Some(fd) = cfg.exit_fd {
         match stack
@@ -157,49 +152,52 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
             .context("cannot watch the target")?;
     }
 
-    crate::footprint::shed_startup();
     let stop = if exit_now {
+        log::debug!("stack: {}", stack.summary());
         Ok(Stop::ExitFd)
     } else {
-        stack.run(|stack, token| match token {
-            SIGNALS_TOKEN => match signals.next_signal() {
-                Ok(Some(r)) => ControlFlow::Break(Stop::Signal(r.signal)),
-                _ => ControlFlow::Continue(()),
-            },
-            EXIT_FD_TOKEN => ControlFlow::Break(Stop::ExitFd),
-            TARGET_TOKEN => {
-                if target_watch.as_mut().is_some_and(TargetWatch::gone) {
-                    ControlFlow::Break(Stop::TargetGone)
-                } else {
+        runtime::serve(
+            &mut stack,
+            &mut signals,
+            |stack, signals, token| match token {
+                runtime::SIGNALS_TOKEN => match signals.next_signal() {
+                    Ok(Some(r)) => ControlFlow::Break(Stop::Signal(r.signal)),
+                    _ => ControlFlow::Continue(()),
+                },
+                EXIT_FD_TOKEN => ControlFlow::Break(Stop::ExitFd),
+                TARGET_TOKEN => {
+                    if target_watch.as_mut().is_some_and(TargetWatch::gone) {
+                        ControlFlow::Break(Stop::TargetGone)
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }
+                API_LISTENER => {
+                    if let Some(api) = &mut api {
+                        api.accept(&registry);
+                        stack.wake_at(api.expire(&registry));
+                    }
                     ControlFlow::Continue(())
                 }
-            }
-            API_LISTENER => {
-                if let Some(api) = &mut api {
-                    api.accept(&registry);
-                    stack.wake_at(api.expire(&registry));
+                WAKEUP_TOKEN => {
+                    if let Some(api) = &mut api {
+                        stack.wake_at(api.expire(&registry));
+                    }
+                    ControlFlow::Continue(())
                 }
-                ControlFlow::Continue(())
-            }
-            WAKEUP_TOKEN => {
-                if let Some(api) = &mut api {
-                    stack.wake_at(api.expire(&registry));
+                token => {
+                    let (kind, id) = Id::from_token(token);
+                    if let Some(api) = &mut api
+                        && kind == API_CONNECTION_KIND
+                    {
+                        api.on_event(id, &registry, Some(&mut StackForwards(stack)));
+                        stack.wake_at(api.expire(&registry));
+                    }
+                    ControlFlow::Continue(())
                 }
-                ControlFlow::Continue(())
-            }
-            token => {
-                let (kind, id) = Id::from_token(token);
-                if let Some(api) = &mut api
-                    && kind == API_CONNECTION_KIND
-                {
-                    api.on_event(id, &registry, Some(&mut StackForwards(stack)));
-                    stack.wake_at(api.expire(&registry));
-                }
-                ControlFlow::Continue(())
-            }
-        })
+            },
+        )
     };
-    log::debug!("stack: {}", stack.summary());
     if let Some(api) = &api {
         sandbox.unlink_api_socket(api.path());
     }
@@ -221,7 +219,7 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
         }
         Err(e) => {
             // The TAP went away (deleted, or the BESS client hung up): nothing left to serve.
-            log::info!("{e}");
+            log::info!("{e:#}");
             0
         }
     };

@@ -28,7 +28,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use mio::Token;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
@@ -40,17 +39,15 @@ use crate::portdriver::parent::Forwarder;
 use crate::process::channel::{Channel, Msg};
 use crate::process::reaper::{self, Reaper};
 use crate::process::signals::{self, Signals};
-use crate::process::{Failure, raise_fd_limit, tune_malloc, txqueuelen};
+use crate::process::{Failure, raise_fd_limit, txqueuelen};
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
-use crate::stack::Stack;
+use crate::runtime;
 use child::ChildConfig;
 use control::Control;
 use statedir::{Entry, Kind, StateDir};
 
 pub use idmap::Mapping;
 pub use statedir::{Running, running};
-
-const SIGNALS_TOKEN: Token = Token(1);
 
 /// Run COMMAND as configured; returns the exit code usernet should end with.
 pub fn run(mut cfg: RunConfig) -> Result<i32> {
@@ -107,7 +104,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
 
     // Block the handled signals before forking, so none is lost in between; both processes
     // then read them from a signalfd.
-    signals::block().context("cannot block signals")?;
+    runtime::prepare(&signals::handled())?;
     // Should the child be killed, what COMMAND started comes to us, and we end it.
     reaper::become_subreaper();
     let reaper = Reaper::new().context("cannot open /proc/self/task")?;
@@ -172,9 +169,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
             OnSignal::Abort,
         )?
         .ok_or_else(|| anyhow!("the child sent no tap fd"))?;
-        tune_malloc();
-        let stack_cfg = cfg.stack.clone();
-        stack = Some(Stack::new(tap, stack_cfg).context("cannot start the network stack")?);
+        stack = Some(runtime::start_stack(tap, cfg.stack.clone())?);
     }
     expect(
         &parent_end,
@@ -219,8 +214,7 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         api_socket: None,
         state_dir: Some(state.path().to_path_buf()),
     };
-    let _sandbox = harden::apply_sandbox(cfg.sandbox, &keep)?;
-    harden::apply_seccomp(cfg.seccomp)?;
+    let _sandbox = runtime::confine(cfg.sandbox, cfg.seccomp, &keep)?;
     control.spawn().context("cannot start the control thread")?;
     parent_end.send(&Msg::Go).context("setup channel")?;
     // From here COMMAND may be running: signals are its business now.
@@ -231,29 +225,26 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         Msg::Started,
         OnSignal::Forward,
     )?;
-    crate::footprint::shed_startup();
 
     let code = match &mut stack {
         Some(stack) => {
-            signals
-                .watch(stack.registry(), SIGNALS_TOKEN)
-                .context("cannot watch signals")?;
-            let result = stack.run(|_, token| {
-                debug_assert_eq!(token, SIGNALS_TOKEN);
-                on_signals(&mut signals, &mut guard)
-            });
-            log::debug!("stack: {}", stack.summary());
-            match result {
+            match runtime::serve(stack, &mut signals, |_, signals, token| {
+                debug_assert_eq!(token, runtime::SIGNALS_TOKEN);
+                on_signals(signals, &mut guard)
+            }) {
                 Ok(code) => code,
                 Err(e) => {
                     // The network is gone (the namespace died under us): COMMAND's exit status
                     // is still the answer.
-                    log::debug!("{e}");
+                    log::debug!("{e:#}");
                     wait_child(&mut signals, &mut guard)?
                 }
             }
         }
-        None => wait_child(&mut signals, &mut guard)?,
+        None => {
+            crate::footprint::shed_startup();
+            wait_child(&mut signals, &mut guard)?
+        }
     };
     // Normally the child has ended COMMAND's tree itself; if it was killed, the rest of the
     // tree is ours now.

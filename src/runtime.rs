@@ -1,0 +1,70 @@
+//! The start-up skeleton both runtimes follow, `usernet run` ([`crate::launcher`]) and
+//! `usernet attach` ([`crate::attach`], also behind the slirp4netns personality), so that the
+//! order that matters for safety is written once:
+//!
+//! 1. **prepare** ([`prepare`]): block the signals the process handles (they are read from a
+//!    signalfd, so none is lost while setting up, nor inherited unblocked by a child); the
+//!    open file limit is raised once no process that runs the user's command is still to be
+//!    forked (COMMAND keeps the caller's limits);
+//! 2. **handshake**: each runtime's own way to a TAP fd (a child in new namespaces, a helper
+//!    joining an existing one, an inherited fd, a BESS client), then [`start_stack`] on it,
+//!    and whatever the runtime serves besides (API sockets, published ports);
+//! 3. **confine** ([`confine`]): sandbox and seccomp filter, once everything the process will
+//!    ever open by path is open, and before the first guest frame or API request is read;
+//! 4. **serve** ([`serve`]): the stack's event loop, signals included, until the runtime's
+//!    callback says stop.
+//!
+//! What differs between the runtimes (the handshake, what a signal means, when to stop) stays
+//! with them.
+
+use std::ops::ControlFlow;
+use std::os::fd::OwnedFd;
+
+use anyhow::{Context, Result};
+use mio::Token;
+use nix::sys::signal::SigSet;
+
+use crate::harden::{self, Hardening, Keep, Sandbox};
+use crate::process::signals::{self, Signals};
+use crate::process::tune_malloc;
+use crate::stack::{Stack, StackConfig};
+
+/// Token of the signalfd on the stack's poller.
+pub const SIGNALS_TOKEN: Token = Token(1);
+
+/// Step 1: block `handled`, to be read from a signalfd.
+pub fn prepare(handled: &SigSet) -> Result<()> {
+    signals::block_set(handled).context("cannot block signals")?;
+    Ok(())
+}
+
+/// Step 2's end: the stack on the TAP the handshake produced.
+pub fn start_stack(tap: OwnedFd, config: StackConfig) -> Result<Stack> {
+    tune_malloc();
+    Stack::new(tap, config).context("cannot start the network stack")
+}
+
+/// Step 3: the sandbox (keeping `keep` reachable), then the seccomp filter.
+pub fn confine(sandbox: Hardening, seccomp: Hardening, keep: &Keep) -> Result<Sandbox> {
+    let confined = harden::apply_sandbox(sandbox, keep)?;
+    harden::apply_seccomp(seccomp)?;
+    Ok(confined)
+}
+
+/// Step 4: give back the pages only set-up used, watch `signals` on [`SIGNALS_TOKEN`], and
+/// run the stack, handing every event that is not the stack's to `on_event` (with the
+/// signals, to read them), until it breaks. An error means the network went away under us
+/// (the TAP is gone).
+pub fn serve<B>(
+    stack: &mut Stack,
+    signals: &mut Signals,
+    mut on_event: impl FnMut(&mut Stack, &mut Signals, Token) -> ControlFlow<B>,
+) -> Result<B> {
+    signals
+        .watch(stack.registry(), SIGNALS_TOKEN)
+        .context("cannot watch signals")?;
+    crate::footprint::shed_startup();
+    let result = stack.run(|stack, token| on_event(stack, signals, token));
+    log::debug!("stack: {}", stack.summary());
+    Ok(result?)
+}
