@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
     self, AttachConfig, NamespaceRef, NetMode, OnSignal, PortDriver, Propagation, RunConfig,
+    UsageError,
 };
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, Ipv6Network, MAX_MTU, MIN_MTU, VirtualNetwork};
@@ -434,7 +435,7 @@ fn flag_name(id: &str) -> String {
 impl RunArgs {
     /// Flags that each parse but do not go together. `given(id)` says whether the flag with
     /// that argument id was on the command line (rather than defaulted).
-    pub fn check(&self, given: &dyn Fn(&str) -> bool) -> Result<(), String> {
+    pub fn check(&self, given: &dyn Fn(&str) -> bool) -> Result<(), UsageError> {
         self.stack.check()?;
         let mut idle: Vec<String> = match self.net {
             NetMode::Builtin => Vec::new(),
@@ -457,12 +458,12 @@ impl RunArgs {
                 NetMode::Host => ("host", "COMMAND uses the host's network as it is"),
                 _ => ("none", "the namespace has only lo, no tap device or stack"),
             };
-            return Err(format!(
+            return Err(UsageError(format!(
                 "{} {} nothing with --net {net} ({why}); drop {}",
                 idle.join(", "),
                 if idle.len() == 1 { "does" } else { "do" },
                 if idle.len() == 1 { "it" } else { "them" },
-            ));
+            )));
         }
         if !self.publish.is_empty() && self.port_driver == PortDriver::None {
             return Err(
@@ -473,11 +474,13 @@ impl RunArgs {
         if !self.copy_up.is_empty()
             && matches!(self.propagation, Propagation::Shared | Propagation::Rshared)
         {
-            return Err(format!(
-                "--copy-up needs a private or slave /, not --propagation {:?}",
-                self.propagation
-            )
-            .to_lowercase());
+            return Err(UsageError(
+                format!(
+                    "--copy-up needs a private or slave /, not --propagation {:?}",
+                    self.propagation
+                )
+                .to_lowercase(),
+            ));
         }
         Ok(())
     }
@@ -485,7 +488,7 @@ impl RunArgs {
 
 impl StackArgs {
     /// Flags that each parse but do not go together.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), UsageError> {
         if self.disable_dns && !self.dns_upstream.is_empty() {
             return Err(
                 "--dns-upstream needs the DNS forwarder, which --disable-dns turns off; drop one of them"
@@ -493,11 +496,11 @@ impl StackArgs {
             );
         }
         if (self.ipv6 || self.cidr6.is_some()) && self.mtu < crate::net::IPV6_MIN_MTU {
-            return Err(format!(
+            return Err(UsageError(format!(
                 "--ipv6 needs --mtu {} or more (the smallest link IPv6 works on), not {}",
                 crate::net::IPV6_MIN_MTU,
                 self.mtu
-            ));
+            )));
         }
         Ok(())
     }
@@ -583,20 +586,20 @@ pub struct AttachArgs {
 }
 
 /// A table bound: 1 to 1,000,000.
-fn parse_bound(s: &str) -> Result<usize, String> {
+fn parse_bound(s: &str) -> Result<usize, UsageError> {
     let v: usize = s
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a number"))?;
     if !(1..=1_000_000).contains(&v) {
-        return Err(format!("{v} is outside 1..=1000000"));
+        return Err(UsageError(format!("{v} is outside 1..=1000000")));
     }
     Ok(v)
 }
 
 /// A memory size: bytes, or a number with a K, M or G suffix (powers of 1024), from 1 MiB to
 /// 1 TiB.
-fn parse_size(s: &str) -> Result<usize, String> {
+fn parse_size(s: &str) -> Result<usize, UsageError> {
     let t = s.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (&t[..i], 10),
@@ -611,63 +614,66 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .checked_mul(1 << shift)
         .filter(|b| (1 << 20..=1 << 40).contains(b))
         .ok_or_else(|| format!("{s} is outside 1M..=1024G"))?;
-    usize::try_from(bytes).map_err(|_| format!("{s} does not fit this machine's address space"))
+    usize::try_from(bytes)
+        .map_err(|_| UsageError(format!("{s} does not fit this machine's address space")))
 }
 
-fn parse_mtu(s: &str) -> Result<u32, String> {
+fn parse_mtu(s: &str) -> Result<u32, UsageError> {
     let v: u32 = s
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a number"))?;
     if !(MIN_MTU..=MAX_MTU).contains(&v) {
-        return Err(format!("{v} is outside {MIN_MTU}..={MAX_MTU}"));
+        return Err(UsageError(format!("{v} is outside {MIN_MTU}..={MAX_MTU}")));
     }
     Ok(v)
 }
 
 /// A `--copy-up` directory: absolute, not `/`, normalised (no `.`, `..` or trailing `/`).
-fn parse_copy_up(s: &str) -> Result<PathBuf, String> {
+fn parse_copy_up(s: &str) -> Result<PathBuf, UsageError> {
     let path = std::path::Path::new(s);
     if !path.is_absolute() {
-        return Err(format!("'{s}' is not an absolute path"));
+        return Err(UsageError(format!("'{s}' is not an absolute path")));
     }
     let mut clean = PathBuf::from("/");
     for c in path.components() {
         match c {
             std::path::Component::Normal(part) => clean.push(part),
             std::path::Component::RootDir | std::path::Component::CurDir => {}
-            _ => return Err(format!("'{s}' must not contain '..'")),
+            _ => return Err(UsageError(format!("'{s}' must not contain '..'"))),
         }
     }
     if clean == std::path::Path::new("/") {
-        return Err("/ cannot be copied up; name a directory under it, such as /etc".into());
+        return Err(UsageError(
+            "/ cannot be copied up; name a directory under it, such as /etc".into(),
+        ));
     }
     Ok(clean)
 }
 
-fn parse_cidr6(s: &str) -> Result<Ipv6Network, String> {
-    Ipv6Network::parse(s).map_err(|e| e.to_string())
+fn parse_cidr6(s: &str) -> Result<Ipv6Network, UsageError> {
+    Ipv6Network::parse(s).map_err(|e| UsageError(e.to_string()))
 }
 
 /// A `--cidr`: a network that can hold ours, outside the address blocks that cannot be a
 /// link's (this network, loopback, multicast, reserved).
-fn parse_cidr(s: &str) -> Result<VirtualNetwork, String> {
+fn parse_cidr(s: &str) -> Result<VirtualNetwork, UsageError> {
     let net = VirtualNetwork::parse(s).map_err(|e| e.to_string())?;
     if net.prefix == 0 {
-        return Err(format!(
+        return Err(UsageError(format!(
             "{s} is every address, which cannot be one network; use a private one such as 10.0.2.0/24"
-        ));
+        )));
     }
     match net.special_overlap() {
-        Some((block, what)) => Err(format!(
+        Some((block, what)) => Err(UsageError(format!(
             "{s} overlaps {block} ({what}), which cannot be a network's; use a private one such as 10.0.2.0/24"
-        )),
+        ))),
         None => Ok(net),
     }
 }
 
 /// A unicast MAC address written as six colon-separated hex bytes.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6], UsageError> {
     let bad = || format!("'{s}' is not a MAC address like 02:00:00:00:00:01");
     let bytes: Vec<u8> = s
         .split(':')
@@ -682,18 +688,18 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         .ok_or_else(bad)?;
     let mac: [u8; 6] = bytes.try_into().map_err(|_| bad())?;
     if mac[0] & 1 == 1 {
-        return Err(format!(
+        return Err(UsageError(format!(
             "{s} is a multicast address; a network interface needs a unicast one"
-        ));
+        )));
     }
     if mac == [0; 6] {
-        return Err(format!("{s} is not a usable MAC address"));
+        return Err(UsageError(format!("{s} is not a usable MAC address")));
     }
     Ok(mac)
 }
 
 /// An IPv4 address of this host, given as itself or as an interface name.
-fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
+fn parse_outbound(s: &str) -> Result<Ipv4Addr, UsageError> {
     let addr = match s.parse::<Ipv4Addr>() {
         Ok(a) => a,
         Err(_) => crate::hostinfo::interface_ipv4(s).ok_or_else(|| {
@@ -706,7 +712,7 @@ fn parse_outbound(s: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// An IPv6 address of this host, given as itself or as an interface name.
-fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
+fn parse_outbound6(s: &str) -> Result<Ipv6Addr, UsageError> {
     let addr = match s.parse::<Ipv6Addr>() {
         Ok(a) => a,
         Err(_) => crate::hostinfo::interface_ipv6(s).ok_or_else(|| {
@@ -718,13 +724,13 @@ fn parse_outbound6(s: &str) -> Result<Ipv6Addr, String> {
     Ok(addr)
 }
 
-fn parse_ifname(s: &str) -> Result<String, String> {
+fn parse_ifname(s: &str) -> Result<String, UsageError> {
     if valid_ifname(s) {
         Ok(s.to_string())
     } else {
-        Err(format!(
+        Err(UsageError(format!(
             "'{s}' is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
-        ))
+        )))
     }
 }
 
@@ -804,7 +810,7 @@ mod tests {
         let v6 = s.stack_config().policy.net.v6.unwrap();
         assert_eq!(v6.guest, "fd12::100".parse::<Ipv6Addr>().unwrap());
         let err = stack(&["--ipv6", "--mtu", "1000"]).check().unwrap_err();
-        assert!(err.contains("--mtu 1280"), "{err}");
+        assert!(err.0.contains("--mtu 1280"), "{err}");
         assert!(parse(&["run", "--cidr6", "fd00::/48", "--", "true"]).is_err());
         assert!(parse(&["run", "--outbound-addr6", "no-such-if0", "--", "true"]).is_err());
         let s = stack(&["--ipv6", "--outbound-addr6", "::1"]);

@@ -14,6 +14,24 @@ use crate::harden::Hardening;
 use crate::ports::PortSpec;
 use crate::stack::StackConfig;
 
+/// A command-line value, or a combination of them, a front end cannot act on: the one line to
+/// print (the front end adds where help is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl From<String> for UsageError {
+    fn from(s: String) -> Self {
+        UsageError(s)
+    }
+}
+
+impl From<&str> for UsageError {
+    fn from(s: &str) -> Self {
+        UsageError(s.into())
+    }
+}
+
 /// How published ports are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PortDriver {

@@ -167,7 +167,7 @@ pub fn set_undumpable() {
 /// Fail if a process other than our parent is tracing us: it could only have attached in the
 /// instant between `execve` and [`set_undumpable`], and would then own this process. Our
 /// parent tracing us (`strace usernet ...`, `gdb --args usernet ...`) is the user debugging.
-pub fn refuse_foreign_tracer() -> Result<(), String> {
+pub fn refuse_foreign_tracer() -> Result<()> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return Ok(());
     };
@@ -177,7 +177,7 @@ pub fn refuse_foreign_tracer() -> Result<(), String> {
         .and_then(|v| v.trim().parse::<i32>().ok())
         .unwrap_or(0);
     if tracer != 0 && tracer != nix::unistd::getppid().as_raw() {
-        return Err(format!(
+        return Err(anyhow!(
             "process {tracer} is tracing usernet (ptrace) and is not the process that started it; refusing to run (trace usernet by starting it from the tracer, e.g. strace usernet ...)"
         ));
     }
@@ -215,7 +215,7 @@ pub fn apply_sandbox(mode: Hardening, keep: &Keep) -> Result<Sandbox> {
 /// The directory the new root is built in (a tmpfs mounted over it, in our namespace only).
 const NEW_ROOT: &str = "/tmp";
 
-fn enter_sandbox(keep: &Keep) -> Result<(), String> {
+fn enter_sandbox(keep: &Keep) -> Result<()> {
     // Privileged where we are (root), a mount namespace is all it takes; otherwise make it in
     // a user namespace of our own (rule 2: never the guest's).
     let mut private_userns = false;
@@ -225,9 +225,9 @@ fn enter_sandbox(keep: &Keep) -> Result<(), String> {
             private_user_namespace()?;
             private_userns = true;
             unshare(CloneFlags::CLONE_NEWNS)
-                .map_err(|e| format!("cannot create a mount namespace: {}", e.desc()))?;
+                .map_err(|e| anyhow!("cannot create a mount namespace: {}", e.desc()))?;
         }
-        Err(e) => return Err(format!("cannot create a mount namespace: {}", e.desc())),
+        Err(e) => return Err(anyhow!("cannot create a mount namespace: {}", e.desc())),
     }
     // Mounts made from here on stay in this namespace.
     mount(
@@ -237,14 +237,14 @@ fn enter_sandbox(keep: &Keep) -> Result<(), String> {
         MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
-    .map_err(|e| format!("cannot make / a slave mount: {}", e.desc()))?;
+    .map_err(|e| anyhow!("cannot make / a slave mount: {}", e.desc()))?;
 
     // What to bring in at its own path, opened while still visible.
     let mut extra: Vec<(OwnedFd, PathBuf, bool)> = Vec::new();
     if let Some(dir) = &keep.state_dir
         && !under_kept_trees(dir)
     {
-        let fd = open_path(dir, true).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let fd = open_path(dir, true).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
         extra.push((fd, dir.clone(), true));
     }
     if let Ok(target) = std::fs::canonicalize("/etc/resolv.conf")
@@ -265,7 +265,7 @@ fn enter_sandbox(keep: &Keep) -> Result<(), String> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("size=64k,mode=0755"),
     )
-    .map_err(|e| format!("cannot mount a tmpfs on {NEW_ROOT}: {}", e.desc()))?;
+    .map_err(|e| anyhow!("cannot mount a tmpfs on {NEW_ROOT}: {}", e.desc()))?;
     build_root(&extra).inspect_err(|_| {
         let _ = umount2(NEW_ROOT, MntFlags::MNT_DETACH);
     })?;
@@ -292,7 +292,7 @@ fn enter_sandbox(keep: &Keep) -> Result<(), String> {
 /// namespace and an empty network namespace, becomes dumpable (nothing it holds is worth
 /// having: a guest that seized it would find no fd and no network), writes the maps, and sends
 /// the namespace back. This process then joins it, staying non-dumpable throughout.
-fn private_user_namespace() -> Result<(), String> {
+fn private_user_namespace() -> Result<()> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -300,18 +300,18 @@ fn private_user_namespace() -> Result<(), String> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(|e| format!("socketpair: {}", e.desc()))?;
+    .map_err(|e| anyhow!("socketpair: {}", e.desc()))?;
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
     // SAFETY: the caller is single-threaded (setns into a user namespace requires it anyway),
     // so the child may run ordinary code; it only makes system calls and exits.
     let helper = match unsafe { nix::unistd::fork() } {
-        Err(e) => return Err(format!("fork: {}", e.desc())),
+        Err(e) => return Err(anyhow!("fork: {}", e.desc())),
         Ok(nix::unistd::ForkResult::Child) => {
             let code = match userns_helper(theirs.as_fd(), uid, gid) {
                 Ok(()) => 0,
                 Err(e) => {
-                    let _ = nix::unistd::write(&theirs, e.as_bytes());
+                    let _ = nix::unistd::write(&theirs, e.to_string().as_bytes());
                     1
                 }
             };
@@ -329,23 +329,19 @@ fn private_user_namespace() -> Result<(), String> {
         Ok((n, None)) => {
             let why = String::from_utf8_lossy(&buf[..n]).into_owned();
             return Err(if why.is_empty() {
-                "the user namespace helper died".into()
+                anyhow!("the user namespace helper died")
             } else {
-                why
+                anyhow!(why)
             });
         }
-        Err(e) => return Err(format!("the user namespace helper: {e}")),
+        Err(e) => return Err(anyhow!("the user namespace helper: {e}")),
     };
     setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER)
-        .map_err(|e| format!("cannot join a private user namespace: {}", e.desc()))
+        .map_err(|e| anyhow!("cannot join a private user namespace: {}", e.desc()))
 }
 
 /// The forked helper of [`private_user_namespace`].
-fn userns_helper(
-    sock: BorrowedFd<'_>,
-    uid: nix::unistd::Uid,
-    gid: nix::unistd::Gid,
-) -> Result<(), String> {
+fn userns_helper(sock: BorrowedFd<'_>, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<()> {
     let keep = sock.as_raw_fd() as libc::c_uint;
     // SAFETY: close_range only closes descriptors; none of them is used again in this process
     // but `sock`, which is outside both ranges.
@@ -356,19 +352,19 @@ fn userns_helper(
         libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
     }
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("cannot create a user namespace: {}", e.desc()))?;
+        .map_err(|e| anyhow!("cannot create a user namespace: {}", e.desc()))?;
     // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
     let write = |file: &str, text: String| {
         std::fs::write(format!("/proc/self/{file}"), text)
-            .map_err(|e| format!("cannot write /proc/self/{file}: {e}"))
+            .map_err(|e| anyhow!("cannot write /proc/self/{file}: {e}"))
     };
     write("setgroups", "deny".into())?;
     write("uid_map", format!("{uid} {uid} 1\n"))?;
     write("gid_map", format!("{gid} {gid} 1\n"))?;
     let ns = std::fs::File::open("/proc/self/ns/user")
-        .map_err(|e| format!("cannot open the new user namespace: {e}"))?;
-    crate::fdpass::send_fd(sock, b"U", ns.as_fd()).map_err(|e| e.to_string())
+        .map_err(|e| anyhow!("cannot open the new user namespace: {e}"))?;
+    crate::fdpass::send_fd(sock, b"U", ns.as_fd()).map_err(|e| anyhow!("{e}"))
 }
 
 /// Whether `p` is inside /etc or /run, which the sandbox keeps anyway.
@@ -377,7 +373,7 @@ fn under_kept_trees(p: &Path) -> bool {
 }
 
 /// Fill the new root and switch to it.
-fn build_root(extra: &[(OwnedFd, PathBuf, bool)]) -> Result<(), String> {
+fn build_root(extra: &[(OwnedFd, PathBuf, bool)]) -> Result<()> {
     let root = Path::new(NEW_ROOT);
     for d in ["etc", "run", "old"] {
         mkdir(&root.join(d))?;
@@ -388,35 +384,35 @@ fn build_root(extra: &[(OwnedFd, PathBuf, bool)]) -> Result<(), String> {
         let inside = root.join(path.strip_prefix("/").unwrap_or(path));
         if let Some(parent) = inside.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                .map_err(|e| anyhow!("cannot create {}: {e}", parent.display()))?;
         }
         if *is_dir {
             mkdir(&inside)?;
         } else {
             std::fs::File::create(&inside)
-                .map_err(|e| format!("cannot create {}: {e}", inside.display()))?;
+                .map_err(|e| anyhow!("cannot create {}: {e}", inside.display()))?;
         }
         let source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         bind(&source, &inside, !*is_dir)?;
     }
-    std::env::set_current_dir(root).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
-    nix::unistd::pivot_root(".", "old").map_err(|e| format!("pivot_root: {}", e.desc()))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    umount2("/old", MntFlags::MNT_DETACH).map_err(|e| format!("umount /old: {}", e.desc()))?;
+    std::env::set_current_dir(root).map_err(|e| anyhow!("chdir {NEW_ROOT}: {e}"))?;
+    nix::unistd::pivot_root(".", "old").map_err(|e| anyhow!("pivot_root: {}", e.desc()))?;
+    std::env::set_current_dir("/").map_err(|e| anyhow!("chdir /: {e}"))?;
+    umount2("/old", MntFlags::MNT_DETACH).map_err(|e| anyhow!("umount /old: {}", e.desc()))?;
     let _ = std::fs::remove_dir("/old");
     Ok(())
 }
 
-fn mkdir(p: &Path) -> Result<(), String> {
+fn mkdir(p: &Path) -> Result<()> {
     match std::fs::create_dir(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(format!("cannot create {}: {e}", p.display())),
+        Err(e) => Err(anyhow!("cannot create {}: {e}", p.display())),
     }
 }
 
 /// Bind `from` on `to`, read-only (and nosuid, nodev, noexec) if asked.
-fn bind(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
+fn bind(from: &Path, to: &Path, read_only: bool) -> Result<()> {
     mount(
         Some(from),
         to,
@@ -425,7 +421,7 @@ fn bind(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| {
-        format!(
+        anyhow!(
             "cannot bind {} on {}: {}",
             from.display(),
             to.display(),
@@ -441,17 +437,17 @@ fn bind(from: &Path, to: &Path, read_only: bool) -> Result<(), String> {
         flags |= MsFlags::MS_RDONLY;
     }
     mount(None::<&str>, to, None::<&str>, flags, None::<&str>)
-        .map_err(|e| format!("cannot restrict {}: {}", to.display(), e.desc()))
+        .map_err(|e| anyhow!("cannot restrict {}: {}", to.display(), e.desc()))
 }
 
 /// Keep only CAP_NET_BIND_SERVICE (published ports may be privileged) if `bind_service`, else
 /// nothing, for good.
-fn drop_capabilities(bind_service: bool) -> Result<(), String> {
+fn drop_capabilities(bind_service: bool) -> Result<()> {
     use caps::{CapSet, Capability, CapsHashSet};
     // SAFETY: prctl with these options takes integer arguments only.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!("no_new_privs: {}", std::io::Error::last_os_error()));
+            return Err(anyhow!("no_new_privs: {}", std::io::Error::last_os_error()));
         }
         libc::prctl(
             libc::PR_CAP_AMBIENT,
@@ -484,7 +480,7 @@ fn drop_capabilities(bind_service: bool) -> Result<(), String> {
         (CapSet::Permitted, keep),
     ];
     for (set, caps) in sets {
-        caps::set(None, set, &caps).map_err(|e| format!("cannot drop capabilities: {e}"))?;
+        caps::set(None, set, &caps).map_err(|e| anyhow!("cannot drop capabilities: {e}"))?;
     }
     Ok(())
 }
@@ -507,12 +503,12 @@ pub fn apply_seccomp(mode: Hardening) -> Result<()> {
     }
 }
 
-fn load_seccomp() -> Result<usize, String> {
+fn load_seccomp() -> Result<usize> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
         SeccompRule, TargetArch,
     };
-    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| anyhow!("{e}"))?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
     // clone: threads only, never new namespaces.
@@ -523,7 +519,7 @@ fn load_seccomp() -> Result<usize, String> {
         0,
     )
     .and_then(|c| SeccompRule::new(vec![c]))
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| anyhow!("{e}"))?;
     rules.insert(libc::SYS_clone, vec![no_namespaces]);
     rules.insert(libc::SYS_clone3, Vec::new());
     // ioctl: non-blocking and close-on-exec flags, terminal queries for the logger; never
@@ -542,33 +538,33 @@ fn load_seccomp() -> Result<usize, String> {
         SeccompAction::Errno(libc::EPERM as u32)
     };
     let allow = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| anyhow!("{e}"))?;
     let clone3 = SeccompFilter::new(
         BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| anyhow!("{e}"))?;
     // The allow-list last: it forbids the prctl() that installing a filter starts with.
     for filter in [clone3, allow] {
         let program: seccompiler::BpfProgram = filter
             .try_into()
-            .map_err(|e: seccompiler::BackendError| e.to_string())?;
-        seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())?;
+            .map_err(|e: seccompiler::BackendError| anyhow!("{e}"))?;
+        seccompiler::apply_filter_all_threads(&program).map_err(|e| anyhow!("{e}"))?;
     }
     Ok(count)
 }
 
 /// Rules matching when argument `arg` equals one of `values`.
-fn one_of(arg: u8, values: &[u64]) -> Result<Vec<seccompiler::SeccompRule>, String> {
+fn one_of(arg: u8, values: &[u64]) -> Result<Vec<seccompiler::SeccompRule>> {
     use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
     values
         .iter()
         .map(|&v| {
             SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
                 .and_then(|c| SeccompRule::new(vec![c]))
-                .map_err(|e| e.to_string())
+                .map_err(|e| anyhow!("{e}"))
         })
         .collect()
 }

@@ -26,55 +26,33 @@ const GUEST_HOST: u32 = 100;
 const GUEST_HOST6: u128 = 0x100;
 
 /// A `--cidr` value that cannot hold the virtual network.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CidrError {
+    #[error("'{0}' is not an IPv4 CIDR like 10.0.2.0/24")]
     Syntax(String),
+    #[error("{given}/{prefix} is not a network address; did you mean {network}/{prefix}?")]
     NotNetworkAddress {
         given: Ipv4Addr,
         network: Ipv4Addr,
         prefix: u8,
     },
+    #[error(
+        "a /{0} network is too small: the guest takes host number {GUEST_HOST}, so the prefix must be /25 or shorter"
+    )]
     TooSmall(u8),
     /// Not an IPv6 prefix like fd00::/64.
+    #[error("'{0}' is not an IPv6 prefix like fd00::/64")]
     Syntax6(String),
     /// An IPv6 prefix that is not a /64.
+    #[error(
+        "an IPv6 /{0} cannot be used: the guest's link is a /{IPV6_PREFIX_LEN}, as address autoconfiguration needs"
+    )]
     PrefixLen6(u8),
-    NotNetworkAddress6 {
-        given: Ipv6Addr,
-        network: Ipv6Addr,
-    },
+    #[error(
+        "{given}/{IPV6_PREFIX_LEN} is not a network address; did you mean {network}/{IPV6_PREFIX_LEN}?"
+    )]
+    NotNetworkAddress6 { given: Ipv6Addr, network: Ipv6Addr },
 }
-
-impl fmt::Display for CidrError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            CidrError::Syntax(s) => write!(f, "'{s}' is not an IPv4 CIDR like 10.0.2.0/24"),
-            CidrError::NotNetworkAddress {
-                given,
-                network,
-                prefix,
-            } => write!(
-                f,
-                "{given}/{prefix} is not a network address; did you mean {network}/{prefix}?"
-            ),
-            CidrError::TooSmall(p) => write!(
-                f,
-                "a /{p} network is too small: the guest takes host number {GUEST_HOST}, so the prefix must be /25 or shorter"
-            ),
-            CidrError::Syntax6(s) => write!(f, "'{s}' is not an IPv6 prefix like fd00::/64"),
-            CidrError::PrefixLen6(p) => write!(
-                f,
-                "an IPv6 /{p} cannot be used: the guest's link is a /{IPV6_PREFIX_LEN}, as address autoconfiguration needs"
-            ),
-            CidrError::NotNetworkAddress6 { given, network } => write!(
-                f,
-                "{given}/{IPV6_PREFIX_LEN} is not a network address; did you mean {network}/{IPV6_PREFIX_LEN}?"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for CidrError {}
 
 /// The addresses of the virtual network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

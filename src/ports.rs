@@ -101,8 +101,8 @@ impl PortSpec {
     }
 
     /// Parse the string form.
-    pub fn parse(s: &str) -> Result<PortSpec, String> {
-        let bad = |why: &str| format!("invalid port spec '{s}': {why}");
+    pub fn parse(s: &str) -> Result<PortSpec, PortError> {
+        let bad = |why: &str| PortError(format!("invalid port spec '{s}': {why}"));
         let (addresses, proto) = match s.rsplit_once('/') {
             Some((a, p)) => (a, p.to_string()),
             None => (s, "tcp".to_string()),
@@ -121,7 +121,7 @@ impl PortSpec {
                 ));
             }
         };
-        let port = |p: &str, what: &str| -> Result<i64, String> {
+        let port = |p: &str, what: &str| -> Result<i64, PortError> {
             p.parse::<u16>()
                 .ok()
                 .filter(|n| *n > 0)
@@ -135,19 +135,19 @@ impl PortSpec {
             child_port: port(child_port, "child port")?,
             child_ip: unbracket(child_ip).to_string(),
         };
-        spec.validate(&[]).map_err(|e| bad(&e))?;
+        spec.validate(&[]).map_err(|e| bad(&e.0))?;
         Ok(spec)
     }
 
     /// rootlesskit's checks, plus address families that cannot work. `existing` are the
     /// ports already published, for conflicts.
-    pub fn validate(&self, existing: &[PortStatus]) -> Result<(), String> {
+    pub fn validate(&self, existing: &[PortStatus]) -> Result<(), PortError> {
         if !PROTOS.contains(&self.proto.as_str()) {
-            return Err(if self.proto.starts_with("sctp") {
+            return Err(PortError(if self.proto.starts_with("sctp") {
                 "unsupported port protocol sctp".to_string()
             } else {
                 format!("unknown proto: {:?}", self.proto)
-            });
+            }));
         }
         let parent = self.check_ip(&self.parent_ip, "ParentIP")?;
         self.check_ip(&self.child_ip, "ChildIP")?;
@@ -156,15 +156,17 @@ impl PortSpec {
             (self.child_port, "ChildPort"),
         ] {
             if !(1..=65535).contains(&port) {
-                return Err(format!("invalid {what}: {port} (must be 1-65535)"));
+                return Err(PortError(format!(
+                    "invalid {what}: {port} (must be 1-65535)"
+                )));
             }
         }
         match (self.family(), parent) {
             (Family::V4, Some(IpAddr::V6(_))) | (Family::V6, Some(IpAddr::V4(_))) => {
-                return Err(format!(
+                return Err(PortError(format!(
                     "{} cannot listen on {}: the address family does not match",
                     self.proto, self.parent_ip
-                ));
+                )));
             }
             _ => {}
         }
@@ -173,18 +175,18 @@ impl PortSpec {
                 && s.spec.parent_ip == self.parent_ip
                 && s.spec.parent_port == self.parent_port
         }) {
-            return Err(format!("conflict with ID {}", other.id));
+            return Err(PortError(format!("conflict with ID {}", other.id)));
         }
         Ok(())
     }
 
-    fn check_ip(&self, ip: &str, what: &str) -> Result<Option<IpAddr>, String> {
+    fn check_ip(&self, ip: &str, what: &str) -> Result<Option<IpAddr>, PortError> {
         if ip.is_empty() {
             return Ok(None);
         }
         ip.parse()
             .map(Some)
-            .map_err(|_| format!("invalid {what}: {ip:?}"))
+            .map_err(|_| PortError(format!("invalid {what}: {ip:?}")))
     }
 }
 
@@ -314,7 +316,7 @@ mod tests {
             ("[::1]:8080:80/tcp4", "family"),
             ("18090:999.0.0.1:80", "invalid ChildIP"),
         ] {
-            let e = PortSpec::parse(s).unwrap_err();
+            let e = PortSpec::parse(s).unwrap_err().0;
             assert!(e.contains(want), "{s}: {e}");
         }
     }
@@ -328,7 +330,8 @@ mod tests {
         assert_eq!(
             spec("tcp", "127.0.0.1", 8080, "", 81)
                 .validate(&existing)
-                .unwrap_err(),
+                .unwrap_err()
+                .0,
             "conflict with ID 3"
         );
         assert!(

@@ -83,17 +83,20 @@ fn parse_nameserver(s: &str) -> Option<SocketAddr> {
 }
 
 /// Parse a `--dns-upstream` value: `ADDR`, `ADDR:PORT` (IPv4) or `[ADDR]:PORT` (IPv6).
-pub fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_upstream(s: &str) -> Result<SocketAddr, BadUpstream> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, 53));
     }
-    Err(format!(
-        "'{s}' is not an address like 192.0.2.1, 192.0.2.1:5353 or [2001:db8::1]:53"
-    ))
+    Err(BadUpstream(s.into()))
 }
+
+/// A `--dns-upstream` that is not an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an address like 192.0.2.1, 192.0.2.1:5353 or [2001:db8::1]:53")]
+pub struct BadUpstream(pub String);
 
 #[cfg(test)]
 mod tests {

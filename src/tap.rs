@@ -5,7 +5,6 @@
 //! module owns both halves: creation with errors a user can act on, and the non-blocking
 //! one-frame-per-syscall I/O the stack uses.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
@@ -13,42 +12,25 @@ use std::path::Path;
 const TUN_PATH: &str = "/dev/net/tun";
 
 /// Why the TAP device could not be created, phrased for the user.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    #[error(
+        "{TUN_PATH} is missing: load the tun module (modprobe tun) or create the device node (mknod {TUN_PATH} c 10 200)"
+    )]
     Missing,
+    #[error(
+        "cannot open {TUN_PATH}: {0}; it must be readable and writable by your user (normally mode 0666)"
+    )]
     Denied(io::Error),
+    #[error(
+        "not permitted to create TAP device {0}: the kernel refused TUNSETIFF (a container or security policy may forbid TUN/TAP)"
+    )]
     NotPermitted(String),
+    #[error("TAP device {0} already exists and is in use by another process")]
     Busy(String),
+    #[error("cannot create TAP device {0}: {1}")]
     Other(String, io::Error),
 }
-
-impl fmt::Display for TapError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            TapError::Missing => write!(
-                f,
-                "{TUN_PATH} is missing: load the tun module (modprobe tun) or create the device node (mknod {TUN_PATH} c 10 200)"
-            ),
-            TapError::Denied(e) => write!(
-                f,
-                "cannot open {TUN_PATH}: {e}; it must be readable and writable by your user (normally mode 0666)"
-            ),
-            TapError::NotPermitted(name) => write!(
-                f,
-                "not permitted to create TAP device {name}: the kernel refused TUNSETIFF (a container or security policy may forbid TUN/TAP)"
-            ),
-            TapError::Busy(name) => {
-                write!(
-                    f,
-                    "TAP device {name} already exists and is in use by another process"
-                )
-            }
-            TapError::Other(name, e) => write!(f, "cannot create TAP device {name}: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for TapError {}
 
 /// Create (or attach to a persistent, unattached) TAP device `name` in the current network
 /// namespace. The returned fd is blocking; the parent makes it non-blocking.

@@ -140,7 +140,7 @@ pub fn open_tap(
                     Ok(()) => std::process::exit(0),
                     Err(e) => format!("cannot pass the tap fd: {e}"),
                 },
-                Err(m) => m,
+                Err(e) => format!("{e:#}"),
             };
             let _ = child_end.send(&Msg::Failed {
                 code: 1,
@@ -177,7 +177,7 @@ pub fn open_tap(
 }
 
 /// The forked child's work; an error is the one-line message for the user.
-fn child(ns: &Namespaces, ifname: &str, configure: Option<&Configure>) -> Result<OwnedFd, String> {
+fn child(ns: &Namespaces, ifname: &str, configure: Option<&Configure>) -> Result<OwnedFd> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     let joined_user = ns
@@ -194,13 +194,13 @@ fn child(ns: &Namespaces, ifname: &str, configure: Option<&Configure>) -> Result
             }
             _ => String::new(),
         };
-        return Err(format!(
+        return Err(anyhow!(
             "cannot enter network namespace {}: {}{hint}",
             ns.net_path.display(),
             e.desc()
         ));
     }
-    let tap = tap::create(ifname).map_err(|e| e.to_string())?;
+    let tap = tap::create(ifname)?;
     if let Some(c) = configure {
         configure_inside(ifname, c)?;
     }
@@ -210,10 +210,10 @@ fn child(ns: &Namespaces, ifname: &str, configure: Option<&Configure>) -> Result
 /// `--configure`: lo up; the TAP's MAC, MTU, queue length and up; the guest address and the
 /// default route via the gateway, for IPv6 too with `--ipv6`. What is already configured is
 /// left as is.
-fn configure_inside(ifname: &str, c: &Configure) -> Result<(), String> {
+fn configure_inside(ifname: &str, c: &Configure) -> Result<()> {
     let exists = crate::netconf::ignore_exists;
-    let mut nl = Netlink::open().map_err(|e| format!("netlink: {e}"))?;
-    nl.link_up("lo").map_err(|e| e.to_string())?;
+    let mut nl = Netlink::open().map_err(|e| anyhow!("netlink: {e}"))?;
+    nl.link_up("lo")?;
     if c.net.v6.is_some() {
         crate::netconf::prepare_guest_ipv6(ifname);
     }
@@ -223,11 +223,11 @@ fn configure_inside(ifname: &str, c: &Configure) -> Result<(), String> {
         txqueuelen: Some(c.txqueuelen),
         mac: c.mac,
     };
-    nl.set_link(ifname, &settings).map_err(|e| e.to_string())?;
-    exists(nl.add_ipv4_address(ifname, c.net.guest, c.net.prefix)).map_err(|e| e.to_string())?;
-    exists(nl.add_default_ipv4_route(ifname, c.net.gateway)).map_err(|e| e.to_string())?;
+    nl.set_link(ifname, &settings)?;
+    exists(nl.add_ipv4_address(ifname, c.net.guest, c.net.prefix))?;
+    exists(nl.add_default_ipv4_route(ifname, c.net.gateway))?;
     if let Some(v6) = &c.net.v6 {
-        exists(nl.add_guest_ipv6(ifname, v6)).map_err(|e| e.to_string())?;
+        exists(nl.add_guest_ipv6(ifname, v6))?;
     }
     Ok(())
 }

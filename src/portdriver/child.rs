@@ -137,7 +137,7 @@ fn serve(conn: UnixStream, shared: &Shared) {
     let request = match msg::parse_request(&body) {
         Ok(r) => r,
         Err(e) => {
-            let _ = reply_error(&conn, &e);
+            let _ = reply_error(&conn, &e.to_string());
             return;
         }
     };
@@ -150,7 +150,7 @@ fn serve(conn: UnixStream, shared: &Shared) {
                 let _ = fdpass::send_fd(conn.as_fd(), FD_PAYLOAD, fd.as_fd());
             }
             Err(e) => {
-                let _ = reply_error(&conn, &e);
+                let _ = reply_error(&conn, &e.to_string());
             }
         },
         other => {
@@ -172,12 +172,12 @@ fn reply_error(mut conn: &UnixStream, error: &str) -> io::Result<()> {
 /// Where a request's connection goes inside the namespace: the child IP if given; otherwise
 /// the parent's listening address when that is a loopback address (so `-p 127.0.0.2:...`
 /// reaches 127.0.0.2, as in rootlesskit), else 127.0.0.1.
-fn target_ip(request: &Request) -> Result<IpAddr, String> {
+fn target_ip(request: &Request) -> Result<IpAddr, DialError> {
     if !request.ip.is_empty() {
         return request
             .ip
             .parse()
-            .map_err(|_| format!("invalid IP: {:?}", request.ip));
+            .map_err(|_| DialError::Ip(request.ip.clone()));
     }
     match request.parent_ip.parse::<IpAddr>() {
         Ok(ip) if ip.is_loopback() => Ok(ip),
@@ -185,17 +185,35 @@ fn target_ip(request: &Request) -> Result<IpAddr, String> {
     }
 }
 
+/// Why a connect request failed, as the parent (and rootlesskit's) error reply words it.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("unknown proto: {0:?}")]
+    Proto(String),
+    #[error("invalid port: {0}")]
+    Port(i64),
+    #[error("invalid IP: {0:?}")]
+    Ip(String),
+    /// Go's `net.Dial` words it "dial tcp 127.0.0.1:80: connect: connection refused".
+    #[error("dial {net} {target}: connect: {errno}")]
+    Connect {
+        net: &'static str,
+        target: SocketAddr,
+        errno: String,
+    },
+}
+
 /// Dial what `request` asks for, transparently from the client's address when possible.
-fn dial(request: &Request, shared: &Shared) -> Result<OwnedFd, String> {
+fn dial(request: &Request, shared: &Shared) -> Result<OwnedFd, DialError> {
     let udp = match request.proto.as_str() {
         "tcp" | "tcp4" | "tcp6" => false,
         "udp" | "udp4" | "udp6" => true,
-        other => return Err(format!("unknown proto: {other:?}")),
+        other => return Err(DialError::Proto(other.into())),
     };
     let port = u16::try_from(request.port)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("invalid port: {}", request.port))?;
+        .ok_or(DialError::Port(request.port))?;
     let target = SocketAddr::new(target_ip(request)?, port);
     let net = if udp { "udp" } else { "tcp" };
     let source = source_of(request).filter(|s| s.is_ipv4() == target.is_ipv4());
@@ -209,7 +227,11 @@ fn dial(request: &Request, shared: &Shared) -> Result<OwnedFd, String> {
             }
         }
     }
-    dial_plain(target, udp).map_err(|e| format!("dial {net} {target}: connect: {}", go_errno(&e)))
+    dial_plain(target, udp).map_err(|e| DialError::Connect {
+        net,
+        target,
+        errno: go_errno(&e),
+    })
 }
 
 /// The outside client's address, when there is one worth preserving.
@@ -409,7 +431,7 @@ mod tests {
             "10.0.2.100".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            target_ip(&req("not-an-ip", "")).unwrap_err(),
+            target_ip(&req("not-an-ip", "")).unwrap_err().to_string(),
             "invalid IP: \"not-an-ip\""
         );
     }

@@ -7,7 +7,6 @@
 //! with the five bytes `dummy` and the connected socket as `SCM_RIGHTS`; a failure with the
 //! frame `{"Error":"..."}`; `init` with the frame `null`.
 
-use std::fmt;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -70,25 +69,12 @@ pub struct Reply {
 }
 
 /// A frame that cannot be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    Io(io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("bad message length: {0} (max: {MAX_FRAME})")]
     BadLength(usize),
-}
-
-impl fmt::Display for FrameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FrameError::Io(e) => write!(f, "{e}"),
-            FrameError::BadLength(n) => write!(f, "bad message length: {n} (max: {MAX_FRAME})"),
-        }
-    }
-}
-
-impl From<io::Error> for FrameError {
-    fn from(e: io::Error) -> Self {
-        FrameError::Io(e)
-    }
 }
 
 /// The header and body of one frame, for a single `write`.
@@ -118,9 +104,9 @@ pub fn write_frame(w: &mut impl Write, value: &impl Serialize) -> io::Result<()>
     w.write_all(&encode(&json))
 }
 
-/// Parse a request body. JSON errors come back as text for the error reply.
-pub fn parse_request(body: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(body).map_err(|e| e.to_string())
+/// Parse a request body (a JSON error's text is what the error reply says).
+pub fn parse_request(body: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 #[cfg(test)]

@@ -162,7 +162,7 @@ impl Forwarder {
     }
 
     /// Publish a port: validate, listen, and start accepting.
-    pub fn add(&mut self, spec: PortSpec, registry: &Registry) -> Result<PortStatus, String> {
+    pub fn add(&mut self, spec: PortSpec, registry: &Registry) -> Result<PortStatus, PortError> {
         spec.validate(&self.list())?;
         let listener = listen(&spec)?;
         let status = PortStatus {
@@ -182,7 +182,7 @@ impl Forwarder {
         };
         if let Err(e) = registered {
             self.ports.remove(id);
-            return Err(format!("cannot watch the listener: {e}"));
+            return Err(PortError(format!("cannot watch the listener: {e}")));
         }
         self.by_id.insert(status.id, id);
         self.next_id += 1;
@@ -191,11 +191,11 @@ impl Forwarder {
     }
 
     /// Stop publishing a port; its connections and UDP clients end with it.
-    pub fn remove(&mut self, api_id: i64, registry: &Registry) -> Result<(), String> {
+    pub fn remove(&mut self, api_id: i64, registry: &Registry) -> Result<(), PortError> {
         let id = self
             .by_id
             .remove(&api_id)
-            .ok_or_else(|| format!("unknown id: {api_id}"))?;
+            .ok_or_else(|| PortError(format!("unknown id: {api_id}")))?;
         let Some(mut port) = self.ports.remove(id) else {
             return Ok(());
         };
@@ -711,7 +711,7 @@ fn read_answer(stream: &UnixStream) -> Answer {
 }
 
 /// Listen as rootlesskit (Go's `net.Listen`) would for this spec.
-fn listen(spec: &PortSpec) -> Result<Listener, String> {
+fn listen(spec: &PortSpec) -> Result<Listener, PortError> {
     let port = spec.parent_port as u16;
     let given = spec.parent_addr();
     let wildcard = given.is_none_or(|ip| ip.is_unspecified());
@@ -750,20 +750,22 @@ fn listen(spec: &PortSpec) -> Result<Listener, String> {
 }
 
 /// A bind error the way rootlesskit words it, with its advice for privileged ports.
-fn listen_error(spec: &PortSpec, net: &str, addr: SocketAddr, e: io::Error) -> String {
+fn listen_error(spec: &PortSpec, net: &str, addr: SocketAddr, e: io::Error) -> PortError {
     let what = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))
         .desc()
         .to_lowercase();
     let base = format!("listen {net} {addr}: bind: {what}");
     let start = crate::hostinfo::get().unprivileged_port_start;
-    if e.kind() == io::ErrorKind::PermissionDenied && spec.parent_port < start {
-        format!(
-            "cannot expose privileged port {p}, you can add 'net.ipv4.ip_unprivileged_port_start={p}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {base}",
-            p = spec.parent_port
-        )
-    } else {
-        base
-    }
+    PortError(
+        if e.kind() == io::ErrorKind::PermissionDenied && spec.parent_port < start {
+            format!(
+                "cannot expose privileged port {p}, you can add 'net.ipv4.ip_unprivileged_port_start={p}' to /etc/sysctl.conf (currently {start}), or choose a larger port number (>= {start}): {base}",
+                p = spec.parent_port
+            )
+        } else {
+            base
+        },
+    )
 }
 
 fn ipv6_enabled() -> bool {
@@ -814,7 +816,7 @@ pub struct Ports<'a> {
 
 impl PortManager for Ports<'_> {
     fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
-        self.forwarder.add(spec, self.registry).map_err(PortError)
+        self.forwarder.add(spec, self.registry)
     }
 
     fn list(&self) -> Vec<PortStatus> {
@@ -822,6 +824,6 @@ impl PortManager for Ports<'_> {
     }
 
     fn remove(&mut self, id: i64) -> Result<(), PortError> {
-        self.forwarder.remove(id, self.registry).map_err(PortError)
+        self.forwarder.remove(id, self.registry)
     }
 }

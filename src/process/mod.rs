@@ -10,22 +10,13 @@ pub mod channel;
 pub mod reaper;
 pub mod signals;
 
-use std::fmt;
-
 /// An error that carries the exit code usernet should end with.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
     pub code: i32,
     pub message: String,
 }
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {}
 
 /// tap0's queue length: enough frames for several full windows at this MTU, so a burst the
 /// guest is allowed to send never overflows the queue we read from.

@@ -8,6 +8,7 @@
 //! its own value (slirp4netns looked up `--outbound-addr`'s), and "experimental" warnings
 //! are not printed for what usernet fully supports.
 
+use crate::config::UsageError;
 use std::ffi::{CStr, CString, OsString, c_char, c_int};
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -428,8 +429,8 @@ pub fn c_long(s: &str) -> Option<i64> {
 }
 
 /// `--cidr`, checked as slirp4netns checks it, with its messages.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let invalid = || format!("invalid CIDR: {s}");
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), UsageError> {
+    let invalid = || UsageError(format!("invalid CIDR: {s}"));
     let (addr, len) = s.split_once('/').ok_or_else(invalid)?;
     let octets: Vec<&str> = addr.split('.').collect();
     let shape_ok = octets.len() == 4
@@ -448,7 +449,7 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
         .parse()
         .map_err(|_| format!("invalid prefix length: {len}"))?;
     if !(1..=25).contains(&prefix) {
-        return Err("prefix length needs to be 1-25".into());
+        return Err(UsageError("prefix length needs to be 1-25".into()));
     }
     let mask = u32::MAX << (32 - u32::from(prefix));
     if u32::from(network) & !mask != 0 {
@@ -462,9 +463,10 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 /// `--macaddress`, read as slirp4netns reads it: up to six colon-separated groups, each
 /// what `sscanf("%x")` takes at its start (garbage after the number is ignored), missing
 /// groups zero. Errors are its two-line message.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6], UsageError> {
     let tail = "macaddress has to be a valid MAC address (hex string, 6 bytes, each byte separated by a ':').";
-    let invalid = |why: &str| format!("\"{s}\" is an invalid MAC address.{why}\n{tail}");
+    let invalid =
+        |why: &str| UsageError(format!("\"{s}\" is an invalid MAC address.{why}\n{tail}"));
     let mut mac = [0u8; 6];
     let mut rest = Some(s);
     for byte in mac.iter_mut() {
@@ -506,7 +508,7 @@ fn scan_hex(s: &str) -> Option<u64> {
 }
 
 /// `--outbound-addr`: an IPv4 address, or an interface's first IPv4 address.
-pub fn outbound4(s: &str) -> Result<Ipv4Addr, String> {
+pub fn outbound4(s: &str) -> Result<Ipv4Addr, UsageError> {
     s.parse()
         .ok()
         .or_else(|| crate::hostinfo::interface_ipv4(s))
@@ -514,7 +516,7 @@ pub fn outbound4(s: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// `--outbound-addr6`: an IPv6 address, or an interface's first IPv6 address.
-pub fn outbound6(s: &str) -> Result<Ipv6Addr, String> {
+pub fn outbound6(s: &str) -> Result<Ipv6Addr, UsageError> {
     s.parse()
         .ok()
         .or_else(|| crate::hostinfo::interface_ipv6(s))
@@ -731,15 +733,16 @@ mod tests {
         );
         assert_eq!(
             parse_cidr("10.0.2.0/26"),
-            Err("prefix length needs to be 1-25".into())
+            Err(UsageError("prefix length needs to be 1-25".into()))
         );
         assert_eq!(
             parse_cidr("10.0.2.0/0"),
-            Err("prefix length needs to be 1-25".into())
+            Err(UsageError("prefix length needs to be 1-25".into()))
         );
         assert!(
             parse_cidr("10.0.2.100/24")
                 .unwrap_err()
+                .0
                 .starts_with("CIDR needs to be")
         );
     }
@@ -757,7 +760,7 @@ mod tests {
         assert_eq!(parse_mac("2-3-4-5-6-7"), Ok([2, 0, 0, 0, 0, 0]));
         assert_eq!(parse_mac(" 0x12:ab:1:2:3:4"), Ok([0x12, 0xab, 1, 2, 3, 4]));
         for bad in ["zz", "100:0:0:0:0:0", "aa::bb", "aa:", "-1"] {
-            let e = parse_mac(bad).unwrap_err();
+            let e = parse_mac(bad).unwrap_err().0;
             assert_eq!(
                 e,
                 format!(
@@ -768,6 +771,7 @@ mod tests {
         assert!(
             parse_mac("1:2:3:4:5:6:7")
                 .unwrap_err()
+                .0
                 .contains("Is it too long?")
         );
     }

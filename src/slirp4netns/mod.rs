@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use crate::attach;
 use crate::config::NamespaceRef;
-use crate::config::{AttachConfig, OnSignal, Target};
+use crate::config::{AttachConfig, OnSignal, Target, UsageError};
 use crate::harden::Hardening;
 use crate::net::{MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::stack::StackConfig;
@@ -68,7 +68,7 @@ fn config(
     o: &args::Options,
     target: args::Target,
     tap_name: Option<String>,
-) -> Result<AttachConfig, String> {
+) -> Result<AttachConfig, UsageError> {
     let (network, prefix) = match &o.cidr {
         Some(c) => args::parse_cidr(c)?,
         None => (Ipv4Addr::new(10, 0, 2, 0), 24),
