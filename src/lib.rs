@@ -35,3 +35,5 @@ pub mod slab;
 pub mod slirp4netns;
 pub mod stack;
 pub mod tap;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -100,17 +100,3 @@ pub fn write_frame(fd: BorrowedFd<'_>, frame: &[u8]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
-
-/// A stand-in TAP for tests: a non-blocking `socketpair(AF_UNIX, SOCK_SEQPACKET)`, whose
-/// ends keep frame boundaries as a TAP does. The first end is the device, the second the guest.
-#[cfg(test)]
-pub fn test_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_NONBLOCK,
-    )
-    .expect("socketpair for a test TAP")
-}

@@ -579,7 +579,7 @@ mod tests {
     const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 
     fn setup() -> (TapWriter, std::os::fd::OwnedFd, VirtualNetwork) {
-        let (ours, theirs) = crate::tap::test_pair();
+        let (ours, theirs) = crate::testkit::tap_pair();
         let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
         (TapWriter::new(ours).unwrap(), theirs, net)
     }
@@ -683,15 +683,8 @@ mod tests {
         let (mut tx, guest, net) = setup();
         let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
         let remote: Ipv6Addr = "2001:2::1".parse().unwrap();
-        let mut offending = vec![0u8; IPV6_LEN + 8 + 2000];
-        Ipv6Repr {
-            src_addr: guest_ip,
-            dst_addr: remote,
-            next_header: IpProtocol::Udp,
-            payload_len: 8 + 2000,
-            hop_limit: 64,
-        }
-        .emit(&mut Ipv6Packet::new_unchecked(&mut offending[..]));
+        let offending =
+            crate::testkit::ipv6_packet(guest_ip, remote, IpProtocol::Udp, 64, &[0; 8 + 2000]);
         icmp_unreachable(
             &mut tx,
             &net,

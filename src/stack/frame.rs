@@ -520,56 +520,30 @@ fn is_unicast6(a: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use crate::testkit::{self, GUEST_MAC, Segment, flags, ipv6_frame};
 
-    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
-
-    fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, control: TcpControl, payload: &[u8]) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: 40000,
-            dst_port: 80,
-            control,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: None,
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
+    /// A TCP segment from `src`:40000 to `dst`:80 with `flags`, and 6 bytes of Ethernet
+    /// padding after it.
+    fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Segment {
+            src: SocketAddr::from((src, 40000)),
+            dst: SocketAddr::from((dst, 80)),
+            seq: 1000,
+            ack: 0,
+            flags,
+            window: 1000,
+            options: &[],
             payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len() + 6];
-        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.set_src_addr(GUEST_MAC);
-        eth.set_dst_addr(EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
-        eth.set_ethertype(EthernetProtocol::Ipv4);
-        let caps = ChecksumCapabilities::default();
-        let mut ipp = Ipv4Packet::new_unchecked(&mut buf[14..]);
-        ip.emit(&mut ipp, &caps);
-        let hl = ip.buffer_len();
-        let mut tp = TcpPacket::new_unchecked(&mut buf[14 + hl..14 + hl + tcp.buffer_len()]);
-        tcp.emit(&mut tp, &src.into(), &dst.into(), &caps);
-        buf
+        }
+        .frame();
+        frame.extend_from_slice(&[0; 6]);
+        frame
     }
 
     #[test]
     fn syn_is_classified_with_padding_trimmed() {
         let net = VirtualNetwork::default();
-        let f = tcp_frame(
-            net.guest,
-            Ipv4Addr::new(198, 18, 0, 1),
-            TcpControl::Syn,
-            b"",
-        );
+        let f = tcp_frame(net.guest, Ipv4Addr::new(198, 18, 0, 1), flags::SYN, b"");
         match classify(&f, &net) {
             Classified::Tcp(t) => {
                 assert!(t.flags.syn);
@@ -593,19 +567,19 @@ mod tests {
             Ipv4Addr::LOCALHOST,
             net.gateway,
         ] {
-            let f = tcp_frame(src, dst, TcpControl::Syn, b"");
+            let f = tcp_frame(src, dst, flags::SYN, b"");
             assert!(
                 matches!(classify(&f, &net), Classified::Drop(DropReason::Source)),
                 "{src}"
             );
         }
-        let mut f = tcp_frame(net.guest, dst, TcpControl::Syn, b"");
+        let mut f = tcp_frame(net.guest, dst, flags::SYN, b"");
         f[14 + 6] |= 0x20; // more fragments
         assert!(matches!(
             classify(&f, &net),
             Classified::Drop(DropReason::Ipv4Header)
         ));
-        let mut f = tcp_frame(net.guest, dst, TcpControl::None, b"data");
+        let mut f = tcp_frame(net.guest, dst, 0, b"data");
         f[14 + 6] |= 0x20;
         let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
         ip.fill_checksum();
@@ -613,7 +587,7 @@ mod tests {
             classify(&f, &net),
             Classified::Drop(DropReason::Fragment)
         ));
-        let f = tcp_frame(net.guest, Ipv4Addr::new(224, 0, 0, 5), TcpControl::Syn, b"");
+        let f = tcp_frame(net.guest, Ipv4Addr::new(224, 0, 0, 5), flags::SYN, b"");
         assert!(matches!(
             classify(&f, &net),
             Classified::Drop(DropReason::Destination)
@@ -624,13 +598,13 @@ mod tests {
     fn impossible_tcp_segments_are_dropped() {
         let net = VirtualNetwork::default();
         let dst = Ipv4Addr::new(198, 18, 0, 1);
-        let mut f = tcp_frame(net.guest, dst, TcpControl::Syn, b"");
+        let mut f = tcp_frame(net.guest, dst, flags::SYN, b"");
         TcpPacket::new_unchecked(&mut f[34..]).set_fin(true);
         assert!(matches!(
             classify(&f, &net),
             Classified::Drop(DropReason::TcpHeader)
         ));
-        let mut f = tcp_frame(net.guest, dst, TcpControl::Syn, b"");
+        let mut f = tcp_frame(net.guest, dst, flags::SYN, b"");
         TcpPacket::new_unchecked(&mut f[34..]).set_dst_port(0);
         assert!(matches!(
             classify(&f, &net),
@@ -644,7 +618,7 @@ mod tests {
         let f = tcp_frame(
             net.guest,
             Ipv4Addr::new(198, 18, 0, 1),
-            TcpControl::Syn,
+            flags::SYN,
             b"hello",
         );
         for len in 0..f.len() {
@@ -656,20 +630,7 @@ mod tests {
     fn arp_is_answered_only_for_our_addresses() {
         let net = VirtualNetwork::default();
         let arp = |target: Ipv4Addr| {
-            let repr = ArpRepr::EthernetIpv4 {
-                operation: ArpOperation::Request,
-                source_hardware_addr: GUEST_MAC,
-                source_protocol_addr: net.guest,
-                target_hardware_addr: EthernetAddress([0; 6]),
-                target_protocol_addr: target,
-            };
-            let mut buf = vec![0u8; 14 + repr.buffer_len()];
-            let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-            eth.set_src_addr(GUEST_MAC);
-            eth.set_dst_addr(EthernetAddress::BROADCAST);
-            eth.set_ethertype(EthernetProtocol::Arp);
-            repr.emit(&mut ArpPacket::new_unchecked(&mut buf[14..]));
-            buf
+            testkit::arp_frame(ArpOperation::Request, GUEST_MAC, net.guest, target)
         };
         assert!(matches!(
             classify(&arp(net.gateway), &net),
@@ -695,72 +656,36 @@ mod tests {
         VirtualNetwork::default().with_ipv6(Ipv6Network::default())
     }
 
-    /// An Ethernet frame carrying an IPv6 packet with `l4` as its payload.
-    fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, proto: IpProtocol, hops: u8, l4: &[u8]) -> Vec<u8> {
-        use smoltcp::wire::Ipv6Repr;
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: proto,
-            payload_len: l4.len(),
-            hop_limit: hops,
-        };
-        let mut buf = vec![0u8; 14 + 40 + l4.len()];
-        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.set_src_addr(GUEST_MAC);
-        eth.set_dst_addr(EthernetAddress([0x52, 0x55, 10, 0, 2, 2]));
-        eth.set_ethertype(EthernetProtocol::Ipv6);
-        ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[14..]));
-        buf[54..].copy_from_slice(l4);
-        buf
-    }
-
-    /// An ICMPv6 neighbour discovery message from `src` to `dst`.
-    fn ndisc_frame(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, repr: NdiscRepr<'_>) -> Vec<u8> {
-        use smoltcp::wire::Icmpv6Repr;
-        let icmp = Icmpv6Repr::Ndisc(repr);
-        let mut l4 = vec![0u8; icmp.buffer_len()];
-        icmp.emit(
-            &src,
-            &dst,
-            &mut Icmpv6Packet::new_unchecked(&mut l4[..]),
-            &ChecksumCapabilities::default(),
-        );
-        ipv6_frame(src, dst, IpProtocol::Icmpv6, hops, &l4)
-    }
-
+    /// A neighbour solicitation for `target` with hop limit `hops`.
     fn solicit(src: Ipv6Addr, target: Ipv6Addr, hops: u8) -> Vec<u8> {
+        let dst = "ff02::1:ff00:2".parse().unwrap();
         let repr = NdiscRepr::NeighborSolicit {
             target_addr: target,
             lladdr: None,
         };
-        ndisc_frame(src, "ff02::1:ff00:2".parse().unwrap(), hops, repr)
+        ipv6_frame(
+            src,
+            dst,
+            IpProtocol::Icmpv6,
+            hops,
+            &testkit::ndisc(src, dst, repr),
+        )
     }
 
     #[test]
     fn ipv6_syn_is_classified_and_ipv6_without_the_flag_is_dropped() {
         let dst: Ipv6Addr = "2001:2::1".parse().unwrap();
-        let tcp = TcpRepr {
-            src_port: 40000,
-            dst_port: 80,
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: None,
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
+        let l4 = Segment {
+            src: SocketAddr::from((GUEST6, 40000)),
+            dst: SocketAddr::from((dst, 80)),
+            seq: 1000,
+            ack: 0,
+            flags: flags::SYN,
+            window: 1000,
+            options: &[],
             payload: &[],
-        };
-        let mut l4 = vec![0u8; tcp.buffer_len()];
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(&mut l4[..]),
-            &GUEST6.into(),
-            &dst.into(),
-            &ChecksumCapabilities::default(),
-        );
+        }
+        .l4();
         let mut f = ipv6_frame(GUEST6, dst, IpProtocol::Tcp, 64, &l4);
         f.extend_from_slice(&[0; 6]); // Ethernet padding
         match classify(&f, &net6()) {
@@ -832,10 +757,9 @@ mod tests {
                 "{src} -> {target} hops {hops}"
             );
         }
-        let rs = ndisc_frame(
+        let rs = testkit::ndisc_frame(
             Ipv6Addr::UNSPECIFIED,
             "ff02::2".parse().unwrap(),
-            255,
             NdiscRepr::RouterSolicit { lladdr: None },
         );
         assert!(matches!(

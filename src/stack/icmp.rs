@@ -325,51 +325,19 @@ mod tests {
 
     use std::os::fd::AsFd;
 
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
-        IpProtocol, Ipv4Packet, Ipv4Repr,
-    };
-
     use crate::net::VirtualNetwork;
     use crate::stack::{Stack, StackConfig};
+    use crate::testkit;
 
     fn echo_request(net: &VirtualNetwork, data: &[u8]) -> Vec<u8> {
-        let icmp = Icmpv4Repr::EchoRequest {
-            ident: 1,
-            seq_no: 1,
-            data,
-        };
-        let ip = Ipv4Repr {
-            src_addr: net.guest,
-            dst_addr: net.gateway,
-            next_header: IpProtocol::Icmp,
-            payload_len: icmp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; 14 + 20 + icmp.buffer_len()];
-        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-        EthernetRepr {
-            src_addr: EthernetAddress([0x02, 0, 0, 0, 0, 0x64]),
-            dst_addr: net.gateway_mac(),
-            ethertype: EthernetProtocol::Ipv4,
-        }
-        .emit(&mut frame);
-        let caps = ChecksumCapabilities::default();
-        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-        ip.emit(&mut packet, &caps);
-        icmp.emit(
-            &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
-            &caps,
-        );
-        buf
+        testkit::echo_frame(net.guest.into(), net.gateway.into(), 1, 1, data)
     }
 
     /// Found by the `stateful` fuzz target: a 1676-byte ping of the gateway at MTU 1500 got a
     /// 1690-byte reply.
     #[test]
     fn local_replies_never_exceed_the_link_mtu() {
-        let (ours, theirs) = crate::tap::test_pair();
+        let (ours, theirs) = crate::testkit::tap_pair();
         let net = VirtualNetwork::default();
         let mut stack = Stack::new(ours, StackConfig::new(net, 1500)).unwrap();
         let mut buf = vec![0u8; 70_000];

@@ -854,30 +854,12 @@ mod tests {
         let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
         // A UDP datagram of 1200 bytes to the guest's own subnet (nobody there: address
         // unreachable, quoting as much as fits).
-        let mut udp = vec![0u8; 8 + 1200];
-        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
-        udp[2..4].copy_from_slice(&7u16.to_be_bytes());
-        let len = udp.len() as u16;
-        udp[4..6].copy_from_slice(&len.to_be_bytes());
         let src: std::net::Ipv6Addr = "fd00::100".parse().unwrap();
         let dst: std::net::Ipv6Addr = "fd00::77".parse().unwrap();
-        let mut frame = vec![0u8; 14 + 40 + udp.len()];
-        frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        frame[6] = 0x02;
-        smoltcp::wire::Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: smoltcp::wire::IpProtocol::Udp,
-            payload_len: udp.len(),
-            hop_limit: 64,
-        }
-        .emit(&mut smoltcp::wire::Ipv6Packet::new_unchecked(
-            &mut frame[14..],
-        ));
-        frame[54..].copy_from_slice(&udp);
+        let frame = crate::testkit::udp_frame((src, 5000).into(), (dst, 7).into(), &[0; 1200]);
         let mut buf = vec![0u8; 70_000];
         for mtu in [576, 1279, 1280, 1500] {
-            let (ours, theirs) = crate::tap::test_pair();
+            let (ours, theirs) = crate::testkit::tap_pair();
             let mut stack = Stack::new(ours, StackConfig::new(net, mtu)).unwrap();
             stack.inject_frame(&frame);
             match crate::tap::read_frame(theirs.as_fd(), &mut buf) {

@@ -495,12 +495,8 @@ fn watch_any(port: u16) -> io::Result<()> {
 /// From inside the guest, write hand-made frames on `ifname` (bypassing the guest kernel's
 /// routing): a TCP SYN and a UDP datagram to `port` at each destination, IPv4 or IPv6.
 fn raw_probe(ifname: &str, port: u16, dsts: &[&str]) -> io::Result<()> {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-        Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-        UdpPacket, UdpRepr,
-    };
+    use smoltcp::wire::{EthernetAddress, EthernetProtocol, IpProtocol};
+    use usernet::testkit::{self, Segment, flags, syn_options};
     let net = usernet::net::VirtualNetwork::default();
     let mac_text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
     let our_mac = EthernetAddress::from_bytes(
@@ -514,88 +510,34 @@ fn raw_probe(ifname: &str, port: u16, dsts: &[&str]) -> io::Result<()> {
     }
     // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let caps = ChecksumCapabilities::default();
+    let mss = syn_options(Some(1460), None, false);
     let mut sport = 40000u16;
     for dst in dsts {
         let dst: std::net::IpAddr = dst.parse().map_err(io::Error::other)?;
+        let (src, ethertype): (std::net::IpAddr, _) = match dst {
+            std::net::IpAddr::V4(_) => (net.guest.into(), EthernetProtocol::Ipv4),
+            std::net::IpAddr::V6(_) => ("fd00::100".parse().unwrap(), EthernetProtocol::Ipv6),
+        };
         for proto in [IpProtocol::Tcp, IpProtocol::Udp] {
             sport += 1;
-            let tcp = TcpRepr {
-                src_port: sport,
-                dst_port: port,
-                control: TcpControl::Syn,
-                seq_number: TcpSeqNumber(1000),
-                ack_number: None,
-                window_len: 64000,
-                window_scale: None,
-                max_seg_size: Some(1460),
-                sack_permitted: false,
-                sack_ranges: [None; 3],
-                timestamp: None,
-                payload: &[],
-            };
-            let udp = UdpRepr {
-                src_port: sport,
-                dst_port: port,
-            };
-            let l4_len = if proto == IpProtocol::Tcp {
-                tcp.buffer_len()
-            } else {
-                8 + 5
-            };
-            let (ethertype, ip_len) = match dst {
-                std::net::IpAddr::V4(_) => (EthernetProtocol::Ipv4, 20),
-                std::net::IpAddr::V6(_) => (EthernetProtocol::Ipv6, 40),
-            };
-            let mut buf = vec![0u8; 14 + ip_len + l4_len];
-            let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-            EthernetRepr {
-                src_addr: our_mac,
-                dst_addr: net.gateway_mac(),
-                ethertype,
-            }
-            .emit(&mut frame);
-            let (src_ip, dst_ip, l4): (IpAddress, IpAddress, &mut [u8]) = match dst {
-                std::net::IpAddr::V4(d) => {
-                    let repr = Ipv4Repr {
-                        src_addr: net.guest,
-                        dst_addr: d,
-                        next_header: proto,
-                        payload_len: l4_len,
-                        hop_limit: 64,
-                    };
-                    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-                    repr.emit(&mut packet, &caps);
-                    let l4 = &mut frame.payload_mut()[20..];
-                    (net.guest.into(), d.into(), l4)
+            let (from, to) = ((src, sport).into(), (dst, port).into());
+            let l4 = if proto == IpProtocol::Tcp {
+                Segment {
+                    src: from,
+                    dst: to,
+                    seq: 1000,
+                    ack: 0,
+                    flags: flags::SYN,
+                    window: 64000,
+                    options: &mss,
+                    payload: &[],
                 }
-                std::net::IpAddr::V6(d) => {
-                    let src: std::net::Ipv6Addr = "fd00::100".parse().unwrap();
-                    let repr = Ipv6Repr {
-                        src_addr: src,
-                        dst_addr: d,
-                        next_header: proto,
-                        payload_len: l4_len,
-                        hop_limit: 64,
-                    };
-                    let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
-                    repr.emit(&mut packet);
-                    let l4 = &mut frame.payload_mut()[40..];
-                    (src.into(), d.into(), l4)
-                }
-            };
-            if proto == IpProtocol::Tcp {
-                tcp.emit(&mut TcpPacket::new_unchecked(l4), &src_ip, &dst_ip, &caps);
+                .l4()
             } else {
-                udp.emit(
-                    &mut UdpPacket::new_unchecked(l4),
-                    &src_ip,
-                    &dst_ip,
-                    5,
-                    |b| b.copy_from_slice(b"probe"),
-                    &caps,
-                );
-            }
+                testkit::udp(from, to, b"probe")
+            };
+            let packet = testkit::ip_packet(src, dst, proto, &l4);
+            let buf = testkit::ethernet(our_mac, net.gateway_mac(), ethertype, &packet);
             // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
@@ -1552,8 +1494,7 @@ fn udp_rcvbuf_errors() -> u64 {
 /// moves on). Nothing answers them from here: the guest kernel resets any SYN-ACK. Prints
 /// "sent N ms T".
 fn syn_flood(count: u64, rate: u64, targets: &[&str]) -> io::Result<()> {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+    use usernet::testkit::{Segment, flags, syn_options};
     let targets: Vec<std::net::Ipv4Addr> = targets
         .iter()
         .map(|t| t.parse().map_err(io::Error::other))
@@ -1574,33 +1515,22 @@ fn syn_flood(count: u64, rate: u64, targets: &[&str]) -> io::Result<()> {
     }
     // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let caps = ChecksumCapabilities::default();
+    let mss = syn_options(Some(1460), None, false);
     let start = Instant::now();
-    let mut seg = [0u8; 24];
     for i in 0..count {
         let dst = targets[(i % targets.len() as u64) as usize];
         let j = i / targets.len() as u64;
-        let repr = TcpRepr {
-            src_port: 10000 + (j / 65534) as u16,
-            dst_port: 1 + (j % 65534) as u16,
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(i as i32),
-            ack_number: None,
-            window_len: 64240,
-            window_scale: None,
-            max_seg_size: Some(1460),
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
+        let seg = Segment {
+            src: (src, 10000 + (j / 65534) as u16).into(),
+            dst: (dst, 1 + (j % 65534) as u16).into(),
+            seq: i as u32,
+            ack: 0,
+            flags: flags::SYN,
+            window: 64240,
+            options: &mss,
             payload: &[],
-        };
-        let len = repr.buffer_len();
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut seg[..len]),
-            &src.into(),
-            &dst.into(),
-            &caps,
-        );
+        }
+        .l4();
         let to = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
@@ -1614,7 +1544,7 @@ fn syn_flood(count: u64, rate: u64, targets: &[&str]) -> io::Result<()> {
             libc::sendto(
                 std::os::fd::AsRawFd::as_raw_fd(&fd),
                 seg.as_ptr().cast(),
-                len,
+                seg.len(),
                 0,
                 (&to as *const libc::sockaddr_in).cast(),
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,

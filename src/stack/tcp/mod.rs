@@ -1308,16 +1308,14 @@ mod tests {
     use crate::stack::Link;
     use crate::stack::frame::{Classified, classify};
     use crate::stack::tx::TapWriter;
+    use crate::testkit::{Segment, flags, syn_options};
     use mio::{Events, Poll};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol, Ipv4Packet,
-        Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        Icmpv4DstUnreachable, Icmpv4Repr, Ipv4Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
     };
     use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
     use std::os::fd::{AsFd, OwnedFd};
-
-    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 
     /// A flow table whose "TAP" is one end of a seqpacket socketpair; the test reads the
     /// frames the stack writes from the other end.
@@ -1336,7 +1334,7 @@ mod tests {
         }
 
         fn with_config(config: TcpConfig) -> Self {
-            let (a, b) = crate::tap::test_pair();
+            let (a, b) = crate::testkit::tap_pair();
             Harness {
                 flows: TcpFlows::new(config),
                 tap: TapWriter::new(a).unwrap(),
@@ -1574,7 +1572,8 @@ mod tests {
         assert_eq!(tcp.ack_number, Some(TcpSeqNumber(9001)));
     }
 
-    /// A segment from the guest's port `src_port` to `dst`.
+    /// A segment from the guest's port `src_port` to `dst`; a SYN offers MSS 1460, window
+    /// scale 7 and SACK, as Linux does.
     fn guest_frame(
         dst: SocketAddrV4,
         src_port: u16,
@@ -1583,43 +1582,30 @@ mod tests {
         ack: Option<TcpSeqNumber>,
         payload: &[u8],
     ) -> Vec<u8> {
-        let net = VirtualNetwork::default();
         let syn = control == TcpControl::Syn;
-        let tcp = TcpRepr {
-            src_port,
-            dst_port: dst.port(),
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: ack,
-            window_len: 64000,
-            window_scale: syn.then_some(7),
-            max_seg_size: syn.then_some(1460),
-            sack_permitted: syn,
-            sack_ranges: [None, None, None],
-            timestamp: None,
+        let control = match control {
+            TcpControl::Syn => flags::SYN,
+            TcpControl::Fin => flags::FIN,
+            TcpControl::Rst => flags::RST,
+            TcpControl::Psh => flags::PSH,
+            TcpControl::None => 0,
+        };
+        let options = if syn {
+            syn_options(Some(1460), Some(7), true)
+        } else {
+            Vec::new()
+        };
+        Segment {
+            src: SocketAddr::from((VirtualNetwork::default().guest, src_port)),
+            dst: SocketAddr::V4(dst),
+            seq,
+            ack: ack.map_or(0, |a| a.0 as u32),
+            flags: control | if ack.is_some() { flags::ACK } else { 0 },
+            window: 64000,
+            options: &options,
             payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: net.guest,
-            dst_addr: *dst.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
-        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.set_src_addr(GUEST_MAC);
-        eth.set_dst_addr(net.gateway_mac());
-        eth.set_ethertype(EthernetProtocol::Ipv4);
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(&mut buf[34..]),
-            &net.guest.into(),
-            &(*dst.ip()).into(),
-            &caps,
-        );
-        buf
+        }
+        .frame()
     }
 
     fn parse_tcp(frame: &[u8]) -> (Ipv4Addr, TcpRepr<'_>) {
