@@ -19,11 +19,12 @@ use mio::{Interest, Registry, Token};
 
 use super::api::{self, HostForwards, Request};
 use crate::slab::{Id, Slab};
+use crate::stack::token::Kind;
 
 /// Token of the listener (in the embedding program's range of the stack's poller).
 pub const LISTENER_TOKEN: Token = Token(16);
-/// Token kind of connections (an embedder's kind, see `crate::stack::FIRST_EMBEDDER_KIND`).
-pub const KIND_CONNECTION: u8 = 130;
+/// Token kind of connections (one of the embedding program's kinds on the stack's poller).
+pub const KIND_CONNECTION: Kind = Kind::Embedder(0);
 /// Connections at once, unless `--max-api-connections` says otherwise; more are answered
 /// with an error and closed.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
@@ -101,7 +102,7 @@ impl ApiServer {
             if registry
                 .register(
                     &mut conn.stream,
-                    id.token(KIND_CONNECTION),
+                    KIND_CONNECTION.token(id),
                     Interest::READABLE | Interest::WRITABLE,
                 )
                 .is_err()

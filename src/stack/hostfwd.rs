@@ -31,12 +31,11 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use smoltcp::time::{Duration, Instant};
 
+use super::token::Kind;
 use super::{Ctx, Stack};
 use crate::net::VirtualNetwork;
 use crate::slab::{Id, Slab};
 
-/// Token kind of forward listeners.
-pub const TOKEN_KIND: u8 = 5;
 /// Most forwards at once.
 pub const MAX_FORWARDS: usize = 1024;
 /// Most connections and datagrams waiting for the guest's MAC address.
@@ -172,7 +171,7 @@ impl HostForwards {
         let listener = bind(&spec).map_err(AddError::Bind)?;
         let id = self.next_id.max(1);
         let slot = self.forwards.insert(Forward { id, spec, listener });
-        let token = slot.token(TOKEN_KIND);
+        let token = Kind::Forward.token(slot);
         let registered = match self.forwards.get_mut(slot).map(|f| &mut f.listener) {
             Some(Listener::Tcp(l)) => registry.register(l, token, Interest::READABLE),
             Some(Listener::Udp(u)) => {

@@ -27,11 +27,9 @@ use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
 use super::policy::{Unreachable, unreachable_reason};
+use super::token::Kind;
 use super::udp::{connect_dgram, error_source};
 use crate::slab::{Id, Slab};
-
-/// Token kind of ping sockets.
-pub const TOKEN_KIND: u8 = 4;
 
 /// A ping flow idle this long is forgotten.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -172,7 +170,7 @@ impl Pinger {
             .as_raw_fd();
         if let Err(e) =
             cx.registry
-                .register(&mut SourceFd(&fd), id.token(TOKEN_KIND), Interest::READABLE)
+                .register(&mut SourceFd(&fd), Kind::Ping.token(id), Interest::READABLE)
         {
             self.entries.remove(id);
             return Err(e);

@@ -24,10 +24,11 @@
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
 //!
-//! Tokens below [`FIRST_STACK_TOKEN`], and tokens of kind [`FIRST_EMBEDDER_KIND`] and up,
-//! belong to the embedding program (signals, control sockets); [`Stack::run`] hands their
-//! events to a callback, with the stack, so the program can act on it (add a forward...).
-//! [`WAKEUP_TOKEN`] reaches the callback when the deadline set with [`Stack::wake_at`] passes.
+//! The embedding program (`usernet run`, `attach`) registers its own fds on the stack's poller:
+//! with tokens below [`FIRST_STACK_TOKEN`], or of its own [kinds](token::Kind::Embedder).
+//! [`Stack::run`] hands their events to a callback, with the stack, so the program can act on
+//! it (add a forward...). [`WAKEUP_TOKEN`] reaches the callback when the deadline set with
+//! [`Stack::wake_at`] passes. Every kind of token is listed in [`token`].
 
 /// Build a [`Ctx`] from the stack's fields (a macro, so the borrows stay field-disjoint).
 /// Defined before the submodules, so the ones that extend [`Stack`] can use it too.
@@ -53,6 +54,7 @@ pub mod icmp;
 pub mod neigh;
 pub mod policy;
 pub mod tcp;
+pub mod token;
 pub mod tx;
 pub mod udp;
 
@@ -77,17 +79,11 @@ use icmp::Pinger;
 use neigh::Neighbors;
 use policy::{EchoVerdict, HostPolicy, Unreachable, Verdict};
 use tcp::{TcpConfig, TcpFlows};
+use token::{Kind, TAP_TOKEN, is_embedders};
 use tx::{FRAME_BUF, TapWriter};
 use udp::{UdpConfig, UdpNat};
 
-/// The TAP's token.
-const TAP_TOKEN: Token = Token(0);
-/// Tokens from 1 up to here are the embedding program's.
-pub const FIRST_STACK_TOKEN: usize = 1 << 16;
-/// Token kinds ([`crate::slab::Id::token`]) from here up are the embedding program's too.
-pub const FIRST_EMBEDDER_KIND: u8 = 128;
-/// The token the callback of [`Stack::run`] sees when the [`Stack::wake_at`] deadline passes.
-pub const WAKEUP_TOKEN: Token = Token(FIRST_STACK_TOKEN - 1);
+pub use token::{FIRST_STACK_TOKEN, WAKEUP_TOKEN};
 
 /// Frames read from the TAP before host sockets and timers get a turn.
 const RX_BATCH: usize = 256;
@@ -436,25 +432,28 @@ impl Stack {
         Ok(ControlFlow::Continue(()))
     }
 
-    /// Readiness of one of the flows' host sockets.
+    /// Readiness of one of the host sockets of the stack's tables: hand it to the table.
     fn on_socket_event(&mut self, token: Token, event: &mio::event::Event) {
-        let (kind, id) = crate::slab::Id::from_token(token);
+        let Some((kind, id)) = Kind::of(token) else {
+            return;
+        };
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         match kind {
-            tcp::TOKEN_KIND => {
+            Kind::TcpFlow => {
                 let ending = event.is_read_closed() || event.is_error();
                 self.tcp.on_host_event(id, readable, writable, ending)
             }
-            udp::TOKEN_KIND => self.udp.on_host_event(id, event.is_error()),
-            dns::TOKEN_KIND => self.dns.on_host_event(id),
-            icmp::TOKEN_KIND => {
+            Kind::UdpFlow => self.udp.on_host_event(id, event.is_error()),
+            Kind::DnsQuery => self.dns.on_host_event(id),
+            Kind::Ping => {
                 let now = self.now();
                 self.pinger
                     .on_host_event(id, &mut ctx!(self, now), &mut self.recv_buf);
             }
-            hostfwd::TOKEN_KIND => self.forwards.on_event(id),
-            _ => {}
+            Kind::Forward => self.forwards.on_event(id),
+            // Handed to the embedding program's callback before this.
+            Kind::Embedder(_) => {}
         }
     }
 
@@ -595,11 +594,6 @@ impl Stack {
             }
         }
     }
-}
-
-/// Whether `token` belongs to the embedding program.
-fn is_embedders(token: Token) -> bool {
-    token.0 < FIRST_STACK_TOKEN || crate::slab::Id::from_token(token).0 >= FIRST_EMBEDDER_KIND
 }
 
 impl Stack {

@@ -33,10 +33,8 @@ use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
+use super::token::Kind;
 use crate::slab::{Id, Slab};
-
-/// Token kind of NAT entries' host sockets.
-pub const TOKEN_KIND: u8 = 2;
 
 /// How long an idle entry is kept, unless `--udp-timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -364,7 +362,7 @@ impl UdpNat {
         let registered = match &mut entry.host {
             HostEnd::Connected(socket) => {
                 cx.registry
-                    .register(socket, id.token(TOKEN_KIND), Interest::READABLE)
+                    .register(socket, Kind::UdpFlow.token(id), Interest::READABLE)
             }
             HostEnd::Forwarded { .. } => Ok(()),
         };

@@ -85,10 +85,8 @@ use super::emit;
 use super::frame::GuestTcp;
 use super::hostfwd;
 use super::policy::{HostPolicy, Verdict, unreachable_reason};
+use super::token::Kind;
 use crate::slab::{Id, Slab};
-
-/// Token kind for TCP flows' host sockets (see [`Id::token`]).
-pub const TOKEN_KIND: u8 = 1;
 
 /// Segments one flow may emit per pass before others get a turn.
 const MAX_SEGMENTS_PER_PASS: usize = 512;
@@ -432,7 +430,7 @@ impl TcpFlows {
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
             &mut flow.host.stream,
-            id.token(TOKEN_KIND),
+            Kind::TcpFlow.token(id),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot watch a host socket: {e}");
@@ -558,7 +556,7 @@ impl TcpFlows {
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
             &mut flow.host.stream,
-            id.token(TOKEN_KIND),
+            Kind::TcpFlow.token(id),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot watch a host socket: {e}");
@@ -774,7 +772,7 @@ impl TcpFlows {
         };
         let _ = cx.registry.deregister(&mut flow.host.stream);
         flow.host.stream = stream;
-        let token = id.token(TOKEN_KIND);
+        let token = Kind::TcpFlow.token(id);
         cx.registry
             .register(
                 &mut flow.host.stream,
