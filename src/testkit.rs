@@ -11,6 +11,8 @@
 //! `testkit` feature, which the fuzz crate and the integration tests turn on (usernet is its
 //! own dev-dependency with that feature, see `Cargo.toml`). A normal build has none of it.
 
+#![deny(unsafe_code)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 

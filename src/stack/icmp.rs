@@ -18,6 +18,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use mio::Interest;
 use mio::unix::SourceFd;
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpProtocol};
 use socket2::{Protocol, Socket};
@@ -211,18 +213,13 @@ impl Pinger {
         let mac = entry.guest_mac;
         let fd = entry.socket.as_raw_fd();
         loop {
-            // SAFETY: buf is a valid, writable buffer of buf.len() bytes; fd is open (the
-            // entry owns it for the duration of this call).
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    // WouldBlock, or an error waiting in the queue (relayed below).
-                    _ => break,
-                }
-            }
-            let msg = &buf[..n as usize];
+            let n = match recv(fd, buf, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                // WouldBlock, or an error waiting in the queue (relayed below).
+                Err(_) => break,
+            };
+            let msg = &buf[..n];
             let max_data = cx.link.mtu.saturating_sub(emit::ip_header_len(key.dst) + 8);
             let reply = match key.dst {
                 IpAddr::V4(_) => ICMP_ECHO_REPLY,

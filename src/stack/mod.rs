@@ -29,6 +29,13 @@
 //! [`Stack::run`] hands their events to a callback, with the stack, so the program can act on
 //! it (add a forward...). [`WAKEUP_TOKEN`] reaches the callback when the deadline set with
 //! [`Stack::wake_at`] passes. Every kind of token is listed in [`token`].
+//!
+//! The stack is safe Rust: unsafe code is denied in all of its modules, and allowed only on
+//! the items that cannot do without it, each with its `SAFETY` comment: the TCP flows' seed
+//! from getrandom(2) (`tcp`) and the memory budget's madvise(2) of ring pages nobody holds
+//! (`tcp::budget`). Everything a guest sends is parsed by safe code.
+
+#![deny(unsafe_code)]
 
 /// Build a [`Ctx`] from the stack's fields (a macro, so the borrows stay field-disjoint).
 /// Defined before the submodules, so the ones that extend [`Stack`] can use it too.

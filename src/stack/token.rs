@@ -13,8 +13,6 @@
 //! Events on the embedding program's tokens go to the callback of
 //! [`Stack::run`](super::Stack::run), with the stack; the rest the stack handles itself.
 
-#![deny(unsafe_code)]
-
 use mio::Token;
 
 use crate::slab::Id;

@@ -486,7 +486,7 @@ pub fn tun_usable_by_everyone() -> bool {
 pub fn is_real_root() -> bool {
     std::fs::read_to_string("/proc/self/uid_map")
         .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        && unsafe { libc::geteuid() } == 0
+        && nix::unistd::geteuid().is_root()
 }
 
 /// Run usernet as nobody (uid 65534, which newuidmap needs to have a name) with `subids` as /etc/subuid and /etc/subgid (in a private mount

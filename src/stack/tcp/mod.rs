@@ -1264,6 +1264,7 @@ fn connect_nonblocking(addr: SocketAddr, bind: Option<SocketAddr>) -> io::Result
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    #[allow(unsafe_code)] // getrandom(2), which nix does not wrap.
     fn from_entropy() -> Self {
         let mut b = [0u8; 8];
         // SAFETY: b is a valid 8-byte buffer.
