@@ -137,6 +137,8 @@ unsafe extern "C" fn shed_main_program(
     if info.dlpi_phdr.is_null() {
         return 1;
     }
+    // SAFETY: dlpi_phdr is not null (checked above) and points at dlpi_phnum program
+    // headers of the loaded object, which stay mapped for the duration of the callback.
     let headers =
         unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
     let page = page_size();
@@ -167,10 +169,11 @@ unsafe extern "C" fn shed_main_program(
     1
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf takes an integer and reads no memory of ours.
-    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
+/// The system's page size (4096 if it cannot be read).
+pub fn page_size() -> usize {
+    use nix::unistd::{SysconfVar, sysconf};
+    match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as usize,
         _ => 4096,
     }
 }

@@ -59,9 +59,8 @@
 //! makes failure fatal; `Off` skips it. Neither changes rules 1 and 2.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
@@ -136,30 +135,23 @@ pub fn open_parent(path: &Path) -> Option<(OwnedFd, OsString)> {
 }
 
 fn open_path(path: &Path, dir: bool) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())?;
-    let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+    use nix::fcntl::{OFlag, open};
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
     if dir {
-        flags |= libc::O_DIRECTORY;
+        flags |= OFlag::O_DIRECTORY;
     }
-    // SAFETY: c is a valid NUL-terminated path; open returns a new fd or -1.
-    let fd = unsafe { libc::open(c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    open(path, flags, nix::sys::stat::Mode::empty()).map_err(std::io::Error::from)
 }
 
 /// Make this process non-dumpable, so a process with the same uid but without
 /// `CAP_SYS_PTRACE` where usernet started (the guest's root) can neither ptrace it nor open
 /// its `/proc/PID/{mem,fd,root,...}`. Rule 1 of the module docs; call it before anything else.
 pub fn set_undumpable() {
-    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong, 0, 0, 0) } != 0 {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         // Only fails for an invalid argument; nothing to do but say so.
         log::warn!(
             "cannot make usernet non-dumpable: {}",
-            std::io::Error::last_os_error()
+            std::io::Error::from(e)
         );
     }
 }
@@ -353,8 +345,7 @@ fn userns_helper(sock: BorrowedFd<'_>, uid: nix::unistd::Uid, gid: nix::unistd::
     }
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
         .map_err(|e| anyhow!("cannot create a user namespace: {}", e.desc()))?;
-    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_dumpable(true);
     let write = |file: &str, text: String| {
         std::fs::write(format!("/proc/self/{file}"), text)
             .map_err(|e| anyhow!("cannot write /proc/self/{file}: {e}"))

@@ -7,8 +7,9 @@
 //! Where things live:
 //! - [`launcher`]: namespaces, uid/gid maps, the child's network setup, state dir, signals
 //!   and exit codes (setup code, runs once);
-//! - [`stack`]: the event loop and the datapath (runs per frame). A guest SYN goes to
-//!   [`stack::frame::classify`] and then [`stack::tcp`];
+//! - [`stack`]: the event loop and the datapath (runs per frame); its module doc names the
+//!   file of each protocol. A guest SYN goes to [`stack::frame::classify`] and then
+//!   [`stack::tcp::TcpFlows::on_guest_segment`];
 //! - [`tap`], [`netconf`], [`fdpass`]: the TAP device, rtnetlink configuration and fd passing;
 //! - [`net`]: the virtual network's addresses;
 //! - [`attach`]: `usernet attach`, connecting a namespace that already exists, and
@@ -37,3 +38,5 @@ pub mod slab;
 pub mod slirp4netns;
 pub mod stack;
 pub mod tap;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

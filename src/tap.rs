@@ -6,7 +6,7 @@
 //! one-frame-per-syscall I/O the stack uses.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 const TUN_PATH: &str = "/dev/net/tun";
@@ -62,37 +62,11 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Read one frame. `WouldBlock` when the queue is empty.
 #[inline]
 pub fn read_frame(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is a valid, writable region of buf.len() bytes for the duration of the call.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    nix::unistd::read(fd, buf).map_err(io::Error::from)
 }
 
 /// Write one frame. `WouldBlock` when the device cannot take it now.
 #[inline]
 pub fn write_frame(fd: BorrowedFd<'_>, frame: &[u8]) -> io::Result<usize> {
-    // SAFETY: frame is a valid, readable region of frame.len() bytes for the duration of the call.
-    let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// A stand-in TAP for tests: a non-blocking `socketpair(AF_UNIX, SOCK_SEQPACKET)`, whose
-/// ends keep frame boundaries as a TAP does. The first end is the device, the second the guest.
-#[cfg(test)]
-pub fn test_pair() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_NONBLOCK,
-    )
-    .expect("socketpair for a test TAP")
+    nix::unistd::write(fd, frame).map_err(io::Error::from)
 }

@@ -11,7 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use smoltcp::wire::{
     ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol,
     Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
@@ -68,13 +67,7 @@ impl Harness {
                 && config.dns_upstreams.iter().all(|a| a.ip().is_loopback()),
             "DNS upstreams must be on loopback, never the machine's resolver"
         );
-        let (ours, peer) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair");
+        let (ours, peer) = usernet::testkit::tap_pair();
         let stack = Stack::new(ours, config.clone()).expect("Stack::new");
         Harness {
             stack,

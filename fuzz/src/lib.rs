@@ -1,9 +1,10 @@
 //! What the fuzz targets share: the isolation check every target runs first ([`world`]), the
 //! simulated host the stack's sockets reach ([`host`]), a [`Stack`](usernet::stack::Stack)
 //! behind a socketpair standing in for the TAP ([`harness`]), frame builders for the guest's
-//! side ([`guest`]) and a little reader for decoding structured inputs ([`Input`]).
+//! side ([`guest`], usernet's own test kit, shared with its unit and integration tests) and a
+//! little reader for decoding structured inputs ([`Input`]).
 
-pub mod guest;
+pub use usernet::testkit as guest;
 pub mod harness;
 pub mod host;
 pub mod world;

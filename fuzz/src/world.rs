@@ -30,8 +30,7 @@ pub fn enter() {
         }
         setup();
         // Short sleeps (the targets pause for the simulated host) without 50 µs of slack.
-        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory of ours.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
+        let _ = nix::sys::prctl::set_timerslack(1);
     });
 }
 

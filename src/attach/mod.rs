@@ -38,8 +38,8 @@ use crate::harden;
 use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::process::signals::{self, Signals};
 use crate::runtime;
-use crate::slab::Id;
 use crate::stack::hostfwd::{ForwardSpec, Proto};
+use crate::stack::token::Kind;
 use crate::stack::{Stack, WAKEUP_TOKEN};
 use namespace::{Configure, Namespaces};
 use watch::TargetWatch;
@@ -47,7 +47,7 @@ use watch::TargetWatch;
 /// The API socket's listener, and its connections' token kind (one of the stack's embedder
 /// kinds).
 const API_LISTENER: Token = Token(16);
-const API_CONNECTION_KIND: u8 = crate::stack::FIRST_EMBEDDER_KIND + 2;
+const API_CONNECTION_KIND: Kind = Kind::Embedder(0);
 const EXIT_FD_TOKEN: Token = Token(2);
 const TARGET_TOKEN: Token = Token(3);
 
@@ -96,8 +96,11 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
     let mut api = match &cfg.api_socket {
         Some(path) => {
             remove_stale_socket(path);
-            let settings =
-                SlirpApi::settings(API_LISTENER, API_CONNECTION_KIND, cfg.max_api_connections);
+            let settings = SlirpApi::settings(
+                API_LISTENER,
+                API_CONNECTION_KIND.bits(),
+                cfg.max_api_connections,
+            );
             let protocol = SlirpApi::new(cfg.stack.policy.net.guest);
             let mut server = Server::bind(path, protocol, settings)
                 .map_err(|e| anyhow!("cannot listen on API socket {}: {e}", path.display()))?;
@@ -186,9 +189,8 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
                     ControlFlow::Continue(())
                 }
                 token => {
-                    let (kind, id) = Id::from_token(token);
                     if let Some(api) = &mut api
-                        && kind == API_CONNECTION_KIND
+                        && let Some((API_CONNECTION_KIND, id)) = Kind::of(token)
                     {
                         api.on_event(id, &registry, Some(&mut StackForwards(stack)));
                         stack.wake_at(api.expire(&registry));

@@ -26,12 +26,10 @@ use smoltcp::wire::EthernetAddress;
 use super::Ctx;
 use super::emit::{self, UDP_LEN};
 use super::frame::GuestUdp;
+use super::token::Kind;
 use super::udp::connect_udp;
 use crate::resolv::ResolvConf;
 use crate::slab::{Id, Slab};
-
-/// Token kind of upstream query sockets.
-pub const TOKEN_KIND: u8 = 3;
 
 /// How long an upstream has to answer before the next one is asked too.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -270,7 +268,7 @@ impl DnsForwarder {
                 .registry
                 .register(
                     &mut attempt.socket,
-                    aid.token(TOKEN_KIND),
+                    Kind::DnsQuery.token(aid),
                     Interest::READABLE,
                 )
                 .is_err()

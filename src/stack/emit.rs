@@ -1,26 +1,23 @@
-//! Frames usernet writes on its own, outside any smoltcp socket: ARP replies, IPv6 neighbour
-//! and router advertisements, TCP resets for connections that do not exist or were refused,
-//! TCP window updates for flows whose window the gate held back,
-//! UDP datagrams (NAT replies, DNS, DHCP), ICMP and ICMPv6 echo replies and errors.
+//! Frames usernet writes on its own, outside any smoltcp socket: TCP resets for connections
+//! that do not exist or were refused, TCP window updates for flows whose window the gate held
+//! back, UDP datagrams (NAT replies, DNS, DHCP), ICMP and ICMPv6 echo replies and errors. ARP
+//! and neighbour discovery messages are [`neigh`](super::neigh)'s, built on [`ip_frame`].
 //!
 //! Each builder writes a complete Ethernet frame through the [`TapWriter`], using smoltcp's
 //! `Repr::emit` so headers and checksums are right by construction. Builders that take
 //! addresses work for both families; the addresses' family picks IPv4 or IPv6 (and ICMP or
 //! ICMPv6), and a mixed pair, which no caller makes, emits nothing.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::time::Duration;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscPrefixInfoFlags,
-    NdiscPrefixInformation, NdiscRepr, NdiscRouterFlags, RawHardwareAddress, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet, Icmpv6Message,
+    Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
-use super::frame::{ArpRequest, GuestTcp, NeighborSolicit};
+use super::frame::GuestTcp;
 use super::policy::Unreachable;
 use super::tx::TapWriter;
 use crate::net::VirtualNetwork;
@@ -30,8 +27,8 @@ pub const IPV4_LEN: usize = 20;
 pub const IPV6_LEN: usize = 40;
 pub const UDP_LEN: usize = 8;
 const ICMP_HEADER_LEN: usize = 8;
-/// Hop limit of everything we originate.
-const HOP_LIMIT: u8 = 64;
+/// Hop limit of everything we originate (but neighbour discovery).
+pub const HOP_LIMIT: u8 = 64;
 /// How much of the offending datagram an ICMP error quotes: as much as keeps the error within
 /// 576 bytes, as Linux does (RFC 1812 §4.3.2.3); at least its IP header and 8 bytes.
 pub const ICMP_QUOTE_MAX: usize = 576 - IPV4_LEN - ICMP_HEADER_LEN;
@@ -40,22 +37,6 @@ pub const ICMP_QUOTE_MAX: usize = 576 - IPV4_LEN - ICMP_HEADER_LEN;
 pub const ICMPV6_QUOTE_MAX: usize = 1280 - IPV6_LEN - ICMP_HEADER_LEN;
 /// Room for the larger of the two quotes.
 pub const QUOTE_BUF: usize = ICMPV6_QUOTE_MAX;
-/// Hop limit of neighbour discovery messages (RFC 4861 §7.1.2: receivers check it).
-const NDP_HOP_LIMIT: u8 = 255;
-/// The all-nodes link-local multicast group, and its Ethernet address.
-const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-const ALL_NODES_MAC: EthernetAddress = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
-/// How long the guest may keep us as its default router without hearing from us again; the
-/// stack advertises again well before ([`RA_INTERVAL`]).
-const ROUTER_LIFETIME: Duration = Duration::from_secs(1800);
-/// How often the stack sends an unsolicited router advertisement.
-pub const RA_INTERVAL: Duration = Duration::from_secs(600);
-/// Lifetimes of the prefix in router advertisements (RFC 4861's suggested defaults).
-const PREFIX_VALID: Duration = Duration::from_secs(86400);
-const PREFIX_PREFERRED: Duration = Duration::from_secs(14400);
-/// NDP option type of Recursive DNS Server (RFC 8106 §5.1), which smoltcp does not build.
-const NDP_OPTION_RDNSS: u8 = 25;
-const RDNSS_LEN: usize = 24;
 
 /// Length of the IP header we put in front of a payload to or from `addr`.
 pub fn ip_header_len(addr: IpAddr) -> usize {
@@ -65,7 +46,13 @@ pub fn ip_header_len(addr: IpAddr) -> usize {
     }
 }
 
-fn ethernet(frame: &mut [u8], src: EthernetAddress, dst: EthernetAddress, proto: EthernetProtocol) {
+/// Write an Ethernet header at the start of `frame`.
+pub fn ethernet(
+    frame: &mut [u8],
+    src: EthernetAddress,
+    dst: EthernetAddress,
+    proto: EthernetProtocol,
+) {
     let mut eth = EthernetFrame::new_unchecked(frame);
     eth.set_src_addr(src);
     eth.set_dst_addr(dst);
@@ -112,7 +99,7 @@ fn ip_header(
 /// Write Ethernet and IP headers for an IP payload of `payload_len` bytes from `src` to `dst`
 /// (both IPv4 or both IPv6); `fill` writes the payload.
 #[allow(clippy::too_many_arguments)]
-fn ip_frame(
+pub fn ip_frame(
     tx: &mut TapWriter,
     net: &VirtualNetwork,
     dst_mac: EthernetAddress,
@@ -134,43 +121,6 @@ fn ip_frame(
         ethernet(f, net.gateway_mac(), dst_mac, ethertype);
         let _ = ip_header(&mut f[ETH_LEN..], (src, dst), proto, payload_len, hop_limit);
         fill(&mut f[ETH_LEN + header..]);
-    });
-}
-
-/// Answer an ARP request for one of our addresses.
-pub fn arp_reply(tx: &mut TapWriter, req: &ArpRequest) {
-    let our_mac = VirtualNetwork::mac_for(req.target_ip);
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Reply,
-        source_hardware_addr: our_mac,
-        source_protocol_addr: req.target_ip,
-        target_hardware_addr: req.sender_mac,
-        target_protocol_addr: req.sender_ip,
-    };
-    tx.send(ETH_LEN + repr.buffer_len(), |f| {
-        ethernet(f, our_mac, req.sender_mac, EthernetProtocol::Arp);
-        repr.emit(&mut ArpPacket::new_unchecked(&mut f[ETH_LEN..]));
-    });
-}
-
-/// Ask the guest link who has `target`, from the gateway.
-pub fn arp_request(tx: &mut TapWriter, net: &VirtualNetwork, target: Ipv4Addr) {
-    let our_mac = net.gateway_mac();
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: our_mac,
-        source_protocol_addr: net.gateway,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target,
-    };
-    tx.send(ETH_LEN + repr.buffer_len(), |f| {
-        ethernet(
-            f,
-            our_mac,
-            EthernetAddress::BROADCAST,
-            EthernetProtocol::Arp,
-        );
-        repr.emit(&mut ArpPacket::new_unchecked(&mut f[ETH_LEN..]));
     });
 }
 
@@ -451,112 +401,6 @@ pub fn rebuild_quote(
     out
 }
 
-/// Answer a neighbour solicitation for one of our addresses: "it is at the gateway's MAC".
-/// A solicitation from the unspecified address (the sender checking whether the address is
-/// free) is answered to all nodes, without the solicited flag (RFC 4861 §7.2.4).
-pub fn neighbor_advert(tx: &mut TapWriter, net: &VirtualNetwork, ns: &NeighborSolicit) {
-    let (dst, dst_mac, mut flags) = if ns.sender_ip.is_unspecified() {
-        (ALL_NODES, ALL_NODES_MAC, NdiscNeighborFlags::OVERRIDE)
-    } else {
-        (
-            ns.sender_ip,
-            ns.sender_mac,
-            NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
-        )
-    };
-    // Every address of ours is the router's.
-    flags |= NdiscNeighborFlags::ROUTER;
-    let repr = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
-        flags,
-        target_addr: ns.target,
-        lladdr: Some(RawHardwareAddress::from(net.gateway_mac())),
-    });
-    let src = ns.target;
-    let len = repr.buffer_len();
-    ip_frame(
-        tx,
-        net,
-        dst_mac,
-        IpAddr::V6(src),
-        IpAddr::V6(dst),
-        IpProtocol::Icmpv6,
-        len,
-        NDP_HOP_LIMIT,
-        |p| {
-            repr.emit(
-                &src,
-                &dst,
-                &mut Icmpv6Packet::new_unchecked(p),
-                &ChecksumCapabilities::default(),
-            );
-        },
-    );
-}
-
-/// A router advertisement from fe80::2 to `to` (a host that solicited one, or all nodes):
-/// we are the default router, the /64 is on-link and for stateless autoconfiguration, the
-/// link MTU is `mtu`, and `dns` (the forwarder, unless `--disable-dns`) resolves names. No
-/// DHCPv6: everything a guest needs is in here.
-pub fn router_advert(
-    tx: &mut TapWriter,
-    net: &VirtualNetwork,
-    to: Option<(Ipv6Addr, EthernetAddress)>,
-    mtu: usize,
-    dns: Option<Ipv6Addr>,
-) {
-    let Some(v6) = net.v6 else {
-        return;
-    };
-    let (dst, dst_mac) = to.unwrap_or((ALL_NODES, ALL_NODES_MAC));
-    let repr = Icmpv6Repr::Ndisc(NdiscRepr::RouterAdvert {
-        hop_limit: HOP_LIMIT,
-        flags: NdiscRouterFlags::empty(),
-        router_lifetime: ROUTER_LIFETIME,
-        reachable_time: Duration::ZERO,
-        retrans_time: Duration::ZERO,
-        lladdr: Some(RawHardwareAddress::from(net.gateway_mac())),
-        mtu: u32::try_from(mtu).ok(),
-        prefix_info: Some(NdiscPrefixInformation {
-            prefix_len: crate::net::IPV6_PREFIX_LEN,
-            flags: NdiscPrefixInfoFlags::ON_LINK | NdiscPrefixInfoFlags::ADDRCONF,
-            valid_lifetime: PREFIX_VALID,
-            preferred_lifetime: PREFIX_PREFERRED,
-            prefix: v6.prefix,
-        }),
-    });
-    let base = repr.buffer_len();
-    let len = base + if dns.is_some() { RDNSS_LEN } else { 0 };
-    let src = v6.router;
-    ip_frame(
-        tx,
-        net,
-        dst_mac,
-        IpAddr::V6(src),
-        IpAddr::V6(dst),
-        IpProtocol::Icmpv6,
-        len,
-        NDP_HOP_LIMIT,
-        |p| {
-            let caps = ChecksumCapabilities::default();
-            repr.emit(
-                &src,
-                &dst,
-                &mut Icmpv6Packet::new_unchecked(&mut p[..]),
-                &caps,
-            );
-            if let Some(dns) = dns {
-                let opt = &mut p[base..base + RDNSS_LEN];
-                opt[0] = NDP_OPTION_RDNSS;
-                opt[1] = (RDNSS_LEN / 8) as u8;
-                opt[2..4].fill(0);
-                opt[4..8].copy_from_slice(&(ROUTER_LIFETIME.secs() as u32).to_be_bytes());
-                opt[8..].copy_from_slice(&dns.octets());
-                Icmpv6Packet::new_unchecked(&mut p[..]).fill_checksum(&src, &dst);
-            }
-        },
-    );
-}
-
 /// Parse what we emitted, for tests: the ICMP message carried by an Ethernet frame.
 #[cfg(test)]
 pub(crate) fn parse_icmp(frame: &[u8]) -> Option<(Ipv4Repr, smoltcp::wire::Icmpv4Repr<'_>)> {
@@ -570,23 +414,29 @@ pub(crate) fn parse_icmp(frame: &[u8]) -> Option<(Ipv4Repr, smoltcp::wire::Icmpv
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::os::fd::AsFd;
+
+    use std::net::Ipv6Addr;
 
     use super::*;
     use crate::net::Ipv6Network;
 
     const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 
-    fn setup() -> (TapWriter, std::os::fd::OwnedFd, VirtualNetwork) {
-        let (ours, theirs) = crate::tap::test_pair();
+    /// A TAP writer on a stand-in TAP, the guest's end of it, and the default network with
+    /// IPv6.
+    pub(in crate::stack) fn setup() -> (TapWriter, std::os::fd::OwnedFd, VirtualNetwork) {
+        let (ours, theirs) = crate::testkit::tap_pair();
         let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
         (TapWriter::new(ours).unwrap(), theirs, net)
     }
 
     /// The next frame written: its Ethernet destination, IPv6 header and ICMPv6 bytes, the
     /// checksum verified.
-    fn next_icmpv6(guest: &std::os::fd::OwnedFd) -> (EthernetAddress, Ipv6Repr, Vec<u8>) {
+    pub(in crate::stack) fn next_icmpv6(
+        guest: &std::os::fd::OwnedFd,
+    ) -> (EthernetAddress, Ipv6Repr, Vec<u8>) {
         let mut buf = vec![0u8; 2048];
         let n = crate::tap::read_frame(guest.as_fd(), &mut buf).expect("a frame");
         let eth = EthernetFrame::new_checked(&buf[..n]).unwrap();
@@ -600,98 +450,12 @@ mod tests {
     }
 
     #[test]
-    fn neighbour_advert_names_the_gateway_mac_with_router_and_solicited_flags() {
-        let (mut tx, guest, net) = setup();
-        let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
-        let target: Ipv6Addr = "fe80::2".parse().unwrap();
-        let ns = NeighborSolicit {
-            sender_mac: GUEST_MAC,
-            sender_ip: guest_ip,
-            target,
-        };
-        neighbor_advert(&mut tx, &net, &ns);
-        let (dst_mac, ip, icmp) = next_icmpv6(&guest);
-        assert_eq!(
-            (dst_mac, ip.dst_addr, ip.src_addr),
-            (GUEST_MAC, guest_ip, target)
-        );
-        assert_eq!(ip.hop_limit, 255);
-        let packet = Icmpv6Packet::new_checked(&icmp[..]).unwrap();
-        match NdiscRepr::parse(&packet).unwrap() {
-            NdiscRepr::NeighborAdvert {
-                flags,
-                target_addr,
-                lladdr,
-            } => {
-                assert_eq!(target_addr, target);
-                assert!(flags.contains(NdiscNeighborFlags::ROUTER | NdiscNeighborFlags::SOLICITED));
-                assert_eq!(lladdr, Some(RawHardwareAddress::from(net.gateway_mac())));
-            }
-            other => panic!("{other:?}"),
-        }
-        // From the unspecified address (the sender's address check): to all nodes.
-        let dad = NeighborSolicit {
-            sender_ip: Ipv6Addr::UNSPECIFIED,
-            ..ns
-        };
-        neighbor_advert(&mut tx, &net, &dad);
-        let (dst_mac, ip, _) = next_icmpv6(&guest);
-        assert_eq!((dst_mac, ip.dst_addr), (ALL_NODES_MAC, ALL_NODES));
-    }
-
-    #[test]
-    fn router_advert_carries_prefix_mtu_and_dns() {
-        let (mut tx, guest, net) = setup();
-        let dns: Ipv6Addr = "fd00::3".parse().unwrap();
-        router_advert(&mut tx, &net, None, 1500, Some(dns));
-        let (dst_mac, ip, icmp) = next_icmpv6(&guest);
-        assert_eq!((dst_mac, ip.dst_addr), (ALL_NODES_MAC, ALL_NODES));
-        assert_eq!(ip.src_addr, "fe80::2".parse::<Ipv6Addr>().unwrap());
-        let packet = Icmpv6Packet::new_checked(&icmp[..]).unwrap();
-        match NdiscRepr::parse(&packet).unwrap() {
-            NdiscRepr::RouterAdvert {
-                router_lifetime,
-                mtu,
-                prefix_info: Some(prefix),
-                lladdr,
-                ..
-            } => {
-                assert_eq!(router_lifetime, ROUTER_LIFETIME);
-                assert_eq!(mtu, Some(1500));
-                assert_eq!(prefix.prefix, "fd00::".parse::<Ipv6Addr>().unwrap());
-                assert_eq!(prefix.prefix_len, 64);
-                assert!(prefix.is_valid_prefix_info());
-                assert!(prefix.flags.contains(NdiscPrefixInfoFlags::ON_LINK));
-                assert_eq!(lladdr, Some(RawHardwareAddress::from(net.gateway_mac())));
-            }
-            other => panic!("{other:?}"),
-        }
-        // The last option is RDNSS with the forwarder.
-        let rdnss = &icmp[icmp.len() - RDNSS_LEN..];
-        assert_eq!((rdnss[0], rdnss[1]), (NDP_OPTION_RDNSS, 3));
-        assert_eq!(&rdnss[8..], &dns.octets());
-        // Solicited by a host with an address: unicast, and without DNS when it is off.
-        let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
-        router_advert(&mut tx, &net, Some((guest_ip, GUEST_MAC)), 1500, None);
-        let (dst_mac, ip, icmp2) = next_icmpv6(&guest);
-        assert_eq!((dst_mac, ip.dst_addr), (GUEST_MAC, guest_ip));
-        assert_eq!(icmp2.len(), icmp.len() - RDNSS_LEN);
-    }
-
-    #[test]
     fn ipv6_unreachable_quotes_the_packet_with_icmpv6_codes() {
         let (mut tx, guest, net) = setup();
         let guest_ip: Ipv6Addr = "fd00::100".parse().unwrap();
         let remote: Ipv6Addr = "2001:2::1".parse().unwrap();
-        let mut offending = vec![0u8; IPV6_LEN + 8 + 2000];
-        Ipv6Repr {
-            src_addr: guest_ip,
-            dst_addr: remote,
-            next_header: IpProtocol::Udp,
-            payload_len: 8 + 2000,
-            hop_limit: 64,
-        }
-        .emit(&mut Ipv6Packet::new_unchecked(&mut offending[..]));
+        let offending =
+            crate::testkit::ipv6_packet(guest_ip, remote, IpProtocol::Udp, 64, &[0; 8 + 2000]);
         icmp_unreachable(
             &mut tx,
             &net,

@@ -12,6 +12,11 @@
 //! connection comes from the gateway, as in slirp. To frame anything for the guest we need its
 //! MAC address; a connection that arrives before the guest ever spoke waits (bounded, for a
 //! few seconds) while the [neighbour table](super::neigh) asks for it.
+//!
+//! All of inbound forwarding is here: the forward table ([`HostForwards`]: listeners, ids,
+//! what waits for a MAC address) and the stack's side of it (the `impl Stack` block: adding
+//! and removing forwards, accepting, waiting, starting the flows). The event loop only calls
+//! in when a listener is ready or a wait is due.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -26,11 +31,11 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use smoltcp::time::{Duration, Instant};
 
+use super::token::Kind;
+use super::{Ctx, Stack};
 use crate::net::VirtualNetwork;
 use crate::slab::{Id, Slab};
 
-/// Token kind of forward listeners.
-pub const TOKEN_KIND: u8 = 5;
 /// Most forwards at once.
 pub const MAX_FORWARDS: usize = 1024;
 /// Most connections and datagrams waiting for the guest's MAC address.
@@ -166,7 +171,7 @@ impl HostForwards {
         let listener = bind(&spec).map_err(AddError::Bind)?;
         let id = self.next_id.max(1);
         let slot = self.forwards.insert(Forward { id, spec, listener });
-        let token = slot.token(TOKEN_KIND);
+        let token = Kind::Forward.token(slot);
         let registered = match self.forwards.get_mut(slot).map(|f| &mut f.listener) {
             Some(Listener::Tcp(l)) => registry.register(l, token, Interest::READABLE),
             Some(Listener::Udp(u)) => {
@@ -297,6 +302,212 @@ impl HostForwards {
 
     pub fn has_waiting(&self) -> bool {
         !self.waiting.is_empty()
+    }
+}
+
+/// The stack's side of forwarding: taking connections and datagrams from the listeners,
+/// holding them until the guest's MAC address is known, and handing them to the TCP flows and
+/// the UDP NAT as flows into the guest.
+impl Stack {
+    /// Forward a host port into the guest (slirp4netns's `add_hostfwd`); returns its id.
+    pub fn add_forward(&mut self, spec: ForwardSpec) -> Result<i64, AddError> {
+        let id = self.forwards.add(spec, self.poll.registry())?;
+        // Learn the guest's MAC address now rather than when the first client arrives.
+        if self.neighbors.lookup(*spec.guest.ip()).is_none() {
+            let now = self.now();
+            self.neighbors
+                .solicit(*spec.guest.ip(), &mut self.tx, &self.policy.net, now);
+        }
+        Ok(id)
+    }
+
+    /// Stop forwarding `id`; false if there is no such forward.
+    pub fn remove_forward(&mut self, id: i64) -> bool {
+        let Some((slot, _)) = self.forwards.remove(id, self.poll.registry()) else {
+            return false;
+        };
+        let now = self.now();
+        self.udp.forget_forward(slot, &mut ctx!(self, now));
+        true
+    }
+
+    /// The forwards in place, in the order they were added.
+    pub fn forwards(&self) -> Vec<(i64, ForwardSpec)> {
+        self.forwards.list().collect()
+    }
+
+    /// Take connections and datagrams from forwarded host ports, a budget per listener.
+    pub(super) fn service_forwards(&mut self, now: Instant) {
+        let mut buf = std::mem::take(&mut self.forward_buf);
+        for slot in self.forwards.take_ready() {
+            let Some(forward) = self.forwards.get(slot) else {
+                continue;
+            };
+            let guest = forward.spec.guest;
+            let mut more = true;
+            match &forward.listener {
+                Listener::Tcp(listener) => {
+                    let mut accepted = Vec::new();
+                    for _ in 0..ACCEPT_BUDGET {
+                        match listener.accept() {
+                            Ok(conn) => accepted.push(conn),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                if e.kind() != io::ErrorKind::WouldBlock {
+                                    log::debug!("accept on forward {}: {e}", forward.id);
+                                }
+                                more = false;
+                                break;
+                            }
+                        }
+                    }
+                    for (stream, client) in accepted {
+                        self.forwards.stats.accepted += 1;
+                        self.inbound_connection(stream, client, guest, now);
+                    }
+                }
+                Listener::Udp(socket) => {
+                    let socket = Rc::clone(socket);
+                    for _ in 0..ACCEPT_BUDGET {
+                        match socket.recv_from(&mut buf[..]) {
+                            Ok((n, client)) => {
+                                self.forwards.stats.datagrams += 1;
+                                self.inbound_datagram(slot, &socket, client, guest, &buf[..n], now);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(_) => {
+                                more = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if more {
+                self.forwards.requeue(slot);
+            }
+        }
+        self.forward_buf = buf;
+    }
+
+    /// A client of a forwarded TCP port: start its flow into the guest, or wait for the
+    /// guest's MAC address.
+    fn inbound_connection(
+        &mut self,
+        stream: mio::net::TcpStream,
+        client: SocketAddr,
+        guest: SocketAddrV4,
+        now: Instant,
+    ) {
+        let Some(mac) = self.neighbors.lookup(*guest.ip()) else {
+            self.neighbors
+                .solicit(*guest.ip(), &mut self.tx, &self.policy.net, now);
+            let waiting = Waiting::Connection {
+                stream,
+                client,
+                guest,
+                since: now,
+            };
+            if let Err(Waiting::Connection { stream, .. }) = self.forwards.wait(waiting) {
+                self.forwards.stats.unresolved += 1;
+                reset(stream);
+            }
+            return;
+        };
+        let source = SocketAddrV4::new(virtual_source(client, &self.policy.net), client.port());
+        if let Err((stream, why)) =
+            self.tcp
+                .open_inbound(stream, guest, source, mac, &mut ctx!(self, now))
+        {
+            self.forwards.stats.refused += 1;
+            log::debug!("forwarded connection from {client} to {guest} refused: {why}");
+            reset(stream);
+        }
+    }
+
+    fn inbound_datagram(
+        &mut self,
+        slot: Id,
+        socket: &Rc<mio::net::UdpSocket>,
+        client: SocketAddr,
+        guest: SocketAddrV4,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let Some(mac) = self.neighbors.lookup(*guest.ip()) else {
+            self.neighbors
+                .solicit(*guest.ip(), &mut self.tx, &self.policy.net, now);
+            let waiting = Waiting::Datagram {
+                forward: slot,
+                client,
+                guest,
+                payload: payload.to_vec(),
+                since: now,
+            };
+            if self.forwards.wait(waiting).is_err() {
+                self.forwards.stats.unresolved += 1;
+            }
+            return;
+        };
+        self.udp.on_forwarded_datagram(
+            slot,
+            socket,
+            client,
+            guest,
+            mac,
+            payload,
+            &mut ctx!(self, now),
+        );
+    }
+
+    /// Release what waited for a guest address that is now known.
+    pub(super) fn release_waiting(&mut self, ip: Ipv4Addr, now: Instant) {
+        for w in self.forwards.take_waiting_for(ip) {
+            self.resume(w, now);
+        }
+    }
+
+    fn resume(&mut self, w: Waiting, now: Instant) {
+        match w {
+            Waiting::Connection {
+                stream,
+                client,
+                guest,
+                ..
+            } => self.inbound_connection(stream, client, guest, now),
+            Waiting::Datagram {
+                forward,
+                client,
+                guest,
+                payload,
+                ..
+            } => {
+                let socket = match self.forwards.get(forward).map(|f| &f.listener) {
+                    Some(Listener::Udp(s)) => Rc::clone(s),
+                    _ => return,
+                };
+                self.inbound_datagram(forward, &socket, client, guest, &payload, now);
+            }
+        }
+    }
+
+    /// Give up on what waited too long for the guest's MAC; ask again for the rest.
+    pub(super) fn check_waiting(&mut self, now: Instant) {
+        for w in self.forwards.take_expired(now) {
+            self.forwards.stats.unresolved += 1;
+            if let Waiting::Connection { stream, guest, .. } = w {
+                log::debug!(
+                    "the guest {} never answered ARP: resetting a forwarded connection",
+                    guest.ip()
+                );
+                reset(stream);
+            }
+        }
+        for ip in self.forwards.waiting_addresses() {
+            self.neighbors
+                .solicit(ip, &mut self.tx, &self.policy.net, now);
+        }
+        self.forwards.checked(now);
     }
 }
 

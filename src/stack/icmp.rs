@@ -18,6 +18,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use mio::Interest;
 use mio::unix::SourceFd;
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpProtocol};
 use socket2::{Protocol, Socket};
@@ -27,11 +29,9 @@ use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
 use super::policy::{Unreachable, unreachable_reason};
+use super::token::Kind;
 use super::udp::{connect_dgram, error_source};
 use crate::slab::{Id, Slab};
-
-/// Token kind of ping sockets.
-pub const TOKEN_KIND: u8 = 4;
 
 /// A ping flow idle this long is forgotten.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -172,7 +172,7 @@ impl Pinger {
             .as_raw_fd();
         if let Err(e) =
             cx.registry
-                .register(&mut SourceFd(&fd), id.token(TOKEN_KIND), Interest::READABLE)
+                .register(&mut SourceFd(&fd), Kind::Ping.token(id), Interest::READABLE)
         {
             self.entries.remove(id);
             return Err(e);
@@ -213,18 +213,13 @@ impl Pinger {
         let mac = entry.guest_mac;
         let fd = entry.socket.as_raw_fd();
         loop {
-            // SAFETY: buf is a valid, writable buffer of buf.len() bytes; fd is open (the
-            // entry owns it for the duration of this call).
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    // WouldBlock, or an error waiting in the queue (relayed below).
-                    _ => break,
-                }
-            }
-            let msg = &buf[..n as usize];
+            let n = match recv(fd, buf, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                // WouldBlock, or an error waiting in the queue (relayed below).
+                Err(_) => break,
+            };
+            let msg = &buf[..n];
             let max_data = cx.link.mtu.saturating_sub(emit::ip_header_len(key.dst) + 8);
             let reply = match key.dst {
                 IpAddr::V4(_) => ICMP_ECHO_REPLY,
@@ -325,51 +320,19 @@ mod tests {
 
     use std::os::fd::AsFd;
 
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
-        IpProtocol, Ipv4Packet, Ipv4Repr,
-    };
-
     use crate::net::VirtualNetwork;
     use crate::stack::{Stack, StackConfig};
+    use crate::testkit;
 
     fn echo_request(net: &VirtualNetwork, data: &[u8]) -> Vec<u8> {
-        let icmp = Icmpv4Repr::EchoRequest {
-            ident: 1,
-            seq_no: 1,
-            data,
-        };
-        let ip = Ipv4Repr {
-            src_addr: net.guest,
-            dst_addr: net.gateway,
-            next_header: IpProtocol::Icmp,
-            payload_len: icmp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; 14 + 20 + icmp.buffer_len()];
-        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-        EthernetRepr {
-            src_addr: EthernetAddress([0x02, 0, 0, 0, 0, 0x64]),
-            dst_addr: net.gateway_mac(),
-            ethertype: EthernetProtocol::Ipv4,
-        }
-        .emit(&mut frame);
-        let caps = ChecksumCapabilities::default();
-        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-        ip.emit(&mut packet, &caps);
-        icmp.emit(
-            &mut Icmpv4Packet::new_unchecked(packet.payload_mut()),
-            &caps,
-        );
-        buf
+        testkit::echo_frame(net.guest.into(), net.gateway.into(), 1, 1, data)
     }
 
     /// Found by the `stateful` fuzz target: a 1676-byte ping of the gateway at MTU 1500 got a
     /// 1690-byte reply.
     #[test]
     fn local_replies_never_exceed_the_link_mtu() {
-        let (ours, theirs) = crate::tap::test_pair();
+        let (ours, theirs) = crate::testkit::tap_pair();
         let net = VirtualNetwork::default();
         let mut stack = Stack::new(ours, StackConfig::new(net, 1500)).unwrap();
         let mut buf = vec![0u8; 70_000];

@@ -1,18 +1,55 @@
 //! The userspace network stack that runs in the parent, in the host's network namespace.
 //!
 //! [`Stack`] owns the TAP fd and every host socket of the guest's flows, and runs one mio
-//! event loop over them: read a batch of frames from the TAP, [classify](frame) each one and
-//! hand it to its handler ([`tcp`] flows, the [`udp`] NAT, the [`dns`] forwarder, [`icmp`]
-//! echo, the [`dhcp`] server, ARP and IPv6 neighbour and router discovery here), then do host
-//! I/O and smoltcp egress for every flow that was touched, then fire due timers. Nothing runs unless an fd is ready or a deadline
-//! passed, so an idle stack sleeps in `epoll_wait`.
+//! event loop over them. This file is that loop and its dispatch, nothing else: read a batch
+//! of frames from the TAP, [classify](frame) each one and hand it to its handler
+//! (`Stack::handle_frame` is the table), hand each host socket's readiness to the table that
+//! owns the socket, then do host I/O and smoltcp egress for every flow that was touched, then
+//! fire due timers. Nothing runs unless an fd is ready or a deadline passed, so an idle stack
+//! sleeps in `epoll_wait`.
+//!
+//! Where each concern lives, one file each:
+//! - [`frame`]: the classifier, where every guest frame is parsed, once;
+//! - [`tcp`]: TCP flows. A guest SYN goes [`frame::classify`] → `Classified::Tcp` →
+//!   [`tcp::TcpFlows::on_guest_segment`], which opens the host connection;
+//! - [`udp`]: the UDP NAT; [`dns`]: the DNS forwarder; [`icmp`]: ping; [`dhcp`]: the DHCP
+//!   server;
+//! - [`neigh`]: ARP, IPv6 neighbour discovery and router advertisements (their parsing,
+//!   replies and the neighbour table);
+//! - [`hostfwd`]: inbound forwarding, host ports whose connections and datagrams enter the
+//!   guest through the stack (slirp4netns's `add_hostfwd`);
+//! - [`policy`]: where guest traffic may go; [`emit`]: the frames we build ourselves;
+//!   [`tx`]: the TAP writer and its back-pressure; [`errqueue`]: ICMP errors the host's
+//!   sockets report.
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
 //!
-//! Tokens below [`FIRST_STACK_TOKEN`], and tokens of kind [`FIRST_EMBEDDER_KIND`] and up,
-//! belong to the embedding program (signals, control sockets); [`Stack::run`] hands their
-//! events to a callback, with the stack, so the program can act on it (add a forward...).
-//! [`WAKEUP_TOKEN`] reaches the callback when the deadline set with [`Stack::wake_at`] passes.
+//! The embedding program (`usernet run`, `attach`) registers its own fds on the stack's poller:
+//! with tokens below [`FIRST_STACK_TOKEN`], or of its own [kinds](token::Kind::Embedder).
+//! [`Stack::run`] hands their events to a callback, with the stack, so the program can act on
+//! it (add a forward...). [`WAKEUP_TOKEN`] reaches the callback when the deadline set with
+//! [`Stack::wake_at`] passes. Every kind of token is listed in [`token`].
+//!
+//! The stack is safe Rust: unsafe code is denied in all of its modules, and allowed only on
+//! the items that cannot do without it, each with its `SAFETY` comment: the TCP flows' seed
+//! from getrandom(2) (`tcp`) and the memory budget's madvise(2) of ring pages nobody holds
+//! (`tcp::budget`). Everything a guest sends is parsed by safe code.
+
+#![deny(unsafe_code)]
+
+/// Build a [`Ctx`] from the stack's fields (a macro, so the borrows stay field-disjoint).
+/// Defined before the submodules, so the ones that extend [`Stack`] can use it too.
+macro_rules! ctx {
+    ($self:ident, $now:expr) => {
+        Ctx {
+            now: $now,
+            tap: &mut $self.tx,
+            registry: $self.poll.registry(),
+            policy: &$self.policy,
+            link: $self.link,
+        }
+    };
+}
 
 pub mod dhcp;
 pub mod dns;
@@ -24,6 +61,7 @@ pub mod icmp;
 pub mod neigh;
 pub mod policy;
 pub mod tcp;
+pub mod token;
 pub mod tx;
 pub mod udp;
 
@@ -43,22 +81,16 @@ use crate::tap;
 use dhcp::DhcpServer;
 use dns::{DnsForwarder, Upstreams};
 use frame::{Classified, DropReason, GuestEcho, GuestUdp};
-use hostfwd::{AddError, ForwardSpec, HostForwards, Listener, Waiting};
+use hostfwd::HostForwards;
 use icmp::Pinger;
 use neigh::Neighbors;
 use policy::{EchoVerdict, HostPolicy, Unreachable, Verdict};
 use tcp::{TcpConfig, TcpFlows};
+use token::{Kind, TAP_TOKEN, is_embedders};
 use tx::{FRAME_BUF, TapWriter};
 use udp::{UdpConfig, UdpNat};
 
-/// The TAP's token.
-const TAP_TOKEN: Token = Token(0);
-/// Tokens from 1 up to here are the embedding program's.
-pub const FIRST_STACK_TOKEN: usize = 1 << 16;
-/// Token kinds ([`crate::slab::Id::token`]) from here up are the embedding program's too.
-pub const FIRST_EMBEDDER_KIND: u8 = 128;
-/// The token the callback of [`Stack::run`] sees when the [`Stack::wake_at`] deadline passes.
-pub const WAKEUP_TOKEN: Token = Token(FIRST_STACK_TOKEN - 1);
+pub use token::{FIRST_STACK_TOKEN, WAKEUP_TOKEN};
 
 /// Frames read from the TAP before host sockets and timers get a turn.
 const RX_BATCH: usize = 256;
@@ -174,8 +206,6 @@ pub struct Stack {
     epoch: StdInstant,
     /// The embedding program's next wake-up ([`Stack::wake_at`]).
     wakeup: Option<StdInstant>,
-    /// When the next unsolicited router advertisement is due (IPv6 only).
-    advert_due: Option<Instant>,
     heap: HeapTrim,
     pub stats: StackStats,
 }
@@ -201,19 +231,6 @@ impl HeapTrim {
             crate::footprint::trim_heap();
         }
     }
-}
-
-/// Build a [`Ctx`] from the stack's fields (a macro, so the borrows stay field-disjoint).
-macro_rules! ctx {
-    ($self:ident, $now:expr) => {
-        Ctx {
-            now: $now,
-            tap: &mut $self.tx,
-            registry: $self.poll.registry(),
-            policy: &$self.policy,
-            link: $self.link,
-        }
-    };
 }
 
 impl Stack {
@@ -257,7 +274,7 @@ impl Stack {
             upstreams,
             pinger: Pinger::default(),
             dhcp: DhcpServer::new(dns_for_dhcp, config.search_domains.clone()),
-            neighbors: Neighbors::default(),
+            neighbors: Neighbors::new(&net),
             forwards: HostForwards::default(),
             policy: config.policy,
             link: Link {
@@ -266,8 +283,6 @@ impl Stack {
             },
             epoch: StdInstant::now(),
             wakeup: None,
-            // The first one goes out on the first turn of the loop.
-            advert_due: net.v6.map(|_| Instant::from_micros(0)),
             heap: HeapTrim::default(),
             stats: StackStats::default(),
         })
@@ -298,33 +313,6 @@ impl Stack {
     /// Have [`Stack::run`] call back with [`WAKEUP_TOKEN`] once `at` has passed (None: never).
     pub fn wake_at(&mut self, at: Option<StdInstant>) {
         self.wakeup = at;
-    }
-
-    /// Forward a host port into the guest (slirp4netns's `add_hostfwd`); returns its id.
-    pub fn add_forward(&mut self, spec: ForwardSpec) -> Result<i64, AddError> {
-        let id = self.forwards.add(spec, self.poll.registry())?;
-        // Learn the guest's MAC address now rather than when the first client arrives.
-        if self.neighbors.lookup(*spec.guest.ip()).is_none() {
-            let now = self.now();
-            self.neighbors
-                .solicit(*spec.guest.ip(), &mut self.tx, &self.policy.net, now);
-        }
-        Ok(id)
-    }
-
-    /// Stop forwarding `id`; false if there is no such forward.
-    pub fn remove_forward(&mut self, id: i64) -> bool {
-        let Some((slot, _)) = self.forwards.remove(id, self.poll.registry()) else {
-            return false;
-        };
-        let now = self.now();
-        self.udp.forget_forward(slot, &mut ctx!(self, now));
-        true
-    }
-
-    /// The forwards in place, in the order they were added.
-    pub fn forwards(&self) -> Vec<(i64, ForwardSpec)> {
-        self.forwards.list().collect()
     }
 
     /// Run until `on_event`, called for each event on an embedding program's token, breaks.
@@ -445,211 +433,34 @@ impl Stack {
         {
             self.check_waiting(now);
         }
-        if self.advert_due.is_some_and(|due| due <= now) {
-            self.advert_due = Some(now + emit::RA_INTERVAL);
-            self.router_advert(None);
-        }
+        self.neighbors.run_timers(&mut ctx!(self, now));
         self.heap
             .note(self.tcp.len() + self.udp.len() + self.pinger.len());
         Ok(ControlFlow::Continue(()))
     }
 
-    /// Take connections and datagrams from forwarded host ports, a budget per listener.
-    fn service_forwards(&mut self, now: Instant) {
-        let mut buf = std::mem::take(&mut self.forward_buf);
-        for slot in self.forwards.take_ready() {
-            let Some(forward) = self.forwards.get(slot) else {
-                continue;
-            };
-            let guest = forward.spec.guest;
-            let mut more = true;
-            match &forward.listener {
-                Listener::Tcp(listener) => {
-                    let mut accepted = Vec::new();
-                    for _ in 0..hostfwd::ACCEPT_BUDGET {
-                        match listener.accept() {
-                            Ok(conn) => accepted.push(conn),
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                if e.kind() != io::ErrorKind::WouldBlock {
-                                    log::debug!("accept on forward {}: {e}", forward.id);
-                                }
-                                more = false;
-                                break;
-                            }
-                        }
-                    }
-                    for (stream, client) in accepted {
-                        self.forwards.stats.accepted += 1;
-                        self.inbound_connection(stream, client, guest, now);
-                    }
-                }
-                Listener::Udp(socket) => {
-                    let socket = std::rc::Rc::clone(socket);
-                    for _ in 0..hostfwd::ACCEPT_BUDGET {
-                        match socket.recv_from(&mut buf[..]) {
-                            Ok((n, client)) => {
-                                self.forwards.stats.datagrams += 1;
-                                self.inbound_datagram(slot, &socket, client, guest, &buf[..n], now);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(_) => {
-                                more = false;
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            if more {
-                self.forwards.requeue(slot);
-            }
-        }
-        self.forward_buf = buf;
-    }
-
-    /// A client of a forwarded TCP port: start its flow into the guest, or wait for the
-    /// guest's MAC address.
-    fn inbound_connection(
-        &mut self,
-        stream: mio::net::TcpStream,
-        client: std::net::SocketAddr,
-        guest: std::net::SocketAddrV4,
-        now: Instant,
-    ) {
-        let Some(mac) = self.neighbors.lookup(*guest.ip()) else {
-            self.neighbors
-                .solicit(*guest.ip(), &mut self.tx, &self.policy.net, now);
-            let waiting = Waiting::Connection {
-                stream,
-                client,
-                guest,
-                since: now,
-            };
-            if let Err(Waiting::Connection { stream, .. }) = self.forwards.wait(waiting) {
-                self.forwards.stats.unresolved += 1;
-                hostfwd::reset(stream);
-            }
-            return;
-        };
-        let source = std::net::SocketAddrV4::new(
-            hostfwd::virtual_source(client, &self.policy.net),
-            client.port(),
-        );
-        if let Err((stream, why)) =
-            self.tcp
-                .open_inbound(stream, guest, source, mac, &mut ctx!(self, now))
-        {
-            self.forwards.stats.refused += 1;
-            log::debug!("forwarded connection from {client} to {guest} refused: {why}");
-            hostfwd::reset(stream);
-        }
-    }
-
-    fn inbound_datagram(
-        &mut self,
-        slot: crate::slab::Id,
-        socket: &std::rc::Rc<mio::net::UdpSocket>,
-        client: std::net::SocketAddr,
-        guest: std::net::SocketAddrV4,
-        payload: &[u8],
-        now: Instant,
-    ) {
-        let Some(mac) = self.neighbors.lookup(*guest.ip()) else {
-            self.neighbors
-                .solicit(*guest.ip(), &mut self.tx, &self.policy.net, now);
-            let waiting = Waiting::Datagram {
-                forward: slot,
-                client,
-                guest,
-                payload: payload.to_vec(),
-                since: now,
-            };
-            if self.forwards.wait(waiting).is_err() {
-                self.forwards.stats.unresolved += 1;
-            }
-            return;
-        };
-        self.udp.on_forwarded_datagram(
-            slot,
-            socket,
-            client,
-            guest,
-            mac,
-            payload,
-            &mut ctx!(self, now),
-        );
-    }
-
-    /// Release what waited for a guest address that is now known.
-    fn release_waiting(&mut self, ip: std::net::Ipv4Addr, now: Instant) {
-        for w in self.forwards.take_waiting_for(ip) {
-            self.resume(w, now);
-        }
-    }
-
-    fn resume(&mut self, w: Waiting, now: Instant) {
-        match w {
-            Waiting::Connection {
-                stream,
-                client,
-                guest,
-                ..
-            } => self.inbound_connection(stream, client, guest, now),
-            Waiting::Datagram {
-                forward,
-                client,
-                guest,
-                payload,
-                ..
-            } => {
-                let socket = match self.forwards.get(forward).map(|f| &f.listener) {
-                    Some(Listener::Udp(s)) => std::rc::Rc::clone(s),
-                    _ => return,
-                };
-                self.inbound_datagram(forward, &socket, client, guest, &payload, now);
-            }
-        }
-    }
-
-    /// Give up on what waited too long for the guest's MAC; ask again for the rest.
-    fn check_waiting(&mut self, now: Instant) {
-        for w in self.forwards.take_expired(now) {
-            self.forwards.stats.unresolved += 1;
-            if let Waiting::Connection { stream, guest, .. } = w {
-                log::debug!(
-                    "the guest {} never answered ARP: resetting a forwarded connection",
-                    guest.ip()
-                );
-                hostfwd::reset(stream);
-            }
-        }
-        for ip in self.forwards.waiting_addresses() {
-            self.neighbors
-                .solicit(ip, &mut self.tx, &self.policy.net, now);
-        }
-        self.forwards.checked(now);
-    }
-
-    /// Readiness of one of the flows' host sockets.
+    /// Readiness of one of the host sockets of the stack's tables: hand it to the table.
     fn on_socket_event(&mut self, token: Token, event: &mio::event::Event) {
-        let (kind, id) = crate::slab::Id::from_token(token);
+        let Some((kind, id)) = Kind::of(token) else {
+            return;
+        };
         let readable = event.is_readable() || event.is_read_closed() || event.is_error();
         let writable = event.is_writable() || event.is_write_closed() || event.is_error();
         match kind {
-            tcp::TOKEN_KIND => {
+            Kind::TcpFlow => {
                 let ending = event.is_read_closed() || event.is_error();
                 self.tcp.on_host_event(id, readable, writable, ending)
             }
-            udp::TOKEN_KIND => self.udp.on_host_event(id, event.is_error()),
-            dns::TOKEN_KIND => self.dns.on_host_event(id),
-            icmp::TOKEN_KIND => {
+            Kind::UdpFlow => self.udp.on_host_event(id, event.is_error()),
+            Kind::DnsQuery => self.dns.on_host_event(id),
+            Kind::Ping => {
                 let now = self.now();
                 self.pinger
                     .on_host_event(id, &mut ctx!(self, now), &mut self.recv_buf);
             }
-            hostfwd::TOKEN_KIND => self.forwards.on_event(id),
-            _ => {}
+            Kind::Forward => self.forwards.on_event(id),
+            // Handed to the embedding program's callback before this.
+            Kind::Embedder(_) => {}
         }
     }
 
@@ -673,7 +484,7 @@ impl Stack {
             self.pinger.next_deadline(),
             self.dns.next_deadline(),
             self.forwards.next_deadline(),
-            self.advert_due,
+            self.neighbors.next_deadline(),
             wakeup,
         ]
         .into_iter()
@@ -726,15 +537,16 @@ impl Stack {
         match classified {
             Classified::Arp(request) => {
                 self.stats.arp_replies += 1;
-                emit::arp_reply(&mut self.tx, &request);
+                self.neighbors
+                    .on_arp_request(&request, &mut ctx!(self, now));
             }
+            // Nothing to answer; learned above.
             Classified::ArpNeighbor(_) => {}
-            Classified::NeighborSolicit(ns) => {
-                emit::neighbor_advert(&mut self.tx, &self.policy.net, &ns)
-            }
+            Classified::NeighborSolicit(ns) => self
+                .neighbors
+                .on_neighbor_solicit(&ns, &mut ctx!(self, now)),
             Classified::RouterSolicit(rs) => {
-                let to = (!rs.sender_ip.is_unspecified()).then_some((rs.sender_ip, rs.sender_mac));
-                self.router_advert(to);
+                self.neighbors.on_router_solicit(&rs, &mut ctx!(self, now))
             }
             Classified::Tcp(segment) => {
                 self.tcp
@@ -747,28 +559,13 @@ impl Stack {
         }
     }
 
-    /// Advertise ourselves as the IPv6 router, to `to` or to all nodes.
-    fn router_advert(&mut self, to: Option<(std::net::Ipv6Addr, EthernetAddress)>) {
-        let net = self.policy.net;
-        let dns = net.v6.filter(|_| !self.policy.disable_dns).map(|v6| v6.dns);
-        emit::router_advert(&mut self.tx, &net, to, self.link.mtu, dns);
-    }
-
-    /// Note where the sender of a guest frame lives on the link; release what waited for it.
-    /// Only IPv4 addresses are learned: forwards into the guest (the only users) are IPv4.
+    /// Note where the sender of a guest frame lives on the link; release the forwarded
+    /// connections and datagrams that waited for it.
     fn learn_neighbor(&mut self, c: &Classified<'_>, now: Instant) {
-        let (ip, mac) = match c {
-            Classified::Arp(r) => (std::net::IpAddr::V4(r.sender_ip), r.sender_mac),
-            Classified::ArpNeighbor(s) => (std::net::IpAddr::V4(s.ip), s.mac),
-            Classified::Tcp(t) => (t.src.ip(), t.src_mac),
-            Classified::Udp(u) => (u.src.ip(), u.src_mac),
-            Classified::Echo(e) => (e.src, e.src_mac),
-            _ => return,
-        };
-        let std::net::IpAddr::V4(ip) = ip else {
-            return;
-        };
-        if self.neighbors.learn(ip, mac, now) && self.forwards.has_waiting() {
+        if let Some((ip, mac)) = neigh::link_sender(c)
+            && self.neighbors.learn(ip, mac, now)
+            && self.forwards.has_waiting()
+        {
             self.release_waiting(ip, now);
         }
     }
@@ -804,11 +601,6 @@ impl Stack {
             }
         }
     }
-}
-
-/// Whether `token` belongs to the embedding program.
-fn is_embedders(token: Token) -> bool {
-    token.0 < FIRST_STACK_TOKEN || crate::slab::Id::from_token(token).0 >= FIRST_EMBEDDER_KIND
 }
 
 impl Stack {
@@ -854,30 +646,12 @@ mod tests {
         let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
         // A UDP datagram of 1200 bytes to the guest's own subnet (nobody there: address
         // unreachable, quoting as much as fits).
-        let mut udp = vec![0u8; 8 + 1200];
-        udp[0..2].copy_from_slice(&5000u16.to_be_bytes());
-        udp[2..4].copy_from_slice(&7u16.to_be_bytes());
-        let len = udp.len() as u16;
-        udp[4..6].copy_from_slice(&len.to_be_bytes());
         let src: std::net::Ipv6Addr = "fd00::100".parse().unwrap();
         let dst: std::net::Ipv6Addr = "fd00::77".parse().unwrap();
-        let mut frame = vec![0u8; 14 + 40 + udp.len()];
-        frame[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        frame[6] = 0x02;
-        smoltcp::wire::Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: smoltcp::wire::IpProtocol::Udp,
-            payload_len: udp.len(),
-            hop_limit: 64,
-        }
-        .emit(&mut smoltcp::wire::Ipv6Packet::new_unchecked(
-            &mut frame[14..],
-        ));
-        frame[54..].copy_from_slice(&udp);
+        let frame = crate::testkit::udp_frame((src, 5000).into(), (dst, 7).into(), &[0; 1200]);
         let mut buf = vec![0u8; 70_000];
         for mtu in [576, 1279, 1280, 1500] {
-            let (ours, theirs) = crate::tap::test_pair();
+            let (ours, theirs) = crate::testkit::tap_pair();
             let mut stack = Stack::new(ours, StackConfig::new(net, mtu)).unwrap();
             stack.inject_frame(&frame);
             match crate::tap::read_frame(theirs.as_fd(), &mut buf) {

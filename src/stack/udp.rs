@@ -33,10 +33,8 @@ use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
+use super::token::Kind;
 use crate::slab::{Id, Slab};
-
-/// Token kind of NAT entries' host sockets.
-pub const TOKEN_KIND: u8 = 2;
 
 /// How long an idle entry is kept, unless `--udp-timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -364,7 +362,7 @@ impl UdpNat {
         let registered = match &mut entry.host {
             HostEnd::Connected(socket) => {
                 cx.registry
-                    .register(socket, id.token(TOKEN_KIND), Interest::READABLE)
+                    .register(socket, Kind::UdpFlow.token(id), Interest::READABLE)
             }
             HostEnd::Forwarded { .. } => Ok(()),
         };
@@ -646,16 +644,13 @@ mod tests {
 
     use crate::net::VirtualNetwork;
     use crate::stack::{Stack, StackConfig};
-    use smoltcp::phy::ChecksumCapabilities;
+    use crate::testkit;
     use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, IpProtocol,
-        Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+        EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Packet, UdpPacket,
     };
-    use std::net::{Ipv4Addr, UdpSocket};
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
     use std::os::fd::{AsFd, OwnedFd};
     use std::time::Duration;
-
-    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 
     struct Guest {
         stack: Stack,
@@ -665,7 +660,7 @@ mod tests {
 
     impl Guest {
         fn new(max_entries: usize) -> Guest {
-            let (a, b) = crate::tap::test_pair();
+            let (a, b) = crate::testkit::tap_pair();
             let net = VirtualNetwork::default();
             let mut config = StackConfig::new(net, 1500);
             config.udp.max_entries = max_entries;
@@ -678,39 +673,10 @@ mod tests {
 
         /// The guest sends `payload` from its port `sport` to the gateway's `dport`.
         fn send(&mut self, sport: u16, dport: u16, payload: &[u8]) {
-            let udp = UdpRepr {
-                src_port: sport,
-                dst_port: dport,
-            };
-            let ip = Ipv4Repr {
-                src_addr: self.net.guest,
-                dst_addr: self.net.gateway,
-                next_header: IpProtocol::Udp,
-                payload_len: 8 + payload.len(),
-                hop_limit: 64,
-            };
-            let eth = EthernetRepr {
-                src_addr: GUEST_MAC,
-                dst_addr: self.net.gateway_mac(),
-                ethertype: EthernetProtocol::Ipv4,
-            };
-            let mut buf = vec![0u8; 14 + 20 + 8 + payload.len()];
-            let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-            eth.emit(&mut frame);
-            let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-            let caps = ChecksumCapabilities::default();
-            ip.emit(&mut packet, &caps);
-            let src = self.net.guest.into();
-            let dst = self.net.gateway.into();
-            udp.emit(
-                &mut UdpPacket::new_unchecked(packet.payload_mut()),
-                &src,
-                &dst,
-                payload.len(),
-                |b| b.copy_from_slice(payload),
-                &caps,
-            );
-            self.stack.inject_frame(&buf);
+            let src = SocketAddr::from((self.net.guest, sport));
+            let dst = SocketAddr::from((self.net.gateway, dport));
+            self.stack
+                .inject_frame(&testkit::udp_frame(src, dst, payload));
             self.stack.turn(Duration::ZERO).unwrap();
         }
 

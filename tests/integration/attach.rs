@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::needs::{Need, Unmet, needs};
 use crate::world::{Outcome, Server, TempDir, World, run, self_exe, usernet_bin};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -693,7 +694,8 @@ fn rootlesskit_world() -> (World, TempDir, PathBuf) {
     (world, tmp, link)
 }
 
-pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() {
+pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot])?;
     let (world, tmp, link) = rootlesskit_world();
     let bytes = (8 * MIB).to_string();
     let _remote = world.server(&["tcp-server", "198.18.0.1:9060", &bytes]);
@@ -745,6 +747,7 @@ pub fn real_rootlesskit_uses_usernet_as_its_slirp4netns() {
     ctl(&["remove-ports", "1"]).assert_ok();
     let out = run(&mut world.tool(&["tcp-connect", "198.18.0.1:18060"]), LIMIT);
     assert!(out.stdout.starts_with("ConnectionRefused"), "{out:#?}");
+    Ok(())
 }
 
 /// Wait (up to 10 s) until the link `ifname` of the namespace running this script has a
@@ -760,7 +763,9 @@ fn slaac_wait(ifname: &str) -> String {
     )
 }
 
-pub fn usernet_attach_ipv6_guest_configures_itself_from_router_advertisements() {
+pub fn usernet_attach_ipv6_guest_configures_itself_from_router_advertisements() -> Result<(), Unmet>
+{
+    needs(&[Need::Ipv6])?;
     let world = World::new();
     let guest = Guest::new(&world);
     let (ready_r, ready_w) = pipe();
@@ -796,9 +801,11 @@ pub fn usernet_attach_ipv6_guest_configures_itself_from_router_advertisements() 
         out.stdout.starts_with("OK sent=8388608 received=8388608"),
         "{out:#?}"
     );
+    Ok(())
 }
 
-pub fn real_rootlesskit_with_ipv6_reaches_an_ipv6_host() {
+pub fn real_rootlesskit_with_ipv6_reaches_an_ipv6_host() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot, Need::Ipv6])?;
     let (world, tmp, link) = rootlesskit_world();
     let bytes = (8 * MIB).to_string();
     let _remote = world.server(&["tcp-server", "[2001:2::1]:9080", &bytes]);
@@ -826,4 +833,5 @@ pub fn real_rootlesskit_with_ipv6_reaches_an_ipv6_host() {
         out.stdout.contains("OK sent=8388608 received=8388608"),
         "{out:#?}"
     );
+    Ok(())
 }

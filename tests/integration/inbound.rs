@@ -4,6 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::needs::{Need, Unmet, needs};
 use crate::world::{Server, TempDir, World, run};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -338,7 +339,8 @@ pub fn ps_lists_running_usernets_and_info_finds_the_only_one() {
     );
 }
 
-pub fn privileged_port_as_a_user_says_how_to_allow_it() {
+pub fn privileged_port_as_a_user_says_how_to_allow_it() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot])?;
     // An unprivileged user (nobody) in a world with many ids; --net none needs no tap.
     let world = World::with_many_ids();
     let tmp = TempDir::new();
@@ -365,4 +367,5 @@ pub fn privileged_port_as_a_user_says_how_to_allow_it() {
         "{out:#?}"
     );
     assert!(!state.exists());
+    Ok(())
 }

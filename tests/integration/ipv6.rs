@@ -5,13 +5,15 @@
 
 use std::time::Duration;
 
+use crate::needs::{Need, Unmet, needs};
 use crate::services::{dnsmasq_on, guest_sh, set_ping_group_range};
 use crate::world::{REMOTE6, World, run};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(180);
 
-pub fn ipv6_namespace_has_its_address_route_and_resolver() {
+pub fn ipv6_namespace_has_its_address_route_and_resolver() -> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
     let world = World::new();
     let script = "ip -6 -o addr show dev tap0 scope global; ip -6 route show default; \
                   cat /etc/resolv.conf";
@@ -43,6 +45,7 @@ pub fn ipv6_namespace_has_its_address_route_and_resolver() {
     out.assert_ok();
     assert!(!out.stdout.contains("inet6"), "{out:#?}");
     assert!(!out.stdout.contains("fd00::3"), "{out:#?}");
+    Ok(())
 }
 
 fn exchange(world: &World, target: &str, listen: &str) {
@@ -59,13 +62,15 @@ fn exchange(world: &World, target: &str, listen: &str) {
     );
 }
 
-pub fn ipv6_tcp_64mib_both_ways_to_a_remote_address_and_the_host_loopback() {
+pub fn ipv6_tcp_64mib_both_ways_to_a_remote_address_and_the_host_loopback() -> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
     let world = World::new();
     exchange(&world, "[2001:2::1]:5101", "[2001:2::1]:5101");
     // The gateway, by its global and its link-local address, is the host's ::1.
     exchange(&world, "[fd00::2]:5102", "[::1]:5102");
     // tap0 is link 2 in the namespace (lo is 1).
     exchange(&world, "[fe80::2%2]:5103", "[::1]:5103");
+    Ok(())
 }
 
 fn connect(world: &World, flags: &[&str], addr: &str) -> (String, u64) {
@@ -82,7 +87,8 @@ fn connect(world: &World, flags: &[&str], addr: &str) -> (String, u64) {
     (kind, ms)
 }
 
-pub fn ipv6_refused_and_unreachable_destinations_fail_fast() {
+pub fn ipv6_refused_and_unreachable_destinations_fail_fast() -> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
     let world = World::new();
     let _server = world.server(&["tcp-server", "[2001:2::1]:5104", "0"]);
     let _local = world.server(&["tcp-server", "[::1]:5104", "0"]);
@@ -114,9 +120,11 @@ pub fn ipv6_refused_and_unreachable_destinations_fail_fast() {
         );
         assert!(ms < 1000, "{addr} took {ms} ms");
     }
+    Ok(())
 }
 
-pub fn ipv6_udp_dns_and_ping_reach_their_targets() {
+pub fn ipv6_udp_dns_and_ping_reach_their_targets() -> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
     let world = World::new();
     set_ping_group_range(&world, "0 0");
     let _echo = world.server(&["udp-echo", "[2001:2::1]:5105"]);
@@ -143,4 +151,5 @@ pub fn ipv6_udp_dns_and_ping_reach_their_targets() {
     let out = guest_sh(&world, &["--ipv6"], "$T udp-ask [2001:2::1]:5107");
     out.assert_ok();
     assert_eq!(out.stdout.trim(), "error ConnectionRefused", "{out:#?}");
+    Ok(())
 }

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::needs::{Need, Unmet, needs};
 use crate::world::{Outcome, TempDir, World, run, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -474,21 +475,6 @@ pub fn state_dir_holds_child_pid_and_a_lock() {
     assert!(pid > 1);
 }
 
-/// Whether /dev/net/tun has its usual mode, readable and writable by every user (which
-/// `.ci/run` sets): the tests that run usernet with a tap as another user need it.
-pub fn tun_usable_by_everyone() -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006)
-}
-
-/// Whether this process is root of the initial user namespace (as CI runs the tests), which
-/// the unprivileged-user test needs to become an arbitrary other user.
-pub fn is_real_root() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        && unsafe { libc::geteuid() } == 0
-}
-
 /// Run usernet as nobody (uid 65534, which newuidmap needs to have a name) with `subids` as /etc/subuid and /etc/subgid (in a private mount
 /// namespace of the host; `--net none`, so no packet moves) and return the namespace's maps.
 fn maps_as_unprivileged_user(subids: &str) -> String {
@@ -520,7 +506,8 @@ fn maps_as_unprivileged_user(subids: &str) -> String {
     out.stdout
 }
 
-pub fn unprivileged_user_is_root_inside_with_or_without_subordinate_ids() {
+pub fn unprivileged_user_is_root_inside_with_or_without_subordinate_ids() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot])?;
     let lines = |s: &str| -> Vec<Vec<String>> {
         s.lines()
             .map(|l| l.split_whitespace().map(String::from).collect())
@@ -538,6 +525,7 @@ pub fn unprivileged_user_is_root_inside_with_or_without_subordinate_ids() {
     let expected = [vec!["0", "65534", "1"], vec!["1", "300000", "5000"]];
     assert_eq!(sub[..2], expected[..], "uid_map");
     assert_eq!(sub[2..], expected[..], "gid_map");
+    Ok(())
 }
 
 /// The parent pid of `pid`, from /proc/PID/stat.

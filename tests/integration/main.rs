@@ -4,27 +4,57 @@
 //! it, so no packet leaves namespaces the test created. This binary doubles as the tools the
 //! tests run in those namespaces (`__tool ...`, see [`tools`]), which is why it has its own
 //! `main` (libtest-mimic provides the usual test-runner command line).
+//!
+//! The list of tests is below. A test that needs more of the machine than every test does
+//! (root of the initial user namespace, IPv6...) says so in its own first line ([`needs`]),
+//! and is reported as ignored, with the reason, where it cannot run.
 
 mod attach;
-mod attacker;
 mod faults;
 mod inbound;
 mod ipv6;
 mod lifecycle;
 mod limits;
+mod needs;
 mod security;
 mod services;
 mod tcp;
 mod tools;
 mod world;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+use needs::Unmet;
 
 /// `module::test_name, ...` to (name, function) pairs.
 macro_rules! trials {
     ($($module:ident :: $name:ident),* $(,)?) => {
-        vec![$((stringify!($name), $module::$name as fn())),*]
+        vec![$((
+            stringify!($name),
+            (|| $module::$name().completion()) as fn() -> Completion,
+        )),*]
     };
+}
+
+/// What a test function returns: nothing (it ran; a panic is its failure), or, for a test
+/// with [needs](needs::needs), whether this machine met them.
+trait TestOutcome {
+    fn completion(self) -> Completion;
+}
+
+impl TestOutcome for () {
+    fn completion(self) -> Completion {
+        Completion::Completed
+    }
+}
+
+impl TestOutcome for Result<(), Unmet> {
+    fn completion(self) -> Completion {
+        match self {
+            Ok(()) => Completion::Completed,
+            Err(Unmet(why)) => Completion::ignored_with(why),
+        }
+    }
 }
 
 fn main() {
@@ -127,27 +157,13 @@ fn main() {
     ];
     let trials = tests
         .into_iter()
-        .map(|(name, f)| {
-            // Becoming another user needs root of the initial user namespace (CI has it).
-            let needs_root = name.starts_with("unprivileged_user")
-                || name.starts_with("privileged_port")
-                || name.starts_with("real_rootlesskit")
-                || name.starts_with("other_users")
-                || name.starts_with("guest_cannot_inspect");
-            let needs_ipv6 = name.contains("ipv6");
-            // usernet as another user opens /dev/net/tun as that user.
-            let needs_shared_tun = name.starts_with("guest_cannot_inspect");
-            let runnable = (!needs_root || lifecycle::is_real_root())
-                && (!needs_ipv6 || services::ipv6_available())
-                && (!needs_shared_tun || lifecycle::tun_usable_by_everyone());
-            Trial::test(name, move || catch(f)).with_ignored_flag(!runnable)
-        })
+        .map(|(name, f)| Trial::ignorable_test(name, move || catch(f)))
         .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
 }
 
 /// Turn a panicking test body into a failure with the panic message.
-fn catch(f: fn()) -> Result<(), Failed> {
+fn catch(f: fn() -> Completion) -> Result<Completion, Failed> {
     std::panic::catch_unwind(f).map_err(|e| {
         let msg = e
             .downcast_ref::<String>()

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::services::ipv6_available;
+use crate::needs::{Need, Unmet, ipv6_available, needs};
 use crate::world::{Outcome, Server, TempDir, World, run, self_exe};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -134,7 +134,8 @@ fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
-pub fn other_users_cannot_reach_the_state_dir_or_the_api() {
+pub fn other_users_cannot_reach_the_state_dir_or_the_api() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot])?;
     let world = World::with_many_ids();
     let tmp = TempDir::new();
     std::fs::set_permissions(&*tmp, PermissionsExt::from_mode(0o755)).unwrap();
@@ -186,6 +187,7 @@ pub fn other_users_cannot_reach_the_state_dir_or_the_api() {
     );
     out.assert_ok();
     assert_eq!(out.stdout, "700\n600\n", "{out:#?}");
+    Ok(())
 }
 
 /// `program` run as `uid` (and the same gid) in the world.
@@ -201,7 +203,8 @@ fn as_user(world: &World, uid: u32, program: impl AsRef<std::ffi::OsStr>) -> std
 /// Issue 11 item 5: user B (uid 1000) makes a directory anyone can write; user A (uid 1001)
 /// is refused it as a state dir and as a place to create one, and A's client refuses the
 /// api.sock B serves there, which B's own client believes.
-pub fn other_users_state_dirs_and_api_servers_are_refused() {
+pub fn other_users_state_dirs_and_api_servers_are_refused() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot])?;
     let world = World::with_many_ids();
     let tmp = TempDir::new();
     std::fs::set_permissions(&*tmp, PermissionsExt::from_mode(0o1777)).unwrap();
@@ -263,6 +266,7 @@ pub fn other_users_state_dirs_and_api_servers_are_refused() {
             "{out:#?}"
         );
     }
+    Ok(())
 }
 
 /// The capability sets and hardening fields of every thread of `pid`.
@@ -349,7 +353,8 @@ fn assert_all_denied(what: &str, out: &Outcome) {
 /// the host-side process, whether usernet runs COMMAND or attaches to a namespace, with or
 /// without the sandbox and seccomp filter, as an unprivileged user; and the host's loopback
 /// server, which the guest would reach through a hijacked usernet, sees nothing.
-pub fn guest_cannot_inspect_or_drive_the_host_side_process() {
+pub fn guest_cannot_inspect_or_drive_the_host_side_process() -> Result<(), Unmet> {
+    needs(&[Need::RealRoot, Need::TunForEveryone])?;
     let world = World::with_many_ids();
     let mut watcher = world.server(&["watch-any", "7210"]);
     let tmp = TempDir::new();
@@ -444,4 +449,5 @@ pub fn guest_cannot_inspect_or_drive_the_host_side_process() {
     std::thread::sleep(Duration::from_millis(500));
     let seen = watcher.lines_so_far();
     assert!(seen.is_empty(), "the host's loopback was reached: {seen:?}");
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::needs::{Need, Unmet, needs};
 use crate::world::{Outcome, Server, TempDir, World, run, self_exe, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -497,12 +498,8 @@ pub fn udp_errors_from_the_host_reach_the_guest_and_loopback_policy_applies() {
     assert_eq!(out.stdout.trim(), "error NetworkUnreachable", "{out:#?}");
 }
 
-/// Whether this kernel has IPv6 (the one test that needs it is skipped otherwise).
-pub fn ipv6_available() -> bool {
-    std::path::Path::new("/proc/net/if_inet6").exists()
-}
-
-pub fn dns_forwards_to_an_ipv6_upstream() {
+pub fn dns_forwards_to_an_ipv6_upstream() -> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
     let world = World::new();
     let _dns = dnsmasq_on(&world, "127.0.0.1,::1");
     let out = guest_sh(
@@ -515,4 +512,5 @@ pub fn dns_forwards_to_an_ipv6_upstream() {
         out.stdout.contains("198.18.0.42     test.example"),
         "{out:#?}"
     );
+    Ok(())
 }

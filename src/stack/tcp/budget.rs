@@ -112,12 +112,10 @@ pub struct Budget {
 impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        // SAFETY: sysconf only reads a system constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Budget {
             limit,
             used: 0,
-            page: usize::try_from(page).unwrap_or(4096).max(1),
+            page: crate::footprint::page_size(),
             freed: 0,
             starved: VecDeque::new(),
             reclaimable: Vec::new(),
@@ -267,6 +265,7 @@ impl RingStorage {
     }
 
     /// Give back the whole pages within positions `from..from + len` (no wrap).
+    #[allow(unsafe_code)] // madvise(2) of the ring's own memory; see the SAFETY comment.
     fn release_range(&self, from: usize, len: usize, page: usize) -> usize {
         let start = (self.base + from).next_multiple_of(page);
         let end = (self.base + from + len) / page * page;
@@ -672,6 +671,7 @@ mod tests {
     }
 
     /// Whether each page of `buf` is resident (mincore).
+    #[allow(unsafe_code)]
     fn resident(buf: &[u8], page: usize) -> Vec<bool> {
         let start = buf.as_ptr().addr() / page * page;
         let end = (buf.as_ptr().addr() + buf.len()).next_multiple_of(page);

@@ -311,14 +311,15 @@ pub fn checksum_after_change(old: u16, from: u16, to: u16) -> u16 {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
-    use std::net::Ipv4Addr;
+    use crate::testkit::{Segment, flags, syn_options};
+    use smoltcp::wire::{IpAddress, TcpControl};
+    use std::net::{Ipv4Addr, SocketAddr};
 
     const US: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
     const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 
-    /// An IPv4 packet carrying a TCP segment from us to the guest, checksums right.
+    /// An IPv4 packet carrying a TCP segment from us (port 80) to the guest (port 40000),
+    /// ACK set, checksums right; `scale` is a window scale option.
     pub(in crate::stack::tcp) fn segment(
         control: TcpControl,
         seq: u32,
@@ -327,37 +328,22 @@ pub(super) mod tests {
         scale: Option<u8>,
         payload: &[u8],
     ) -> Vec<u8> {
-        let tcp = TcpRepr {
-            src_port: 80,
-            dst_port: 40000,
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: Some(TcpSeqNumber(ack as i32)),
-            window_len: window,
-            window_scale: scale,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
+        let syn = if control == TcpControl::Syn {
+            flags::SYN
+        } else {
+            0
+        };
+        Segment {
+            src: SocketAddr::from((US, 80)),
+            dst: SocketAddr::from((GUEST, 40000)),
+            seq,
+            ack,
+            flags: flags::ACK | syn,
+            window,
+            options: &syn_options(None, scale, false),
             payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: US,
-            dst_addr: GUEST,
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(&mut buf[20..]),
-            &IpAddress::from(US),
-            &IpAddress::from(GUEST),
-            &caps,
-        );
-        buf
+        }
+        .ip_packet()
     }
 
     fn window_and_checksum_ok(packet: &[u8]) -> (u16, bool) {

@@ -85,10 +85,8 @@ use super::emit;
 use super::frame::GuestTcp;
 use super::hostfwd;
 use super::policy::{HostPolicy, Verdict, unreachable_reason};
+use super::token::Kind;
 use crate::slab::{Id, Slab};
-
-/// Token kind for TCP flows' host sockets (see [`Id::token`]).
-pub const TOKEN_KIND: u8 = 1;
 
 /// Segments one flow may emit per pass before others get a turn.
 const MAX_SEGMENTS_PER_PASS: usize = 512;
@@ -432,7 +430,7 @@ impl TcpFlows {
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
             &mut flow.host.stream,
-            id.token(TOKEN_KIND),
+            Kind::TcpFlow.token(id),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot watch a host socket: {e}");
@@ -558,7 +556,7 @@ impl TcpFlows {
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
             &mut flow.host.stream,
-            id.token(TOKEN_KIND),
+            Kind::TcpFlow.token(id),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("cannot watch a host socket: {e}");
@@ -774,7 +772,7 @@ impl TcpFlows {
         };
         let _ = cx.registry.deregister(&mut flow.host.stream);
         flow.host.stream = stream;
-        let token = id.token(TOKEN_KIND);
+        let token = Kind::TcpFlow.token(id);
         cx.registry
             .register(
                 &mut flow.host.stream,
@@ -1266,6 +1264,7 @@ fn connect_nonblocking(addr: SocketAddr, bind: Option<SocketAddr>) -> io::Result
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    #[allow(unsafe_code)] // getrandom(2), which nix does not wrap.
     fn from_entropy() -> Self {
         let mut b = [0u8; 8];
         // SAFETY: b is a valid 8-byte buffer.
@@ -1308,16 +1307,14 @@ mod tests {
     use crate::stack::Link;
     use crate::stack::frame::{Classified, classify};
     use crate::stack::tx::TapWriter;
+    use crate::testkit::{Segment, flags, syn_options};
     use mio::{Events, Poll};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Repr, IpProtocol, Ipv4Packet,
-        Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        Icmpv4DstUnreachable, Icmpv4Repr, Ipv4Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
     };
     use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
     use std::os::fd::{AsFd, OwnedFd};
-
-    const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x64]);
 
     /// A flow table whose "TAP" is one end of a seqpacket socketpair; the test reads the
     /// frames the stack writes from the other end.
@@ -1336,7 +1333,7 @@ mod tests {
         }
 
         fn with_config(config: TcpConfig) -> Self {
-            let (a, b) = crate::tap::test_pair();
+            let (a, b) = crate::testkit::tap_pair();
             Harness {
                 flows: TcpFlows::new(config),
                 tap: TapWriter::new(a).unwrap(),
@@ -1574,7 +1571,8 @@ mod tests {
         assert_eq!(tcp.ack_number, Some(TcpSeqNumber(9001)));
     }
 
-    /// A segment from the guest's port `src_port` to `dst`.
+    /// A segment from the guest's port `src_port` to `dst`; a SYN offers MSS 1460, window
+    /// scale 7 and SACK, as Linux does.
     fn guest_frame(
         dst: SocketAddrV4,
         src_port: u16,
@@ -1583,43 +1581,30 @@ mod tests {
         ack: Option<TcpSeqNumber>,
         payload: &[u8],
     ) -> Vec<u8> {
-        let net = VirtualNetwork::default();
         let syn = control == TcpControl::Syn;
-        let tcp = TcpRepr {
-            src_port,
-            dst_port: dst.port(),
-            control,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: ack,
-            window_len: 64000,
-            window_scale: syn.then_some(7),
-            max_seg_size: syn.then_some(1460),
-            sack_permitted: syn,
-            sack_ranges: [None, None, None],
-            timestamp: None,
+        let control = match control {
+            TcpControl::Syn => flags::SYN,
+            TcpControl::Fin => flags::FIN,
+            TcpControl::Rst => flags::RST,
+            TcpControl::Psh => flags::PSH,
+            TcpControl::None => 0,
+        };
+        let options = if syn {
+            syn_options(Some(1460), Some(7), true)
+        } else {
+            Vec::new()
+        };
+        Segment {
+            src: SocketAddr::from((VirtualNetwork::default().guest, src_port)),
+            dst: SocketAddr::V4(dst),
+            seq,
+            ack: ack.map_or(0, |a| a.0 as u32),
+            flags: control | if ack.is_some() { flags::ACK } else { 0 },
+            window: 64000,
+            options: &options,
             payload,
-        };
-        let ip = Ipv4Repr {
-            src_addr: net.guest,
-            dst_addr: *dst.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
-        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.set_src_addr(GUEST_MAC);
-        eth.set_dst_addr(net.gateway_mac());
-        eth.set_ethertype(EthernetProtocol::Ipv4);
-        let caps = ChecksumCapabilities::default();
-        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(&mut buf[34..]),
-            &net.guest.into(),
-            &(*dst.ip()).into(),
-            &caps,
-        );
-        buf
+        }
+        .frame()
     }
 
     fn parse_tcp(frame: &[u8]) -> (Ipv4Addr, TcpRepr<'_>) {
