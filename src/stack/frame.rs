@@ -2,7 +2,7 @@
 //! it, and sorted into what the stack handles (ARP and IPv6 neighbour and router
 //! solicitations for our addresses, TCP segments, UDP datagrams, ICMP and ICMPv6 echo
 //! requests, DHCP) or a counted drop. What is ARP and NDP for us is decided by
-//! [`neigh`](super::neigh), which owns those protocols; this module calls it.
+//! [`neigh`], which owns those protocols; this module calls it.
 //!
 //! Every byte comes from the guest and is hostile. Parsing goes through smoltcp's
 //! `new_checked` views, so no accessor can panic afterwards, and everything a handler needs
