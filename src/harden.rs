@@ -19,10 +19,10 @@
 //!    refused ([`refuse_foreign_tracer`]); what is left is a `/proc/PID/mem` opened in it,
 //!    which no process can detect: a guest would have to find usernet's pid within the
 //!    loader's few hundred microseconds, and only under `usernet attach` to a namespace whose
-//!    command already runs (`usernet run` starts COMMAND after setup). Forked helpers inherit the flag; the one process that
-//!    turns it back off is `usernet run`'s process inside the namespace, which by then holds no
-//!    host-side resource and must stay reachable for `nsenter -t $(cat child_pid)` (see the
-//!    launcher's child).
+//!    command already runs (`usernet run` starts COMMAND after setup). Forked helpers inherit
+//!    the flag; the one process that turns it back off is `usernet run`'s process inside the
+//!    namespace, which by then holds no host-side resource and must stay reachable for
+//!    `nsenter -t $(cat child_pid)` (see the launcher's child).
 //! 2. The host-side process **never enters the guest's user namespace**, where the guest's
 //!    root holds every capability, `CAP_SYS_PTRACE` included. The sandbox needs a mount
 //!    namespace, which an unprivileged process can only make inside a user namespace of its

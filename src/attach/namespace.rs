@@ -178,8 +178,7 @@ pub fn open_tap(
 
 /// The forked child's work; an error is the one-line message for the user.
 fn child(ns: &Namespaces, ifname: &str, configure: Option<&Configure>) -> Result<OwnedFd> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     let joined_user = ns
         .user
         .as_ref()

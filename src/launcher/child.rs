@@ -85,8 +85,7 @@ fn fail(message: impl Into<String>) -> Failure {
 
 fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     // Die with the parent: without it there is no network and nobody to report to.
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if getppid() != cfg.parent {
         return Err(fail("usernet exited during setup"));
     }
@@ -101,8 +100,7 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     // both the parent writing our id maps now and the caller entering `child_pid` later
     // (`nsenter -t`, `usernet attach`) need a dumpable process: become one again. The guest
     // may ptrace us; it gains nothing it does not already have.
-    // SAFETY: prctl with PR_SET_DUMPABLE takes an integer argument only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_dumpable(true);
     chan.send(&Msg::Unshared)
         .map_err(|e| fail(format!("setup channel: {e}")))?;
     match chan.recv() {
@@ -215,8 +213,7 @@ fn become_init(chan: &Channel) -> Result<(), Failure> {
         }
         Ok(nix::unistd::ForkResult::Child) => {
             // During setup, die with the process that made us (which dies with usernet).
-            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             // /proc is still the host's: /proc/self names us as the outside sees us.
             let outside = fs::read_link("/proc/self")
                 .ok()
@@ -514,8 +511,7 @@ fn supervise(
     // From here the parent's death is seen on the setup channel (it sends nothing more), and
     // answered by ending COMMAND's whole tree and cleaning up, which the parent, killed,
     // cannot do. If it died just before this, the channel has already hung up.
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and has no memory effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong) };
+    let _ = nix::sys::prctl::set_pdeathsig(None);
 
     loop {
         let mut fds = vec![std::os::fd::AsFd::as_fd(&signals)];

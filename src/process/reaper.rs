@@ -24,8 +24,7 @@ const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Make this process a child subreaper: orphaned descendants become its children.
 pub fn become_subreaper() {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
+    let _ = nix::sys::prctl::set_child_subreaper(true);
 }
 
 /// This process's `/proc/self/task` directory, kept open.

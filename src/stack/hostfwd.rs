@@ -72,21 +72,14 @@ pub struct ForwardSpec {
     pub guest: SocketAddrV4,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum AddError {
     /// [`MAX_FORWARDS`] are in place.
+    #[error("at most {MAX_FORWARDS} forwards may exist")]
     TooMany,
     /// The host socket could not be bound (in use, privileged port...).
+    #[error("{0}")]
     Bind(io::Error),
-}
-
-impl std::fmt::Display for AddError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AddError::TooMany => write!(f, "at most {MAX_FORWARDS} forwards may exist"),
-            AddError::Bind(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 pub enum Listener {

@@ -166,23 +166,14 @@ pub struct StackStats {
 }
 
 /// Why [`Stack::run`] stopped without the callback asking it to.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StackError {
     /// Reading the TAP failed for good (the device or its namespace is gone).
+    #[error("the TAP device went away: {0}")]
     TapGone(io::Error),
+    #[error("event loop failed: {0}")]
     Io(io::Error),
 }
-
-impl std::fmt::Display for StackError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StackError::TapGone(e) => write!(f, "the TAP device went away: {e}"),
-            StackError::Io(e) => write!(f, "event loop failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StackError {}
 
 pub struct Stack {
     poll: Poll,
