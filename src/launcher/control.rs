@@ -102,6 +102,9 @@ impl Control {
     }
 }
 
+// The control thread's poller holds the port driver's kinds and the API's connections.
+const _: () = assert!(rest::KIND_CONNECTION >= forwarder::FIRST_FREE_KIND);
+
 fn dispatch(
     api: &mut Server<RestApi>,
     forwarder: Option<&mut Forwarder>,
@@ -112,23 +115,24 @@ fn dispatch(
         api.accept(registry);
         return;
     }
-    let (kind, id): (u8, Id) = Id::from_token(token);
-    match kind {
-        rest::KIND_CONNECTION => match forwarder {
-            Some(forwarder) => {
-                let mut ports = Ports {
-                    forwarder,
-                    registry,
-                };
-                api.on_event(id, registry, Some(&mut ports));
-            }
-            None => api.on_event(id, registry, None),
-        },
-        forwarder::KIND_LISTENER..=forwarder::KIND_UDP_REQUEST => {
-            if let Some(f) = forwarder {
-                f.on_event(kind, id, registry);
-            }
+    let (bits, id): (u8, Id) = Id::from_token(token);
+    if let Some(kind) = forwarder::Kind::from_bits(bits) {
+        if let Some(f) = forwarder {
+            f.on_event(kind, id, registry);
         }
-        _ => {}
+        return;
+    }
+    if bits != rest::KIND_CONNECTION {
+        return;
+    }
+    match forwarder {
+        Some(forwarder) => {
+            let mut ports = Ports {
+                forwarder,
+                registry,
+            };
+            api.on_event(id, registry, Some(&mut ports));
+        }
+        None => api.on_event(id, registry, None),
     }
 }

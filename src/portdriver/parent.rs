@@ -35,13 +35,48 @@ use crate::fdpass;
 use crate::ports::{Family, PortError, PortManager, PortSpec, PortStatus, Transport};
 use crate::slab::{Id, Slab};
 
-/// Token kinds of the forwarder's sockets (the control thread dispatches on them).
-pub const KIND_LISTENER: u8 = 1;
-pub const KIND_TCP_CLIENT: u8 = 2;
-pub const KIND_TCP_BACKEND: u8 = 3;
-pub const KIND_TCP_REQUEST: u8 = 4;
-pub const KIND_UDP_BACKEND: u8 = 5;
-pub const KIND_UDP_REQUEST: u8 = 6;
+/// Every kind of the forwarder's sockets on the control thread's poller, in one list (the
+/// control thread dispatches on them; the REST API's connections, the poller's only other
+/// kind, are [`FIRST_FREE_KIND`] and up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A published port's listening socket (TCP) or socket (UDP).
+    Listener = 1,
+    /// An accepted connection from a host client.
+    TcpClient = 2,
+    /// The socket the child dialled inside, relayed to a [`Kind::TcpClient`].
+    TcpBackend = 3,
+    /// A `.bp.sock` request for a TCP connection, waiting for its answer.
+    TcpRequest = 4,
+    /// The socket inside for one UDP client.
+    UdpBackend = 5,
+    /// A `.bp.sock` request for a UDP client, waiting for its answer.
+    UdpRequest = 6,
+}
+
+/// The first token kind the forwarder does not use.
+pub const FIRST_FREE_KIND: u8 = 7;
+
+impl Kind {
+    /// The token of entry `id` of this kind.
+    pub fn token(self, id: Id) -> mio::Token {
+        id.token(self as u8)
+    }
+
+    /// The forwarder's kind written in a token, if it is one.
+    pub fn from_bits(bits: u8) -> Option<Kind> {
+        Some(match bits {
+            1 => Kind::Listener,
+            2 => Kind::TcpClient,
+            3 => Kind::TcpBackend,
+            4 => Kind::TcpRequest,
+            5 => Kind::UdpBackend,
+            6 => Kind::UdpRequest,
+            _ => return None,
+        })
+    }
+}
 
 /// Inbound TCP connections at once (relaying or waiting for the child); more are reset.
 pub const MAX_TCP_CONNECTIONS: usize = 16384;
@@ -177,8 +212,8 @@ impl Forwarder {
         });
         let port = self.ports.get_mut(id).expect("just inserted");
         let registered = match &mut port.listener {
-            Listener::Tcp(l) => registry.register(l, id.token(KIND_LISTENER), Interest::READABLE),
-            Listener::Udp(u) => registry.register(u, id.token(KIND_LISTENER), Interest::READABLE),
+            Listener::Tcp(l) => registry.register(l, Kind::Listener.token(id), Interest::READABLE),
+            Listener::Udp(u) => registry.register(u, Kind::Listener.token(id), Interest::READABLE),
         };
         if let Err(e) = registered {
             self.ports.remove(id);
@@ -220,14 +255,13 @@ impl Forwarder {
     }
 
     /// Readiness on one of the forwarder's sockets.
-    pub fn on_event(&mut self, kind: u8, id: Id, registry: &Registry) {
+    pub fn on_event(&mut self, kind: Kind, id: Id, registry: &Registry) {
         match kind {
-            KIND_LISTENER => self.accept(id, registry),
-            KIND_TCP_REQUEST => self.on_tcp_answer(id, registry),
-            KIND_TCP_CLIENT | KIND_TCP_BACKEND => self.pump(id, registry),
-            KIND_UDP_REQUEST => self.on_udp_answer(id, registry),
-            KIND_UDP_BACKEND => self.on_udp_backend(id),
-            _ => {}
+            Kind::Listener => self.accept(id, registry),
+            Kind::TcpRequest => self.on_tcp_answer(id, registry),
+            Kind::TcpClient | Kind::TcpBackend => self.pump(id, registry),
+            Kind::UdpRequest => self.on_udp_answer(id, registry),
+            Kind::UdpBackend => self.on_udp_backend(id),
         }
     }
 
@@ -291,12 +325,12 @@ impl Forwarder {
             }) = self.tcp.get_mut(id)
             {
                 let ok = registry
-                    .register(request, id.token(KIND_TCP_REQUEST), Interest::READABLE)
+                    .register(request, Kind::TcpRequest.token(id), Interest::READABLE)
                     .is_ok()
                     && registry
                         .register(
                             client,
-                            id.token(KIND_TCP_CLIENT),
+                            Kind::TcpClient.token(id),
                             Interest::READABLE | Interest::WRITABLE,
                         )
                         .is_ok();
@@ -373,14 +407,14 @@ impl Forwarder {
         let ok = registry
             .register(
                 &mut SourceFd(&relay.client.as_raw_fd()),
-                new.token(KIND_TCP_CLIENT),
+                Kind::TcpClient.token(new),
                 both,
             )
             .is_ok()
             && registry
                 .register(
                     &mut SourceFd(&relay.backend.as_raw_fd()),
-                    new.token(KIND_TCP_BACKEND),
+                    Kind::TcpBackend.token(new),
                     both,
                 )
                 .is_ok();
@@ -539,7 +573,7 @@ impl Forwarder {
             ..
         }) = self.udp.get_mut(id)
             && registry
-                .register(request, id.token(KIND_UDP_REQUEST), Interest::READABLE)
+                .register(request, Kind::UdpRequest.token(id), Interest::READABLE)
                 .is_err()
         {
             self.udp.remove(id);
@@ -575,7 +609,7 @@ impl Forwarder {
         let _ = set_nonblocking(&fd);
         let mut backend = UdpSocket::from_std(std::net::UdpSocket::from(fd));
         if registry
-            .register(&mut backend, id.token(KIND_UDP_BACKEND), Interest::READABLE)
+            .register(&mut backend, Kind::UdpBackend.token(id), Interest::READABLE)
             .is_err()
         {
             self.drop_udp(id, registry);
