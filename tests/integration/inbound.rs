@@ -253,14 +253,20 @@ pub fn publish_errors_are_one_line_and_leave_nothing() {
 /// (default or given), and `usernet info` without --state-dir talks to the only one.
 pub fn ps_lists_running_usernets_and_info_finds_the_only_one() {
     let world = World::new();
-    // A /tmp of this world's own: only this test's usernets are there to be found.
-    run(
-        world
-            .command("mount")
-            .args(["-t", "tmpfs", "tmpfs", "/tmp"]),
-        LIMIT,
-    )
-    .assert_ok();
+    // A /tmp of this world's own: only this test's usernets are there to be found. Where the
+    // build itself is under /tmp (a CI checkout), its directory is bound back in place.
+    let build = std::path::Path::new(crate::world::usernet_bin())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let script = format!(
+        "if case {b}/ in /tmp/*) true;; *) false;; esac; then \
+           mount --bind {b} /mnt && mount -t tmpfs tmpfs /tmp && mkdir -p {b} && \
+           mount --bind /mnt {b} && umount -l /mnt; \
+         else mount -t tmpfs tmpfs /tmp; fi",
+        b = build.display()
+    );
+    run(world.command("sh").args(["-c", &script]), LIMIT).assert_ok();
     let usernet = |args: &[&str]| {
         let mut c = world.usernet(args);
         for var in [
