@@ -22,6 +22,8 @@ pub const MAX_MTU: u32 = 65520;
 const GATEWAY_HOST: u32 = 2;
 const DNS_HOST: u32 = 3;
 const GUEST_HOST: u32 = 100;
+/// The first address of libslirp's DHCP pool.
+const SLIRP_DHCP_HOST: u32 = 15;
 /// The guest's host number on IPv6, written like its IPv4 one: fd00::100.
 const GUEST_HOST6: u128 = 0x100;
 
@@ -115,6 +117,11 @@ impl VirtualNetwork {
             return Err(syntax());
         }
         VirtualNetwork::new(addr, len)
+    }
+
+    /// Where libslirp's DHCP pool starts: host number 15 (10.0.2.15), as slirp4netns leases.
+    pub fn slirp_dhcp_start(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + SLIRP_DHCP_HOST)
     }
 
     pub fn netmask(&self) -> Ipv4Addr {

@@ -6,8 +6,9 @@
 //! Kept from slirp4netns: the options, `--help`/`--version` texts (the feature probes grep
 //! them), the startup banner on stdout, exit codes (0 for help, version and exit-fd, 1 for
 //! errors, death by the signal that stopped it), the ready-fd/exit-fd contract, the API
-//! bytes. Changed on purpose: errors are one line on stderr saying what to do; the banner
-//! describes usernet's DHCP range; the sandbox can be used by an unprivileged user with
+//! bytes, and libslirp's behaviour where callers see it: DHCP leases from .15, and
+//! `--outbound-addr` binds the sockets to the host's loopback too. Changed on purpose: errors
+//! are one line on stderr saying what to do; the sandbox can be used by an unprivileged user with
 //! `--netns-type=path` (it joins the namespace's owner instead of failing); and no client
 //! of the API socket can stall the network.
 
@@ -104,6 +105,10 @@ fn config(
     stack.policy.disable_dns = o.disable_dns;
     stack.policy.outbound = outbound;
     stack.policy.outbound6 = outbound6;
+    // As libslirp: every host socket binds to the outbound address, the ones to the host's
+    // loopback through the gateway too; and DHCP leases from .15.
+    stack.policy.outbound_to_host_loopback = true;
+    stack.dhcp_start = net.slirp_dhcp_start();
     let target = match target {
         args::Target::Pid(pid) => Target::Namespace(NamespaceRef::Pid(pid)),
         args::Target::Path(p) => Target::Namespace(NamespaceRef::Path(p)),
@@ -145,13 +150,14 @@ fn banner(
     let mut line = |label: &str, value: &dyn std::fmt::Display| {
         let _ = writeln!(b, "{:<19}{value}", format!("* {label}:"));
     };
-    let dhcp_end = Ipv4Addr::from(u32::from(net.guest) + MAX_LEASES as u32 - 1);
+    let dhcp_begin = net.slirp_dhcp_start();
+    let dhcp_end = Ipv4Addr::from(u32::from(dhcp_begin) + MAX_LEASES as u32 - 1);
     line("MTU", &o.mtu);
     line("Network", &net.network);
     line("Netmask", &net.netmask());
     line("Gateway", &net.gateway);
     line("DNS", &net.dns);
-    line("DHCP begin", &net.guest);
+    line("DHCP begin", &dhcp_begin);
     line("DHCP end", &dhcp_end);
     line("Recommended IP", &net.guest);
     if let Some(p) = &o.api_socket {

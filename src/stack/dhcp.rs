@@ -1,11 +1,11 @@
 //! The DHCP server on the gateway address, for guests that configure themselves (VMs,
 //! `udhcpc`, `dhclient`) rather than being configured by the launcher.
 //!
-//! The first client gets the guest address (10.0.2.100 by default), the address the launcher
-//! assigns, that rootlesskit reports as `childIP` and that port forwards default to, so a
-//! DHCP-configured guest ends up exactly where a launcher-configured one would be. Further
-//! clients (other MACs on the same link) get the addresses after it, up to [`MAX_LEASES`].
-//! slirp starts its pool at .15; a single-guest network has no use for that gap.
+//! The pool is [`MAX_LEASES`] addresses from a start the runtime chooses, one per client MAC.
+//! For usernet the start is the guest address (10.0.2.100 by default), the address the
+//! launcher assigns, that rootlesskit reports as `childIP` and that port forwards default to,
+//! so a DHCP-configured guest ends up exactly where a launcher-configured one would be. As
+//! slirp4netns it is libslirp's .15, which QEMU and slirp users expect.
 //!
 //! Offers carry the netmask, router (10.0.2.2), DNS server (10.0.2.3, unless DNS is
 //! disabled), interface MTU, broadcast address, lease time, and the host's search domains.
@@ -41,7 +41,9 @@ pub struct DhcpStats {
 }
 
 pub struct DhcpServer {
-    /// Client MACs; lease i is the guest address + i.
+    /// The first address of the pool.
+    start: Ipv4Addr,
+    /// Client MACs; lease i is `start` + i.
     leases: Vec<EthernetAddress>,
     dns: Option<Ipv4Addr>,
     search: Vec<String>,
@@ -49,9 +51,11 @@ pub struct DhcpServer {
 }
 
 impl DhcpServer {
-    /// `dns`: the DNS server to offer (None with `--disable-dns`); `search`: domains to offer.
-    pub fn new(dns: Option<Ipv4Addr>, search: Vec<String>) -> Self {
+    /// `start`: the first address leased; `dns`: the DNS server to offer (None with
+    /// `--disable-dns`); `search`: domains to offer.
+    pub fn new(start: Ipv4Addr, dns: Option<Ipv4Addr>, search: Vec<String>) -> Self {
         DhcpServer {
+            start,
             leases: Vec::new(),
             dns,
             search,
@@ -131,8 +135,9 @@ impl DhcpServer {
             }
             None => return None,
         };
-        let ip = Ipv4Addr::from(u32::from(net.guest) + index as u32);
-        (net.contains(ip) && ip != net.broadcast()).then_some(ip)
+        let ip = Ipv4Addr::from(u32::from(self.start).saturating_add(index as u32));
+        (net.contains(ip) && ip != net.broadcast() && ip != net.gateway && ip != net.dns)
+            .then_some(ip)
     }
 
     fn send(

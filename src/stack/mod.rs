@@ -127,6 +127,9 @@ pub struct StackConfig {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Search domains offered over DHCP.
     pub search_domains: Vec<String>,
+    /// The first address the DHCP server leases: the guest address (10.0.2.100) for usernet,
+    /// [`VirtualNetwork::slirp_dhcp_start`] (10.0.2.15) as slirp4netns.
+    pub dhcp_start: std::net::Ipv4Addr,
 }
 
 impl StackConfig {
@@ -138,6 +141,7 @@ impl StackConfig {
             udp: UdpConfig::default(),
             dns_upstreams: Vec::new(),
             search_domains: Vec::new(),
+            dhcp_start: net.guest,
         }
     }
 }
@@ -264,7 +268,11 @@ impl Stack {
             dns: DnsForwarder::default(),
             upstreams,
             pinger: Pinger::default(),
-            dhcp: DhcpServer::new(dns_for_dhcp, config.search_domains.clone()),
+            dhcp: DhcpServer::new(
+                config.dhcp_start,
+                dns_for_dhcp,
+                config.search_domains.clone(),
+            ),
             neighbors: Neighbors::new(&net),
             forwards: HostForwards::default(),
             policy: config.policy,

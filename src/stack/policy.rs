@@ -85,6 +85,11 @@ pub struct HostPolicy {
     pub outbound: Option<Ipv4Addr>,
     /// The same for IPv6 (`--outbound-addr6`).
     pub outbound6: Option<Ipv6Addr>,
+    /// Bind to the outbound address towards the host's loopback too (through the gateway), as
+    /// slirp4netns does, so a service there sees the outbound address as its peer. Off for
+    /// `usernet run` and `attach`, whose loopback services see 127.0.0.1 or ::1, the address
+    /// loopback-only access rules expect.
+    pub outbound_to_host_loopback: bool,
 }
 
 const DNS_PORT: u16 = 53;
@@ -97,6 +102,7 @@ impl HostPolicy {
             disable_dns: false,
             outbound: None,
             outbound6: None,
+            outbound_to_host_loopback: false,
         }
     }
 
@@ -215,16 +221,16 @@ impl HostPolicy {
     }
 
     /// The local address a host socket towards `target` binds to: the outbound address of
-    /// its family, except towards loopback (where a foreign source would never be answered).
+    /// its family; towards the host's loopback only with
+    /// [`outbound_to_host_loopback`](Self::outbound_to_host_loopback). (An outbound address
+    /// is one of the host's own, so a loopback service's answer to it comes back over `lo`.)
     pub fn bind_for(&self, target: &SocketAddr) -> Option<SocketAddr> {
-        match (target, self.outbound, self.outbound6) {
-            (SocketAddr::V4(t), Some(addr), _) if !t.ip().is_loopback() => {
-                Some(SocketAddr::from((addr, 0)))
-            }
-            (SocketAddr::V6(t), _, Some(addr)) if !t.ip().is_loopback() => {
-                Some(SocketAddr::from((addr, 0)))
-            }
-            _ => None,
+        if target.ip().is_loopback() && !self.outbound_to_host_loopback {
+            return None;
+        }
+        match target {
+            SocketAddr::V4(_) => self.outbound.map(|a| SocketAddr::from((a, 0))),
+            SocketAddr::V6(_) => self.outbound6.map(|a| SocketAddr::from((a, 0))),
         }
     }
 }
@@ -438,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn outbound_address_is_used_except_towards_loopback() {
+    fn outbound_address_is_used_towards_loopback_only_when_asked() {
         let p = HostPolicy {
             outbound: Some("192.0.2.7".parse().unwrap()),
             ..policy(false)
@@ -459,6 +465,19 @@ mod tests {
             Some("[2001:2::7]:0".parse().unwrap())
         );
         assert_eq!(p.bind_for(&"[::1]:80".parse().unwrap()), None);
+        // As slirp4netns: towards the host's loopback too.
+        let p = HostPolicy {
+            outbound_to_host_loopback: true,
+            ..p
+        };
+        assert_eq!(
+            p.bind_for(&"127.0.0.1:80".parse().unwrap()),
+            Some("192.0.2.7:0".parse().unwrap())
+        );
+        assert_eq!(
+            p.bind_for(&"[::1]:80".parse().unwrap()),
+            Some("[2001:2::7]:0".parse().unwrap())
+        );
     }
 
     #[test]

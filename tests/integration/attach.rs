@@ -452,6 +452,80 @@ pub fn slirp4netns_disable_dns_makes_the_dns_address_ordinary() {
     }
 }
 
+/// A world, a guest namespace in it, and usernet as `slirp4netns ARGS PID tap0` attached to
+/// it and ready.
+struct Attached {
+    world: World,
+    guest: Guest,
+    slirp4netns: Server,
+    _tmp: TempDir,
+}
+
+impl Attached {
+    fn start(args: &[&str]) -> Attached {
+        let world = World::new();
+        let tmp = TempDir::new();
+        let link = slirp4netns(&tmp);
+        let guest = Guest::new(&world);
+        let pid = guest.pid();
+        let mut args = args.to_vec();
+        args.extend([pid.as_str(), "tap0"]);
+        let slirp4netns = start_ready(&world, &link, &args, &[]);
+        Attached {
+            world,
+            guest,
+            slirp4netns,
+            _tmp: tmp,
+        }
+    }
+}
+
+pub fn slirp4netns_dhcp_leases_from_15_as_libslirp() {
+    // No -c: the guest configures itself, as a VM or a DHCP-run container does.
+    let mut a = Attached::start(&[]);
+    let banner: Vec<String> = (0..9).map(|_| a.slirp4netns.next_line()).collect();
+    for line in [
+        "* DHCP begin:      10.0.2.15",
+        "* DHCP end:        10.0.2.30",
+        "* Recommended IP:  10.0.2.100",
+    ] {
+        assert!(banner.iter().any(|l| l == line), "{line}: {banner:?}");
+    }
+    let tmp = TempDir::new();
+    let udhcpc = crate::services::udhcpc(&tmp);
+    let out = a
+        .guest
+        .sh(&a.world, &format!("ip link set tap0 up && {udhcpc}"));
+    out.assert_ok();
+    assert!(
+        out.stdout.contains(
+            "ip=10.0.2.15 subnet=255.255.255.0 router=10.0.2.2 dns=10.0.2.3 mtu=1500 lease=86400 serverid=10.0.2.2"
+        ),
+        "{out:#?}"
+    );
+}
+
+pub fn slirp4netns_outbound_addr_applies_to_the_host_loopback_too() {
+    let a = Attached::start(&["-c", "--outbound-addr=198.18.0.2"]);
+    let (world, guest) = (&a.world, &a.guest);
+    // Servers on the world's loopback and on a world address report the peer they see.
+    let mut local = world.server(&["tcp-peer", "127.0.0.1:9020"]);
+    let mut remote = world.server(&["tcp-peer", "198.18.0.1:9021"]);
+    let _who = world.server(&["udp-whoami", "127.0.0.1:9022"]);
+    for (target, server) in [
+        ("10.0.2.2:9020", &mut local),
+        ("198.18.0.1:9021", &mut remote),
+    ] {
+        let out = run(&mut guest.tool(world, &["tcp-connect", target]), LIMIT);
+        assert!(out.stdout.starts_with("connected"), "{target}: {out:#?}");
+        let peer = server.next_line();
+        assert!(peer.starts_with("peer 198.18.0.2:"), "{target}: {peer}");
+    }
+    let out = run(&mut guest.tool(world, &["udp-ask", "10.0.2.2:9022"]), LIMIT);
+    out.assert_ok();
+    assert!(out.stdout.starts_with("answer 198.18.0.2:"), "{out:#?}");
+}
+
 pub fn slirp4netns_sandbox_and_seccomp() {
     let world = World::new();
     let tmp = TempDir::new();

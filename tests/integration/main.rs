@@ -146,6 +146,8 @@ fn main() {
         attach::slirp4netns_api_socket_adds_lists_removes_and_forwards,
         attach::slirp4netns_cidr_macaddress_and_disable_host_loopback,
         attach::slirp4netns_disable_dns_makes_the_dns_address_ordinary,
+        attach::slirp4netns_dhcp_leases_from_15_as_libslirp,
+        attach::slirp4netns_outbound_addr_applies_to_the_host_loopback_too,
         attach::slirp4netns_sandbox_and_seccomp,
         attach::slirp4netns_netns_by_path_with_its_userns_path,
         attach::slirp4netns_help_version_and_errors_keep_the_contract,

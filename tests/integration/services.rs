@@ -368,24 +368,27 @@ pub fn ping_without_ping_sockets_is_refused_cleanly() {
     assert!(out.stderr.contains("ping is not relayed"), "{out:#?}");
 }
 
-pub fn dhcp_client_gets_the_lease_and_its_options() {
-    let world = World::new();
-    let tmp = TempDir::new();
-    let script = tmp.join("udhcpc.sh");
+/// A shell command that runs busybox's DHCP client once on tap0 and prints what it was leased
+/// as one line (`ip=... subnet=... router=... dns=... mtu=... lease=... serverid=...`); its
+/// script goes in `dir`.
+pub fn udhcpc(dir: &std::path::Path) -> String {
+    let script = dir.join("udhcpc.sh");
     std::fs::write(
         &script,
         "#!/bin/sh\n[ \"$1\" = bound ] && echo \"ip=$ip subnet=$subnet router=$router dns=$dns mtu=$mtu lease=$lease serverid=$serverid\"\nexit 0\n",
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = guest_sh(
-        &world,
-        &[],
-        &format!(
-            "busybox udhcpc -i tap0 -n -q -f -s {} 2>/dev/null",
-            script.display()
-        ),
-    );
+    format!(
+        "busybox udhcpc -i tap0 -n -q -f -s {} 2>/dev/null",
+        script.display()
+    )
+}
+
+pub fn dhcp_client_gets_the_lease_and_its_options() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let out = guest_sh(&world, &[], &udhcpc(&tmp));
     out.assert_ok();
     assert!(
         out.stdout.contains(
@@ -472,6 +475,18 @@ pub fn outbound_addr_binds_host_sockets() {
             "TCP with {flag}: {peer}"
         );
     }
+    // Not towards the host's loopback (unlike slirp4netns): its services see 127.0.0.1.
+    let mut local = world.server(&["tcp-peer", "127.0.0.1:7032"]);
+    let _local_who = world.server(&["udp-whoami", "127.0.0.1:7033"]);
+    let out = guest_sh(
+        &world,
+        &["--outbound-addr", "198.18.0.2"],
+        "$T tcp-connect 10.0.2.2:7032; $T udp-ask 10.0.2.2:7033",
+    );
+    out.assert_ok();
+    assert!(out.stdout.contains("answer 127.0.0.1:"), "{out:#?}");
+    let peer = local.next_line();
+    assert!(peer.starts_with("peer 127.0.0.1:"), "{peer}");
 }
 
 pub fn udp_errors_from_the_host_reach_the_guest_and_loopback_policy_applies() {
