@@ -65,41 +65,103 @@ fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
     )
 }
 
-/// One request over `STATE_DIR/api.sock`; the status and body of the answer.
-fn call(state_dir: &Path, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>)> {
-    let socket = state_dir.join("api.sock");
-    let mut stream = UnixStream::connect(&socket).with_context(|| {
-        format!(
-            "cannot connect to {} (is usernet running with that state dir?)",
-            socket.display()
-        )
-    })?;
-    check_server(&stream, &socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: usernet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    // A server that refuses us at once (503: too many clients) answers and closes without
-    // reading: our write may then fail, and the read end with a reset, after its answer.
-    let sent = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body));
-    let answer = read_answer(&mut stream);
-    let answer = match (answer, sent) {
-        (Ok(a), _) if !a.is_empty() => a,
-        (_, Err(e)) => return Err(anyhow!(e).context("sending the request to the API")),
-        (Err(e), Ok(())) => return Err(anyhow!(e).context("reading the API's answer")),
-        (Ok(a), Ok(())) => a,
-    };
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(&answer) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => bail!("the API sent something that is not an HTTP response"),
-    };
-    Ok((response.code.unwrap_or(0), answer[head_len..].to_vec()))
+/// A client of one REST API socket (`STATE_DIR/api.sock`), for usernet's own commands and the
+/// personalities that are clients (`rootlessctl`, `rootlesskit-docker-proxy`).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    socket: PathBuf,
+}
+
+impl ApiClient {
+    /// The server at `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        ApiClient {
+            socket: socket.into(),
+        }
+    }
+
+    /// The server of the usernet (or rootlesskit) with this state dir.
+    pub fn in_state_dir(state_dir: &Path) -> Self {
+        ApiClient::new(state_dir.join("api.sock"))
+    }
+
+    /// One request; the status and body of the answer.
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>)> {
+        let socket = &self.socket;
+        let mut stream = UnixStream::connect(socket).with_context(|| {
+            format!(
+                "cannot connect to {} (is usernet running with that state dir?)",
+                socket.display()
+            )
+        })?;
+        check_server(&stream, socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let body = body.unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: usernet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        // A server that refuses us at once (503: too many clients) answers and closes without
+        // reading: our write may then fail, and the read end with a reset, after its answer.
+        let sent = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body));
+        let answer = read_answer(&mut stream);
+        let answer = match (answer, sent) {
+            (Ok(a), _) if !a.is_empty() => a,
+            (_, Err(e)) => return Err(anyhow!(e).context("sending the request to the API")),
+            (Err(e), Ok(())) => return Err(anyhow!(e).context("reading the API's answer")),
+            (Ok(a), Ok(())) => a,
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(&answer) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => bail!("the API sent something that is not an HTTP response"),
+        };
+        Ok((response.code.unwrap_or(0), answer[head_len..].to_vec()))
+    }
+
+    /// The body of a `want` answer; any other is the server's error.
+    fn ok_body(&self, method: &str, path: &str, body: Option<&[u8]>, want: u16) -> Result<Vec<u8>> {
+        let (status, body) = self.call(method, path, body)?;
+        if status == want {
+            Ok(body)
+        } else {
+            Err(failure(status, &body))
+        }
+    }
+
+    /// `GET /v1/info`'s JSON, as sent.
+    pub fn info_json(&self) -> Result<Vec<u8>> {
+        self.ok_body("GET", "/v1/info", None, 200)
+    }
+
+    /// `GET /v1/info`.
+    pub fn info(&self) -> Result<Info> {
+        serde_json::from_slice(&self.info_json()?).context("bad info answer")
+    }
+
+    /// `GET /v1/ports`.
+    pub fn ports(&self) -> Result<Vec<PortStatus>> {
+        let body = self.ok_body("GET", "/v1/ports", None, 200)?;
+        let ports: Option<Vec<PortStatus>> =
+            serde_json::from_slice(&body).context("bad port list")?;
+        Ok(ports.unwrap_or_default())
+    }
+
+    /// `POST /v1/ports`: the port as published.
+    pub fn add_port(&self, spec: &PortSpec) -> Result<PortStatus> {
+        let body = serde_json::to_vec(spec)?;
+        let answer = self.ok_body("POST", "/v1/ports", Some(&body), 201)?;
+        serde_json::from_slice(&answer).context("bad answer")
+    }
+
+    /// `DELETE /v1/ports/ID`.
+    pub fn remove_port(&self, id: i64) -> Result<()> {
+        self.ok_body("DELETE", &format!("/v1/ports/{id}"), None, 200)
+            .map(drop)
+    }
 }
 
 /// Everything the server sends until it closes; a reset after some data ends it too (the
@@ -144,27 +206,23 @@ fn failure(status: u16, body: &[u8]) -> anyhow::Error {
     }
 }
 
-fn ok_body(
-    state_dir: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    want: u16,
-) -> Result<Vec<u8>> {
-    let (status, body) = call(state_dir, method, path, body)?;
-    if status == want {
-        Ok(body)
-    } else {
-        Err(failure(status, &body))
-    }
-}
-
 /// `usernet info`.
 pub fn info(state_dir: &Path, as_json: bool) -> Result<String> {
-    let body = ok_body(state_dir, "GET", "/v1/info", None, 200)?;
-    let info: Info = serde_json::from_slice(&body).context("bad info answer")?;
+    info_text(&ApiClient::in_state_dir(state_dir).info()?, as_json)
+}
+
+/// Info as rootlessctl prints it: its lines, or indented JSON (Go's `MarshalIndent` with four
+/// spaces).
+pub fn info_text(info: &Info, as_json: bool) -> Result<String> {
     if as_json {
-        return Ok(format!("{}\n", serde_json::to_string_pretty(&info)?));
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(
+            &mut out,
+            serde_json::ser::PrettyFormatter::with_indent(b"    "),
+        );
+        serde::Serialize::serialize(info, &mut ser)?;
+        out.push(b'\n');
+        return Ok(String::from_utf8(out)?);
     }
     let mut out = format!(
         "- REST API version: {}\n- Implementation version: {}\n- State Directory: {}\n- Child PID: {}\n",
@@ -192,15 +250,13 @@ pub fn info(state_dir: &Path, as_json: bool) -> Result<String> {
 
 /// `usernet ports list`.
 pub fn list(state_dir: &Path, as_json: bool) -> Result<String> {
-    let body = ok_body(state_dir, "GET", "/v1/ports", None, 200)?;
-    let ports: Option<Vec<PortStatus>> = serde_json::from_slice(&body).context("bad port list")?;
-    let ports = ports.unwrap_or_default();
+    ports_text(&ApiClient::in_state_dir(state_dir).ports()?, as_json)
+}
+
+/// Ports as rootlessctl lists them: its table, or one JSON object per line.
+pub fn ports_text(ports: &[PortStatus], as_json: bool) -> Result<String> {
     if as_json {
-        let mut out = String::new();
-        for p in &ports {
-            out += &format!("{}\n", serde_json::to_string(p)?);
-        }
-        return Ok(out);
+        return json_lines(ports);
     }
     let mut rows = vec![
         [
@@ -213,7 +269,7 @@ pub fn list(state_dir: &Path, as_json: bool) -> Result<String> {
         ]
         .map(String::from),
     ];
-    for p in &ports {
+    for p in ports {
         let s = &p.spec;
         rows.push([
             p.id.to_string(),
@@ -225,6 +281,15 @@ pub fn list(state_dir: &Path, as_json: bool) -> Result<String> {
         ]);
     }
     Ok(table(&rows))
+}
+
+/// One compact JSON object per line.
+pub fn json_lines(ports: &[PortStatus]) -> Result<String> {
+    let mut out = String::new();
+    for p in ports {
+        out += &format!("{}\n", serde_json::to_string(p)?);
+    }
+    Ok(out)
 }
 
 /// Columns padded like Go's tabwriter (minimum width 4, padding 4), as rootlessctl prints.
@@ -249,12 +314,20 @@ pub fn add(state_dir: &Path, specs: &[String]) -> Result<String> {
         .iter()
         .map(|s| PortSpec::parse(s).map_err(|e| anyhow!(e)))
         .collect::<Result<_>>()?;
+    add_specs(&ApiClient::in_state_dir(state_dir), &parsed, false)
+}
+
+/// Publish `specs` in order, stopping at the first failure (earlier ones stay published), as
+/// rootlessctl does; prints each new id, or with `as_json` each port as a JSON line.
+pub fn add_specs(api: &ApiClient, specs: &[PortSpec], as_json: bool) -> Result<String> {
     let mut out = String::new();
-    for spec in parsed {
-        let body = serde_json::to_vec(&spec)?;
-        let answer = ok_body(state_dir, "POST", "/v1/ports", Some(&body), 201)?;
-        let status: PortStatus = serde_json::from_slice(&answer).context("bad answer")?;
-        out += &format!("{}\n", status.id);
+    for spec in specs {
+        let status = api.add_port(spec)?;
+        out += &if as_json {
+            json_lines(std::slice::from_ref(&status))?
+        } else {
+            format!("{}\n", status.id)
+        };
     }
     Ok(out)
 }
@@ -265,9 +338,14 @@ pub fn remove(state_dir: &Path, ids: &[String]) -> Result<String> {
         .iter()
         .map(|s| s.parse().map_err(|_| anyhow!("'{s}' is not a port id")))
         .collect::<Result<_>>()?;
+    remove_ids(&ApiClient::in_state_dir(state_dir), &parsed)
+}
+
+/// Remove ports `ids` in order, stopping at the first failure; prints each removed id.
+pub fn remove_ids(api: &ApiClient, ids: &[i64]) -> Result<String> {
     let mut out = String::new();
-    for id in parsed {
-        ok_body(state_dir, "DELETE", &format!("/v1/ports/{id}"), None, 200)?;
+    for id in ids {
+        api.remove_port(*id)?;
         out += &format!("{id}\n");
     }
     Ok(out)

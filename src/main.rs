@@ -43,6 +43,16 @@ fn main() -> ExitCode {
     {
         return usernet::slirp4netns::main(argv);
     }
+    // The clients of rootlesskit's API, as their own names.
+    match argv
+        .first()
+        .map(|a| usernet::attach::program_name(Some(a)))
+        .as_deref()
+    {
+        Some("rootlessctl") => return usernet::rootlessctl::main(argv),
+        Some("rootlesskit-docker-proxy") => return usernet::docker_proxy::main(argv),
+        _ => {}
+    }
     let cli = match usernet::cli::parse(argv) {
         Ok(cli) => cli,
         Err(BadCommandLine::Clap(e)) => return usage_error(e),

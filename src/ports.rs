@@ -139,6 +139,54 @@ impl PortSpec {
         Ok(spec)
     }
 
+    /// Parse the string form exactly as rootlesskit's clients do (`portutil.ParsePortSpec`,
+    /// behind `rootlessctl add-ports` and `rootlesskit -p`):
+    /// `PARENTIP:PARENTPORT[:CHILDIP]:CHILDPORT/PROTO`, the parent IP possibly empty but
+    /// present, the protocol required; with its error texts (whose port labels rootlesskit
+    /// swaps). Ranges are left to the server's [`validate`](Self::validate), as there.
+    pub fn parse_rootlesskit(s: &str) -> Result<PortSpec, PortError> {
+        let unexpected = |what: &str| PortError(format!("unexpected {what}PortSpec string: {s:?}"));
+        let (addresses, proto) = s
+            .rsplit_once('/')
+            .ok_or_else(|| PortError(format!("missing proto in PortSpec string: {s:?}")))?;
+        let known = ["tcp", "udp", "sctp"]
+            .iter()
+            .any(|p| [*p, &format!("{p}4"), &format!("{p}6")].contains(&proto));
+        if !known {
+            return Err(PortError(format!(
+                "invalid PortSpec string: {s:?}: unknown proto: {proto:?}"
+            )));
+        }
+        let (front, child_port) = addresses.rsplit_once(':').ok_or_else(|| unexpected(""))?;
+        let parts = split_colons(front).ok_or_else(|| unexpected(""))?;
+        let (parent_ip, parent_port, child_ip) = match parts.as_slice() {
+            [ip] => (unbracket(ip), "", ""),
+            [ip, port] => (unbracket(ip), *port, ""),
+            [ip, port, child] => (unbracket(ip), *port, unbracket(child)),
+            _ => return Err(unexpected("")),
+        };
+        for ip in [parent_ip, child_ip] {
+            if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
+                return Err(unexpected("ParentIP in "));
+            }
+        }
+        // Go's strconv.Atoi, with its words; the labels are swapped as in rootlesskit.
+        let atoi = |p: &str, label: &str| {
+            p.parse::<i64>().map_err(|_| {
+                PortError(format!(
+                    "unexpected {label} in PortSpec string: {s:?}: strconv.Atoi: parsing {p:?}: invalid syntax"
+                ))
+            })
+        };
+        Ok(PortSpec {
+            proto: proto.to_string(),
+            parent_ip: parent_ip.to_string(),
+            parent_port: atoi(parent_port, "ChildPort")?,
+            child_port: atoi(child_port, "ParentPort")?,
+            child_ip: child_ip.to_string(),
+        })
+    }
+
     /// rootlesskit's checks, plus address families that cannot work. `existing` are the
     /// ports already published, for conflicts.
     pub fn validate(&self, existing: &[PortStatus]) -> Result<(), PortError> {
@@ -249,6 +297,41 @@ fn split_colons(s: &str) -> Option<Vec<&str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rootlesskit_form_parses_as_rootlessctl_does() {
+        let ok = |s: &str| PortSpec::parse_rootlesskit(s).unwrap();
+        assert_eq!(
+            ok("127.0.0.1:8080:80/tcp"),
+            spec("tcp", "127.0.0.1", 8080, "", 80)
+        );
+        assert_eq!(ok(":8080:80/udp"), spec("udp", "", 8080, "", 80));
+        assert_eq!(
+            ok("[::1]:8080:[::2]:80/tcp6"),
+            spec("tcp6", "::1", 8080, "::2", 80)
+        );
+        assert_eq!(
+            ok("0.0.0.0:8080:10.0.2.100:80/udp4"),
+            spec("udp4", "0.0.0.0", 8080, "10.0.2.100", 80)
+        );
+        let err = |s: &str| PortSpec::parse_rootlesskit(s).unwrap_err().0;
+        assert_eq!(
+            err("18086:80/tcp"),
+            "unexpected ParentIP in PortSpec string: \"18086:80/tcp\""
+        );
+        assert_eq!(
+            err("127.0.0.1:18087:80"),
+            "missing proto in PortSpec string: \"127.0.0.1:18087:80\""
+        );
+        assert_eq!(
+            err("127.0.0.1:18087:80/foo"),
+            "invalid PortSpec string: \"127.0.0.1:18087:80/foo\": unknown proto: \"foo\""
+        );
+        assert_eq!(
+            err("127.0.0.1:x:80/tcp"),
+            "unexpected ChildPort in PortSpec string: \"127.0.0.1:x:80/tcp\": strconv.Atoi: parsing \"x\": invalid syntax"
+        );
+    }
 
     fn spec(proto: &str, pip: &str, pport: i64, cip: &str, cport: i64) -> PortSpec {
         PortSpec {

@@ -14,7 +14,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -477,21 +476,9 @@ fn supervise(
         .ok_or_else(|| fail("no command given"))?;
     let mut command = Command::new(program);
     command.args(args).envs(cfg.env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: the closure only calls prctl, sigemptyset and sigprocmask, which are
-    // async-signal-safe, on memory it owns.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            // We block the forwarded signals to read them from a signalfd; COMMAND must
-            // start with none blocked.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // We block the forwarded signals to read them from a signalfd; COMMAND must start with
+    // none blocked.
+    crate::process::supervised(&mut command);
     let child = command.spawn().map_err(|e| {
         let name = program.to_string_lossy();
         match e.kind() {

@@ -47,6 +47,25 @@ pub fn tune_malloc() {
     }
 }
 
+/// Make `command` start as a supervised child: killed (SIGKILL) if this process dies, and with
+/// no signal blocked (its supervisor blocks the ones it reads from a signalfd).
+pub fn supervised(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, sigemptyset and sigprocmask, which are
+    // async-signal-safe, on memory it owns.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// An I/O error's text as C's `strerror` words it (no "(os error N)").
 pub fn strerror(e: &std::io::Error) -> String {
     match e.raw_os_error() {

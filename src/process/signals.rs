@@ -110,13 +110,38 @@ impl AsFd for Signals {
 
 /// Wait until one of `fds` is readable; returns its index.
 pub fn wait_readable(fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    loop {
+        if let Some(i) = wait_readable_until(fds, None)? {
+            return Ok(i);
+        }
+    }
+}
+
+/// Wait until one of `fds` is readable, or `deadline` (if any) passes; the index of the
+/// readable one, None at the deadline.
+pub fn wait_readable_until(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<std::time::Instant>,
+) -> io::Result<Option<usize>> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let mut pfds: Vec<PollFd> = fds
         .iter()
         .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
         .collect();
     loop {
-        match poll(&mut pfds, PollTimeout::NONE) {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                // Rounded up, so a wake-up never comes before the deadline.
+                let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128);
+                PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut pfds, timeout) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -125,7 +150,7 @@ pub fn wait_readable(fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
             .iter()
             .position(|p| p.revents().is_some_and(|r| !r.is_empty()))
         {
-            return Ok(i);
+            return Ok(Some(i));
         }
     }
 }

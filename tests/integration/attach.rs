@@ -89,12 +89,12 @@ fn slirp4netns(dir: &Path) -> PathBuf {
 }
 
 /// A pipe; both ends close on exec unless handed over with [`give_fds`].
-fn pipe() -> (OwnedFd, OwnedFd) {
+pub fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
 }
 
 /// Hand `fds` to the command as the given fd numbers.
-fn give_fds(cmd: &mut Command, fds: &[(&OwnedFd, RawFd)]) {
+pub fn give_fds(cmd: &mut Command, fds: &[(&OwnedFd, RawFd)]) {
     let pairs: Vec<(RawFd, RawFd)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     // A source may itself be one of the target numbers (fds 3 and 4 are often free in the
     // busy test process): dup2 onto itself would keep O_CLOEXEC, and an earlier dup2 could
@@ -125,7 +125,7 @@ fn give_fds(cmd: &mut Command, fds: &[(&OwnedFd, RawFd)]) {
 }
 
 /// Read what arrives on `fd` until EOF, waiting at most `limit`.
-fn read_all(fd: OwnedFd, limit: Duration) -> String {
+pub fn read_all(fd: OwnedFd, limit: Duration) -> String {
     let mut f = std::fs::File::from(fd);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

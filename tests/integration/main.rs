@@ -10,6 +10,7 @@
 //! and is reported as ignored, with the reason, where it cannot run.
 
 mod attach;
+mod clients;
 mod faults;
 mod inbound;
 mod ipv6;
@@ -156,6 +157,8 @@ fn main() {
         attach::real_rootlesskit_uses_usernet_as_its_slirp4netns,
         attach::usernet_attach_ipv6_guest_configures_itself_from_router_advertisements,
         attach::real_rootlesskit_with_ipv6_reaches_an_ipv6_host,
+        clients::rootlesskit_docker_proxy_publishes_the_port_while_docker_proxy_runs,
+        clients::rootlessctl_personality_prints_what_rootlessctl_prints,
     ];
     let trials = tests
         .into_iter()

@@ -12,12 +12,14 @@
 //! - [`raw`]: hand-made frames and segments from inside the guest;
 //! - [`unix`]: Unix-socket requests and servers for the API tests;
 //! - [`attacker`]: the hostile guest of the security tests;
+//! - [`proxy`]: a stand-in for Docker's docker-proxy;
 //! - [`pattern`]: the seeded data they send and its SHA-256 checks.
 
 mod attacker;
 mod dns;
 mod pattern;
 mod pressure;
+mod proxy;
 mod raw;
 mod streams;
 mod tcp;
@@ -55,6 +57,9 @@ pub fn main(args: &[String]) -> i32 {
         ["raw-probe", ifname, port, dsts @ ..] => raw::raw_probe(ifname, parse(port) as u16, dsts),
         ["attack-host-side", target, seconds, rest @ ..] => {
             attacker::attack_host_side(target, parse(seconds), rest.first().copied())
+        }
+        ["docker-proxy-stub", record, send, args @ ..] => {
+            proxy::docker_proxy_stub(record, parse(send), args)
         }
         ["unix-request", path, request] => unix::unix_request(path, request),
         ["unix-http-serve", path, body] => unix::unix_http_serve(path, body),

@@ -34,7 +34,7 @@ pub(super) fn tcp_server(listen: &str, send: u64, duplex: bool) -> io::Result<()
     Ok(())
 }
 
-fn serve(conn: TcpStream, send: u64, duplex: bool) -> io::Result<()> {
+pub(super) fn serve(conn: TcpStream, send: u64, duplex: bool) -> io::Result<()> {
     let mut reader = conn.try_clone()?;
     let mut count_and_hash = move || -> io::Result<(u64, String)> {
         let mut h = Sha256::new();
