@@ -52,6 +52,18 @@ pub enum Command {
     Info(InfoArgs),
     /// List your running usernets: their pid, child_pid and state dir.
     Ps,
+    /// Make usernet the slirp4netns, rootlesskit, docker-rootlesskit, rootlesskit-docker-proxy
+    /// and rootlessctl of your clients: symlinks to usernet in DIR (never replacing a file it
+    /// did not make).
+    InstallLinks(InstallLinksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallLinksArgs {
+    /// Where the links go (default: ~/.local/bin, else ~/bin if only that exists); put it
+    /// before /usr/bin in $PATH.
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

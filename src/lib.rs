@@ -29,6 +29,7 @@ pub mod goflag;
 pub mod harden;
 pub mod hostinfo;
 pub mod launcher;
+pub mod links;
 pub mod net;
 pub mod netconf;
 pub mod portdriver;

@@ -80,6 +80,7 @@ fn main() -> ExitCode {
                 client::state_dir(args.target.state_dir).and_then(|d| client::info(&d, args.json)),
             ),
             Command::Ps => print(client::ps()),
+            Command::InstallLinks(args) => usernet::links::install(args.dir),
         };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -280,3 +280,99 @@ pub fn rootlessctl_personality_prints_what_rootlessctl_prints() {
     out.assert_ok();
     assert!(out.stdout.contains("127.0.0.1    18060"), "{out:#?}");
 }
+
+/// `usernet install-links ARGS` with `HOME` and `PATH` as given.
+fn install_links(args: &[&Path], home: &Path, path: &str) -> Outcome {
+    let mut c = Command::new(usernet_bin());
+    c.arg("install-links")
+        .args(args)
+        .env("HOME", home)
+        .env("PATH", path);
+    run(&mut c, LIMIT)
+}
+
+pub fn install_links_makes_the_links_and_leaves_other_files_alone() {
+    let tmp = TempDir::new();
+    let exe = Path::new(usernet_bin()).canonicalize().unwrap();
+    let exe = exe.display();
+    let dir = tmp.join("bin");
+    std::fs::create_dir(&dir).unwrap();
+    // Someone else's rootlessctl and slirp4netns, and a link to a usernet since moved away.
+    script(&dir.join("rootlessctl"), "#!/bin/sh\necho mine\n");
+    std::os::unix::fs::symlink("/bin/true", dir.join("slirp4netns")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/old/usernet", dir.join("rootlesskit")).unwrap();
+    let d = dir.display();
+    let out = install_links(&[&dir], &tmp, "/usr/bin:/bin");
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{d}/slirp4netns: left alone, it is a link to /bin/true; remove it to use usernet as slirp4netns\n\
+             {d}/rootlesskit -> {exe} (was /nonexistent/old/usernet)\n\
+             {d}/docker-rootlesskit -> {exe}\n\
+             {d}/rootlesskit-docker-proxy -> {exe}\n\
+             {d}/rootlessctl: left alone, it is a file, not a link to usernet; remove it to use usernet as rootlessctl\n\
+             note: {d} is not in $PATH; add it before /usr/bin for your clients to find these\n"
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("rootlessctl")).unwrap(),
+        "#!/bin/sh\necho mine\n"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("slirp4netns")).unwrap(),
+        Path::new("/bin/true")
+    );
+    // Once the user removed theirs, everything is linked; links already there stay.
+    std::fs::remove_file(dir.join("rootlessctl")).unwrap();
+    std::fs::remove_file(dir.join("slirp4netns")).unwrap();
+    let out = install_links(&[&dir], &tmp, &format!("{d}:/usr/bin:/bin"));
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{d}/slirp4netns -> {exe}\n\
+             {d}/rootlesskit -> {exe} (already)\n\
+             {d}/docker-rootlesskit -> {exe} (already)\n\
+             {d}/rootlesskit-docker-proxy -> {exe} (already)\n\
+             {d}/rootlessctl -> {exe}\n"
+        )
+    );
+    // Each name reaches its personality.
+    for (name, arg, expect) in [
+        ("slirp4netns", "--version", "SLIRP_CONFIG_VERSION_MAX: 4"),
+        ("rootlessctl", "--version", "+usernet"),
+    ] {
+        let out = run(Command::new(dir.join(name)).arg(arg), LIMIT);
+        assert!(out.stdout.contains(expect), "{name}: {out:#?}");
+    }
+    let out = run(
+        Command::new(dir.join("rootlesskit-docker-proxy")).arg("-h"),
+        LIMIT,
+    );
+    assert!(
+        out.stderr.starts_with("Usage of rootlesskit-docker-proxy:"),
+        "{out:#?}"
+    );
+    // A directory that some program of the same name comes before is pointed out.
+    let first = tmp.join("first");
+    std::fs::create_dir(&first).unwrap();
+    script(&first.join("slirp4netns"), "#!/bin/sh\n");
+    let out = install_links(&[&dir], &tmp, &format!("{}:{d}", first.display()));
+    assert!(
+        out.stdout.ends_with(&format!(
+            "note: {}/slirp4netns come first in $PATH; put {d} before them\n",
+            first.display()
+        )),
+        "{out:#?}"
+    );
+    // The default: ~/.local/bin, else ~/bin when only that exists.
+    let home = tmp.join("home");
+    std::fs::create_dir_all(home.join("bin")).unwrap();
+    install_links(&[], &home, "/usr/bin").assert_ok();
+    assert!(home.join("bin/slirp4netns").is_symlink());
+    let other = tmp.join("home2");
+    std::fs::create_dir_all(&other).unwrap();
+    install_links(&[], &other, "/usr/bin").assert_ok();
+    assert!(other.join(".local/bin/rootlessctl").is_symlink());
+}

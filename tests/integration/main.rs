@@ -159,6 +159,7 @@ fn main() {
         attach::real_rootlesskit_with_ipv6_reaches_an_ipv6_host,
         clients::rootlesskit_docker_proxy_publishes_the_port_while_docker_proxy_runs,
         clients::rootlessctl_personality_prints_what_rootlessctl_prints,
+        clients::install_links_makes_the_links_and_leaves_other_files_alone,
     ];
     let trials = tests
         .into_iter()
