@@ -19,7 +19,9 @@
 //!    refused ([`refuse_foreign_tracer`]); what is left is a `/proc/PID/mem` opened in it,
 //!    which no process can detect: a guest would have to find usernet's pid within the
 //!    loader's few hundred microseconds, and only under `usernet attach` to a namespace whose
-//!    command already runs (`usernet run` starts COMMAND after setup). Forked helpers inherit
+//!    command already runs (`usernet run` starts COMMAND after setup). (An execute-only
+//!    binary would not close it: kernel 6.18 leaves a process that runs a file it cannot read
+//!    dumpable, as checked.) Forked helpers inherit
 //!    the flag; the one process that turns it back off is `usernet run`'s process inside the
 //!    namespace, which by then holds no host-side resource and must stay reachable for
 //!    `nsenter -t $(cat child_pid)` (see the launcher's child).

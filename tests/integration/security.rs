@@ -421,12 +421,20 @@ pub fn guest_cannot_inspect_or_drive_the_host_side_process() -> Result<(), Unmet
                 .unwrap(),
         );
         // The pid is usernet's once setpriv has executed it (before that, it is setpriv's,
-        // an ordinary process of the user's).
+        // an ordinary process of the user's), and it is protected once its constructor has
+        // made it non-dumpable, which /proc shows as root owning /proc/PID/fd. The instant
+        // between the two is the residual window `harden` documents; this test attacks the
+        // process as it is from then on.
         let usernet_exe = std::fs::canonicalize(crate::world::usernet_bin()).unwrap();
         let start = Instant::now();
-        while std::fs::read_link(format!("/proc/{}/exe", usernet.pid())).ok()
-            != Some(usernet_exe.clone())
-        {
+        loop {
+            let exe = std::fs::read_link(format!("/proc/{}/exe", usernet.pid())).ok();
+            let owner = std::fs::metadata(format!("/proc/{}/fd", usernet.pid()))
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .ok();
+            if exe.as_ref() == Some(&usernet_exe) && owner == Some(0) {
+                break;
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "usernet did not start"
