@@ -336,6 +336,7 @@ pub struct StackArgs {
 
 impl From<RunArgs> for RunConfig {
     fn from(a: RunArgs) -> Self {
+        let port_driver = a.port_driver == PortDriver::Builtin && a.net != NetMode::Host;
         RunConfig {
             net_mode: a.net,
             ifname: a.ifname,
@@ -343,7 +344,7 @@ impl From<RunArgs> for RunConfig {
             stack: a.stack.stack_config(),
             state_dir: a.state_dir,
             command: a.command,
-            port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
+            port_driver,
             publish: a.publish,
             copy_up: a.copy_up,
             propagation: a.propagation,
@@ -354,6 +355,13 @@ impl From<RunArgs> for RunConfig {
                 max_connections: a.max_api_connections,
                 max_body: a.max_api_request,
             },
+            detach_netns: false,
+            extra_namespaces: config::ExtraNamespaces::default(),
+            hosts_file: false,
+            source_ip_transparent: true,
+            api_names: config::ApiNames::usernet(a.net, port_driver),
+            subid_source: config::SubidSource::Static,
+            evacuate_cgroup2: None,
         }
     }
 }
@@ -630,7 +638,7 @@ fn parse_mtu(s: &str) -> Result<u32, UsageError> {
 }
 
 /// A `--copy-up` directory: absolute, not `/`, normalised (no `.`, `..` or trailing `/`).
-fn parse_copy_up(s: &str) -> Result<PathBuf, UsageError> {
+pub(crate) fn parse_copy_up(s: &str) -> Result<PathBuf, UsageError> {
     let path = std::path::Path::new(s);
     if !path.is_absolute() {
         return Err(UsageError(format!("'{s}' is not an absolute path")));
@@ -657,7 +665,7 @@ fn parse_cidr6(s: &str) -> Result<Ipv6Network, UsageError> {
 
 /// A `--cidr`: a network that can hold ours, outside the address blocks that cannot be a
 /// link's (this network, loopback, multicast, reserved).
-fn parse_cidr(s: &str) -> Result<VirtualNetwork, UsageError> {
+pub(crate) fn parse_cidr(s: &str) -> Result<VirtualNetwork, UsageError> {
     let net = VirtualNetwork::parse(s).map_err(|e| e.to_string())?;
     if net.prefix == 0 {
         return Err(UsageError(format!(
@@ -724,7 +732,7 @@ fn parse_outbound6(s: &str) -> Result<Ipv6Addr, UsageError> {
     Ok(addr)
 }
 
-fn parse_ifname(s: &str) -> Result<String, UsageError> {
+pub(crate) fn parse_ifname(s: &str) -> Result<String, UsageError> {
     if valid_ifname(s) {
         Ok(s.to_string())
     } else {

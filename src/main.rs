@@ -25,6 +25,8 @@ static UNDUMPABLE_AT_LOAD: extern "C" fn() = {
 };
 
 fn main() -> ExitCode {
+    // COMMAND of a socket-activated run, started through us to learn its own pid.
+    usernet::process::activation::exec_if_helper();
     // Before anything else, whatever the personality: the guest must never be able to ptrace
     // or read the memory and fds of the process that holds host sockets (see `harden`). The
     // constructor above already did it; a tracer that attached before it is refused here.
@@ -42,6 +44,14 @@ fn main() -> ExitCode {
         .is_some_and(|n| n == "slirp4netns")
     {
         return usernet::slirp4netns::main(argv);
+    }
+    // As rootlesskit (or docker-rootlesskit, which dockerd-rootless.sh looks for first).
+    if argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "rootlesskit" || n == "docker-rootlesskit")
+    {
+        return usernet::rootlesskit::main(argv);
     }
     let cli = match usernet::cli::parse(argv) {
         Ok(cli) => cli,
