@@ -2,8 +2,10 @@
 //! API clients. (Invoked as `slirp4netns`, usernet parses slirp4netns's command line
 //! instead: `crate::slirp4netns::args`.)
 //!
-//! Flags follow rootlesskit's names where the concept exists. Values are validated here, so a
-//! bad flag fails before anything is set up, with one line naming the flag and the problem.
+//! Flags follow rootlesskit's names and spellings where the concept exists (boolean flags also
+//! as `--flag=true|false`, `--net=slirp4netns` or `pasta` meaning usernet's own network, as
+//! those are served under the rootlesskit personality). Values are validated here, so a bad
+//! flag fails before anything is set up, with one line naming the flag and the problem.
 //! As every front end does, it then translates what it parsed into the runtime's
 //! [configuration](crate::config) ([`RunConfig`], [`AttachArgs::into_config`]), all of it here.
 
@@ -33,7 +35,7 @@ use crate::resolv::parse_upstream;
 )]
 pub struct Cli {
     /// Log debug detail to stderr (RUST_LOG overrides the level).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub debug: bool,
 
     #[command(subcommand)]
@@ -234,7 +236,7 @@ pub struct RunArgs {
 
     /// A new PID namespace too: usernet's process inside is its PID 1, so nothing COMMAND
     /// starts can outlive the run, and /proc shows the namespace's processes only.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub pidns: bool,
 
     /// Mount propagation of / in the namespace (rslave: mounts made on the host later show
@@ -267,7 +269,7 @@ pub struct StackArgs {
 
     /// Do not let the command reach the host's loopback (10.0.2.2 and the host's own addresses
     /// become unreachable).
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub disable_host_loopback: bool,
 
     /// The virtual network, a /25 or larger (the command is host .100), outside 0.0.0.0/8,
@@ -286,7 +288,7 @@ pub struct StackArgs {
 
     /// Give the command IPv6 too: fd00::100/64 on the tap device, the gateway fd00::2 (and
     /// fe80::2) reaching the host's ::1, the DNS forwarder on fd00::3.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub ipv6: bool,
 
     /// The IPv6 network (a /64; implies --ipv6): gateway ::2, DNS forwarder ::3, the command
@@ -309,7 +311,7 @@ pub struct StackArgs {
     pub dns_upstream: Vec<SocketAddr>,
 
     /// No DNS forwarder: 10.0.2.3 is an ordinary address and /etc/resolv.conf is left alone.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub disable_dns: bool,
 
     /// Most TCP connections at once (connecting or open); past it a new connection gets a
@@ -591,6 +593,13 @@ pub struct AttachArgs {
 
     #[command(flatten)]
     pub harden: HardenArgs,
+}
+
+/// A boolean flag's value, given as `--flag=VALUE` (bare `--flag` is true), in the
+/// spellings rootlesskit (Go) takes, so a command line moves between the two unchanged.
+fn parse_bool(s: &str) -> Result<bool, UsageError> {
+    crate::rootlesskit::args::parse_bool(s)
+        .ok_or_else(|| UsageError(format!("'{s}' is not true or false")))
 }
 
 /// A table bound: 1 to 1,000,000.
@@ -1027,6 +1036,39 @@ mod tests {
         ] {
             accepted(args);
         }
+    }
+
+    #[test]
+    fn rootlesskit_spellings_of_booleans_and_networks_are_accepted() {
+        let run = |args: &[&str]| match accepted(args).command {
+            Command::Run(r) => r,
+            _ => panic!("not run"),
+        };
+        let r = run(&[
+            "run",
+            "--net=slirp4netns",
+            "--disable-host-loopback=false",
+            "--ipv6=true",
+            "--pidns=1",
+            "--disable-dns=False",
+            "--",
+            "true",
+        ]);
+        assert_eq!(r.net, NetMode::Builtin);
+        assert!(!r.stack.disable_host_loopback && r.stack.ipv6 && r.pidns);
+        assert!(!r.stack.disable_dns);
+        assert_eq!(
+            run(&["run", "--net", "pasta", "--", "true"]).net,
+            NetMode::Builtin
+        );
+        // Bare, a boolean is true; a value only after '=', so the next word is COMMAND.
+        let r = run(&["run", "--pidns", "true"]);
+        assert!(r.pidns);
+        assert_eq!(r.command, [OsString::from("true")]);
+        assert!(!accepted(&["--debug=false", "run", "--", "true"]).debug);
+        assert!(accepted(&["run", "--debug", "--", "true"]).debug);
+        let line = refusal(&["run", "--ipv6=maybe", "--", "true"]);
+        assert!(line.contains("'maybe' is not true or false"), "{line}");
     }
 
     #[test]

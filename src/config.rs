@@ -77,7 +77,9 @@ impl Propagation {
 /// How the child's network namespace is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
-    /// A new network namespace with tap0 connected to usernet's userspace stack.
+    /// A new network namespace with tap0 connected to usernet's userspace stack (also
+    /// spelled as the rootlesskit drivers it stands in for, with the same addresses).
+    #[value(alias = "slirp4netns", alias = "pasta")]
     Builtin,
     /// A new network namespace with only lo.
     None,
