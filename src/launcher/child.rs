@@ -60,6 +60,8 @@ pub struct ChildConfig {
     pub detached_netns: Option<PathBuf>,
     /// Namespaces beyond user, mount, network and PID.
     pub extra_namespaces: ExtraNamespaces,
+    /// A cgroup2 of the child's cgroup namespace on /sys/fs/cgroup (`--evacuate-cgroup2`).
+    pub cgroup2: bool,
     /// Sockets of a socket activation, passed on to COMMAND (fds 3 and up).
     pub activation_fds: Option<u32>,
     /// Directories to give a writable tmpfs copy (`--copy-up`).
@@ -171,7 +173,23 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<CommandExit, Failure> {
         Some(path) => Some(detached_network(chan, cfg, path)?),
         None => {
             if cfg.net_mode != NetMode::Host {
-                remount_sysfs(&cfg.state_dir);
+                remount_sysfs(&cfg.state_dir, cfg.cgroup2)?;
+            } else if cfg.cgroup2 {
+                // /sys stays the host's: a tmpfs to mount cgroup2 on, over its cgroups.
+                mount(
+                    Some("tmpfs"),
+                    CGROUP_DIR,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("mode=755"),
+                )
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot mount a tmpfs on {CGROUP_DIR}: {}",
+                        e.desc()
+                    ))
+                })?;
+                mount_cgroup2()?;
             }
             setup_network(chan, cfg)?;
             show_resolv_conf_and_hosts(cfg)?;
@@ -469,13 +487,34 @@ fn copy_up(dir: &Path, stash: &Path) -> Result<(), Failure> {
 /// Where a copied-up directory's original stays visible.
 const COPY_UP_ORIGINAL: &str = ".ro-usernet";
 
+const CGROUP_DIR: &str = "/sys/fs/cgroup";
+
+/// A cgroup2 of this cgroup namespace on /sys/fs/cgroup.
+fn mount_cgroup2() -> Result<(), Failure> {
+    mount(
+        Some("none"),
+        CGROUP_DIR,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot mount cgroup2 on {CGROUP_DIR}: {}",
+            e.desc()
+        ))
+    })
+}
+
 /// Mount a sysfs of the new network namespace on /sys, so /sys/class/net lists its own
-/// interfaces, keeping the host's /sys/fs/cgroup (parked in the state dir meanwhile). On
-/// failure /sys keeps showing the host's interfaces, which is survivable: warn and go on.
-fn remount_sysfs(state_dir: &Path) {
-    let cgroup = Path::new("/sys/fs/cgroup");
+/// interfaces, keeping the host's /sys/fs/cgroup (parked in the state dir meanwhile), or
+/// with `cgroup2` a cgroup2 of our cgroup namespace there. A sysfs that cannot be mounted is
+/// survivable (/sys keeps showing the host's interfaces): warn and go on.
+fn remount_sysfs(state_dir: &Path, cgroup2: bool) -> Result<(), Failure> {
+    let cgroup = Path::new(CGROUP_DIR);
     let park = state_dir.join(".cgroup-park");
-    let parked = cgroup.is_dir()
+    let parked = !cgroup2
+        && cgroup.is_dir()
         && fs::create_dir(&park).is_ok()
         && mount(
             Some(cgroup),
@@ -522,6 +561,10 @@ fn remount_sysfs(state_dir: &Path) {
         }
     }
     let _ = fs::remove_dir(&park);
+    if cgroup2 {
+        mount_cgroup2()?;
+    }
+    Ok(())
 }
 
 /// Make `file` in /etc (or the file it links to) show our generated one, in our private

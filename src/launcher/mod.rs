@@ -17,6 +17,7 @@
 //! namespace's user namespace, not even for its sandbox; see [`crate::harden`] for why that
 //! is enough and what the guest can still do to it.
 
+mod cgroup;
 mod child;
 mod control;
 mod idmap;
@@ -116,6 +117,7 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         hosts,
         detached_netns,
         extra_namespaces: cfg.extra_namespaces,
+        cgroup2: cfg.evacuate_cgroup2.is_some(),
         activation_fds,
         copy_up: cfg.copy_up.clone(),
         propagation: cfg.propagation,
@@ -166,6 +168,10 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         Msg::Unshared,
         OnSignal::Abort,
     )?;
+    // The child is in its cgroup namespace, rooted at our cgroup: now move us both down.
+    if let Some(subgroup) = &cfg.evacuate_cgroup2 {
+        cgroup::evacuate(subgroup)?;
+    }
     let mapping = idmap::write_maps(pid, cfg.subid_source)
         .context("cannot set up the user namespace's id maps")?;
     log::debug!("id mapping: {mapping:?}");

@@ -169,6 +169,7 @@ fn main() {
         rootlesskit::rootlessctl_drives_the_personalitys_api_socket,
         rootlesskit::rootlesskit_other_drivers_get_their_own_addresses,
         rootlesskit::rootlesskit_help_version_and_errors_keep_the_contract,
+        rootlesskit::rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup,
     ];
     let trials = tests
         .into_iter()

@@ -877,3 +877,61 @@ pub fn rootlesskit_help_version_and_errors_keep_the_contract() {
         );
     }
 }
+
+/// `--evacuate-cgroup2`: rootlesskit's own processes leave their cgroup for the named
+/// subgroup, COMMAND (in a cgroup namespace rooted at that cgroup) sees itself in `/NAME` and
+/// a cgroup2 of its own on /sys/fs/cgroup, and the flag's preconditions are rootlesskit's.
+pub fn rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup() -> Result<(), Unmet> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(hierarchy) = mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next() == Some("cgroup2"))
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    }) else {
+        return Err(Unmet("needs a cgroup2 hierarchy".into()));
+    };
+    let group = hierarchy.join(format!("usernet-it-evacuate-{}", std::process::id()));
+    if std::fs::create_dir(&group).is_err() {
+        return Err(Unmet(format!(
+            "needs a writable cgroup2 hierarchy ({} is not)",
+            hierarchy.display()
+        )));
+    }
+    let world = World::new();
+    let links = Links::new();
+    // A shell moves itself into the test's cgroup and becomes rootlesskit.
+    let script = format!(
+        "echo $$ > {group}/cgroup.procs && exec {rk} --pidns --cgroupns --evacuate-cgroup2=evac \
+         sh -c 'tail -1 /proc/self/cgroup; grep -c \" /sys/fs/cgroup .* - cgroup2 \" /proc/self/mountinfo; \
+         wc -l < /sys/fs/cgroup/evac/cgroup.procs; wc -l < /sys/fs/cgroup/cgroup.procs'",
+        group = group.display(),
+        rk = links.rootlesskit().display(),
+    );
+    let out = run(world.command("sh").args(["-c", &script]), LIMIT);
+    let _ = std::fs::remove_dir(group.join("evac"));
+    let _ = std::fs::remove_dir(&group);
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // COMMAND's own cgroup, seen from its namespace; its cgroup2 on /sys/fs/cgroup, rooted at
+    // the test's group; the group's processes all moved (rootlesskit, its child and
+    // COMMAND's shell in evac, none left behind).
+    assert_eq!(lines.first(), Some(&"0::/evac"), "{out:#?}");
+    assert_eq!(lines.get(1), Some(&"1"), "{out:#?}");
+    assert_ne!(lines.get(2), Some(&"0"), "{out:#?}");
+    assert_eq!(lines.get(3), Some(&"0"), "{out:#?}");
+    for (args, line) in [
+        (
+            &["--cgroupns", "--evacuate-cgroup2=evac", "true"][..],
+            "evacuate-cgroup2 requires --pidns",
+        ),
+        (
+            &["--pidns", "--evacuate-cgroup2=evac", "true"],
+            "evacuate-cgroup2 requires --cgroupns",
+        ),
+    ] {
+        let out = run(&mut links.command(&world, args), LIMIT);
+        assert_eq!(out.code(), Some(1), "{args:?}: {out:#?}");
+        assert!(out.stderr.contains(line), "{args:?}: {out:#?}");
+    }
+    Ok(())
+}
