@@ -2,8 +2,10 @@
 //! API clients. (Invoked as `slirp4netns`, usernet parses slirp4netns's command line
 //! instead: `crate::slirp4netns::args`.)
 //!
-//! Flags follow rootlesskit's names where the concept exists. Values are validated here, so a
-//! bad flag fails before anything is set up, with one line naming the flag and the problem.
+//! Flags follow rootlesskit's names and spellings where the concept exists (boolean flags also
+//! as `--flag=true|false`, `--net=slirp4netns` or `pasta` meaning usernet's own network, as
+//! those are served under the rootlesskit personality). Values are validated here, so a bad
+//! flag fails before anything is set up, with one line naming the flag and the problem.
 //! As every front end does, it then translates what it parsed into the runtime's
 //! [configuration](crate::config) ([`RunConfig`], [`AttachArgs::into_config`]), all of it here.
 
@@ -33,7 +35,7 @@ use crate::resolv::parse_upstream;
 )]
 pub struct Cli {
     /// Log debug detail to stderr (RUST_LOG overrides the level).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub debug: bool,
 
     #[command(subcommand)]
@@ -246,7 +248,7 @@ pub struct RunArgs {
 
     /// A new PID namespace too: usernet's process inside is its PID 1, so nothing COMMAND
     /// starts can outlive the run, and /proc shows the namespace's processes only.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub pidns: bool,
 
     /// Mount propagation of / in the namespace (rslave: mounts made on the host later show
@@ -279,7 +281,7 @@ pub struct StackArgs {
 
     /// Do not let the command reach the host's loopback (10.0.2.2 and the host's own addresses
     /// become unreachable).
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub disable_host_loopback: bool,
 
     /// The virtual network, a /25 or larger (the command is host .100), outside 0.0.0.0/8,
@@ -298,7 +300,7 @@ pub struct StackArgs {
 
     /// Give the command IPv6 too: fd00::100/64 on the tap device, the gateway fd00::2 (and
     /// fe80::2) reaching the host's ::1, the DNS forwarder on fd00::3.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub ipv6: bool,
 
     /// The IPv6 network (a /64; implies --ipv6): gateway ::2, DNS forwarder ::3, the command
@@ -321,7 +323,7 @@ pub struct StackArgs {
     pub dns_upstream: Vec<SocketAddr>,
 
     /// No DNS forwarder: 10.0.2.3 is an ordinary address and /etc/resolv.conf is left alone.
-    #[arg(long)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true", value_name = "BOOL", value_parser = parse_bool)]
     pub disable_dns: bool,
 
     /// Most TCP connections at once (connecting or open); past it a new connection gets a
@@ -348,6 +350,7 @@ pub struct StackArgs {
 
 impl From<RunArgs> for RunConfig {
     fn from(a: RunArgs) -> Self {
+        let port_driver = a.port_driver == PortDriver::Builtin && a.net != NetMode::Host;
         RunConfig {
             net_mode: a.net,
             ifname: a.ifname,
@@ -355,7 +358,7 @@ impl From<RunArgs> for RunConfig {
             stack: a.stack.stack_config(),
             state_dir: a.state_dir,
             command: a.command,
-            port_driver: a.port_driver == PortDriver::Builtin && a.net != NetMode::Host,
+            port_driver,
             publish: a.publish,
             copy_up: a.copy_up,
             propagation: a.propagation,
@@ -366,6 +369,13 @@ impl From<RunArgs> for RunConfig {
                 max_connections: a.max_api_connections,
                 max_body: a.max_api_request,
             },
+            detach_netns: false,
+            extra_namespaces: config::ExtraNamespaces::default(),
+            hosts_file: false,
+            source_ip_transparent: true,
+            api_names: config::ApiNames::usernet(a.net, port_driver),
+            subid_source: config::SubidSource::Static,
+            evacuate_cgroup2: None,
         }
     }
 }
@@ -597,6 +607,13 @@ pub struct AttachArgs {
     pub harden: HardenArgs,
 }
 
+/// A boolean flag's value, given as `--flag=VALUE` (bare `--flag` is true), in the
+/// spellings rootlesskit (Go) takes, so a command line moves between the two unchanged.
+fn parse_bool(s: &str) -> Result<bool, UsageError> {
+    crate::rootlesskit::args::parse_bool(s)
+        .ok_or_else(|| UsageError(format!("'{s}' is not true or false")))
+}
+
 /// A table bound: 1 to 1,000,000.
 fn parse_bound(s: &str) -> Result<usize, UsageError> {
     let v: usize = s
@@ -642,7 +659,7 @@ fn parse_mtu(s: &str) -> Result<u32, UsageError> {
 }
 
 /// A `--copy-up` directory: absolute, not `/`, normalised (no `.`, `..` or trailing `/`).
-fn parse_copy_up(s: &str) -> Result<PathBuf, UsageError> {
+pub(crate) fn parse_copy_up(s: &str) -> Result<PathBuf, UsageError> {
     let path = std::path::Path::new(s);
     if !path.is_absolute() {
         return Err(UsageError(format!("'{s}' is not an absolute path")));
@@ -669,7 +686,7 @@ fn parse_cidr6(s: &str) -> Result<Ipv6Network, UsageError> {
 
 /// A `--cidr`: a network that can hold ours, outside the address blocks that cannot be a
 /// link's (this network, loopback, multicast, reserved).
-fn parse_cidr(s: &str) -> Result<VirtualNetwork, UsageError> {
+pub(crate) fn parse_cidr(s: &str) -> Result<VirtualNetwork, UsageError> {
     let net = VirtualNetwork::parse(s).map_err(|e| e.to_string())?;
     if net.prefix == 0 {
         return Err(UsageError(format!(
@@ -736,7 +753,7 @@ fn parse_outbound6(s: &str) -> Result<Ipv6Addr, UsageError> {
     Ok(addr)
 }
 
-fn parse_ifname(s: &str) -> Result<String, UsageError> {
+pub(crate) fn parse_ifname(s: &str) -> Result<String, UsageError> {
     if valid_ifname(s) {
         Ok(s.to_string())
     } else {
@@ -1031,6 +1048,39 @@ mod tests {
         ] {
             accepted(args);
         }
+    }
+
+    #[test]
+    fn rootlesskit_spellings_of_booleans_and_networks_are_accepted() {
+        let run = |args: &[&str]| match accepted(args).command {
+            Command::Run(r) => r,
+            _ => panic!("not run"),
+        };
+        let r = run(&[
+            "run",
+            "--net=slirp4netns",
+            "--disable-host-loopback=false",
+            "--ipv6=true",
+            "--pidns=1",
+            "--disable-dns=False",
+            "--",
+            "true",
+        ]);
+        assert_eq!(r.net, NetMode::Builtin);
+        assert!(!r.stack.disable_host_loopback && r.stack.ipv6 && r.pidns);
+        assert!(!r.stack.disable_dns);
+        assert_eq!(
+            run(&["run", "--net", "pasta", "--", "true"]).net,
+            NetMode::Builtin
+        );
+        // Bare, a boolean is true; a value only after '=', so the next word is COMMAND.
+        let r = run(&["run", "--pidns", "true"]);
+        assert!(r.pidns);
+        assert_eq!(r.command, [OsString::from("true")]);
+        assert!(!accepted(&["--debug=false", "run", "--", "true"]).debug);
+        assert!(accepted(&["run", "--debug", "--", "true"]).debug);
+        let line = refusal(&["run", "--ipv6=maybe", "--", "true"]);
+        assert!(line.contains("'maybe' is not true or false"), "{line}");
     }
 
     #[test]

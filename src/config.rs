@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
+use crate::api::PortDriverInfo;
 use crate::harden::Hardening;
 use crate::ports::PortSpec;
 use crate::stack::StackConfig;
@@ -76,7 +77,9 @@ impl Propagation {
 /// How the child's network namespace is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetMode {
-    /// A new network namespace with tap0 connected to usernet's userspace stack.
+    /// A new network namespace with tap0 connected to usernet's userspace stack (also
+    /// spelled as the rootlesskit drivers it stands in for, with the same addresses).
+    #[value(alias = "slirp4netns", alias = "pasta")]
     Builtin,
     /// A new network namespace with only lo.
     None,
@@ -110,6 +113,75 @@ pub struct RunConfig {
     pub seccomp: Hardening,
     /// Bounds of api.sock.
     pub api_limits: crate::api::Limits,
+    /// COMMAND stays in the caller's network namespace; the namespace usernet serves is a
+    /// separate one, bind-mounted at `STATE_DIR/netns` in COMMAND's mount namespace
+    /// (rootlesskit's `--detach-netns`).
+    pub detach_netns: bool,
+    /// Namespaces COMMAND gets besides user, mount, network (and PID with `pidns`).
+    pub extra_namespaces: ExtraNamespaces,
+    /// Write `STATE_DIR/hosts` (the host's /etc/hosts with the hostname on loopback) and show
+    /// it as /etc/hosts inside, as rootlesskit does.
+    pub hosts_file: bool,
+    /// Published ports dial from the outside client's address, so the service sees it
+    /// (rootlesskit's `--source-ip-transparent`).
+    pub source_ip_transparent: bool,
+    /// How `GET /v1/info` names what serves this run.
+    pub api_names: ApiNames,
+    /// Where subordinate ids come from.
+    pub subid_source: SubidSource,
+    /// Move the processes of usernet's cgroup (v2) into this subgroup of it, enable its
+    /// controllers for subgroups, and show COMMAND a cgroup2 of its own cgroup namespace
+    /// (rootlesskit's `--evacuate-cgroup2`; needs `pidns` and a cgroup namespace).
+    pub evacuate_cgroup2: Option<String>,
+}
+
+/// Where an unprivileged user's subordinate ids come from (rootlesskit's `--subid-source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum SubidSource {
+    /// `getsubids` where it answers, else the files.
+    #[default]
+    Auto,
+    /// `getsubids` (the system's subid service).
+    Dynamic,
+    /// `/etc/subuid` and `/etc/subgid`.
+    Static,
+}
+
+/// Namespaces beyond user, mount, network and PID (rootlesskit's `--cgroupns`, `--utsns`,
+/// `--ipcns`): each a new one owned by the new user namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtraNamespaces {
+    pub cgroup: bool,
+    pub uts: bool,
+    pub ipc: bool,
+}
+
+/// How `GET /v1/info` names what serves a run, so clients that read it (Docker's port proxy,
+/// `rootlessctl info`) see the drivers they asked for: rootlesskit's names under its
+/// personality, usernet's own otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiNames {
+    /// `version`: the implementation's version.
+    pub version: String,
+    /// `networkDriver.driver`; `None`: no `networkDriver` object (a host network).
+    pub network_driver: Option<String>,
+    /// `portDriver`; `None`: no `portDriver` object (none runs, or clients must not use it).
+    pub port_driver: Option<PortDriverInfo>,
+}
+
+impl ApiNames {
+    /// What `usernet run` reports: "usernet" (or "none") and the builtin port driver.
+    pub fn usernet(net_mode: NetMode, port_driver: bool) -> ApiNames {
+        ApiNames {
+            version: env!("CARGO_PKG_VERSION").into(),
+            network_driver: match net_mode {
+                NetMode::Builtin => Some("usernet".into()),
+                NetMode::None => Some("none".into()),
+                NetMode::Host => None,
+            },
+            port_driver: port_driver.then(PortDriverInfo::builtin),
+        }
+    }
 }
 
 /// What `usernet attach` (or the slirp4netns personality) was asked to do.

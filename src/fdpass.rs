@@ -27,15 +27,24 @@ pub fn send_fd(sock: BorrowedFd<'_>, payload: &[u8], fd: BorrowedFd<'_>) -> io::
 /// Receive one message into `buf`; returns the byte count and the fd that came with it, if any.
 /// Extra fds beyond the first are closed, never leaked.
 pub fn recv_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    recv_fd_with(sock, buf, false)
+}
+
+/// [`recv_fd`], failing with `WouldBlock` instead of waiting when `nonblocking` and nothing is
+/// queued.
+pub fn recv_fd_with(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
     let mut iov = [IoSliceMut::new(buf)];
+    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
     let msg = loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg_space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
+        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), flags) {
             Ok(m) => break m,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),

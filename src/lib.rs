@@ -14,6 +14,7 @@
 //! - [`net`]: the virtual network's addresses;
 //! - [`attach`]: `usernet attach`, connecting a namespace that already exists, and
 //!   [`slirp4netns`], the same process behind slirp4netns's command line and API;
+//! - [`rootlesskit`]: rootlesskit's command line in front of the launcher;
 //! - [`harden`]: the sandbox and seccomp filter of the long-lived process;
 //! - [`cli`]: the command line.
 
@@ -37,6 +38,7 @@ pub mod ports;
 pub mod process;
 pub mod resolv;
 pub mod rootlessctl;
+pub mod rootlesskit;
 pub mod runtime;
 pub mod slab;
 pub mod slirp4netns;

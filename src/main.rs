@@ -25,6 +25,8 @@ static UNDUMPABLE_AT_LOAD: extern "C" fn() = {
 };
 
 fn main() -> ExitCode {
+    // COMMAND of a socket-activated run, started through us to learn its own pid.
+    usernet::process::activation::exec_if_helper();
     // Before anything else, whatever the personality: the guest must never be able to ptrace
     // or read the memory and fds of the process that holds host sockets (see `harden`). The
     // constructor above already did it; a tracer that attached before it is refused here.
@@ -34,21 +36,17 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     usernet::footprint::heap_policy();
-    // Invoked as slirp4netns (through a symlink): slirp4netns's command line, exactly.
+    // Invoked through a symlink with another program's name, that program's command line:
+    // slirp4netns's exactly, and the rootlesskit family (docker-rootlesskit is the name
+    // dockerd-rootless.sh looks for first).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .is_some_and(|n| n == "slirp4netns")
-    {
-        return usernet::slirp4netns::main(argv);
-    }
-    // The clients of rootlesskit's API, as their own names.
     match argv
         .first()
         .map(|a| usernet::attach::program_name(Some(a)))
         .as_deref()
     {
+        Some("slirp4netns") => return usernet::slirp4netns::main(argv),
+        Some("rootlesskit" | "docker-rootlesskit") => return usernet::rootlesskit::main(argv),
         Some("rootlessctl") => return usernet::rootlessctl::main(argv),
         Some("rootlesskit-docker-proxy") => return usernet::docker_proxy::main(argv),
         _ => {}

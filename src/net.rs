@@ -56,6 +56,28 @@ pub enum CidrError {
     NotNetworkAddress6 { given: Ipv6Addr, network: Ipv6Addr },
 }
 
+/// Where the addresses of the virtual network sit in it, as host numbers: slirp's layout
+/// ([`HostNumbers::SLIRP`]) unless a driver whose addresses usernet takes on says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostNumbers {
+    pub gateway: u32,
+    pub dns: u32,
+    pub guest: u32,
+    /// The address that stands for the host's own loopback.
+    pub host_loopback: u32,
+}
+
+impl HostNumbers {
+    /// slirp4netns's (and pasta's): gateway .2, which is also the host's loopback, DNS .3,
+    /// the guest .100.
+    pub const SLIRP: HostNumbers = HostNumbers {
+        gateway: GATEWAY_HOST,
+        dns: DNS_HOST,
+        guest: GUEST_HOST,
+        host_loopback: GATEWAY_HOST,
+    };
+}
+
 /// The addresses of the virtual network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VirtualNetwork {
@@ -64,6 +86,9 @@ pub struct VirtualNetwork {
     pub gateway: Ipv4Addr,
     pub dns: Ipv4Addr,
     pub guest: Ipv4Addr,
+    /// TCP and UDP to this address reach the host's 127.0.0.1 (unless the policy disables
+    /// it): the gateway in slirp's layout.
+    pub host_loopback: Ipv4Addr,
     /// The IPv6 side, when the guest has IPv6 (`--ipv6`).
     pub v6: Option<Ipv6Network>,
 }
@@ -75,9 +100,28 @@ impl Default for VirtualNetwork {
 }
 
 impl VirtualNetwork {
-    /// The network `network/prefix`; `network` must have no host bits set.
+    /// The network `network/prefix` in slirp's layout; `network` must have no host bits set.
     pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, CidrError> {
-        if prefix > 25 {
+        VirtualNetwork::with_hosts(network, prefix, HostNumbers::SLIRP)
+    }
+
+    /// The network `network/prefix` with its addresses at `hosts`; `network` must have no
+    /// host bits set, and every host number must fit in it (not the network or broadcast
+    /// address).
+    pub fn with_hosts(
+        network: Ipv4Addr,
+        prefix: u8,
+        hosts: HostNumbers,
+    ) -> Result<Self, CidrError> {
+        let largest = [hosts.gateway, hosts.dns, hosts.guest, hosts.host_loopback]
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        let smallest = [hosts.gateway, hosts.dns, hosts.guest, hosts.host_loopback]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
+        if prefix > 30 || smallest == 0 || u64::from(largest) >= (1u64 << (32 - prefix)) - 1 {
             return Err(CidrError::TooSmall(prefix));
         }
         let mask = prefix_mask(prefix);
@@ -92,9 +136,10 @@ impl VirtualNetwork {
         Ok(VirtualNetwork {
             network,
             prefix,
-            gateway: Ipv4Addr::from(base + GATEWAY_HOST),
-            dns: Ipv4Addr::from(base + DNS_HOST),
-            guest: Ipv4Addr::from(base + GUEST_HOST),
+            gateway: Ipv4Addr::from(base + hosts.gateway),
+            dns: Ipv4Addr::from(base + hosts.dns),
+            guest: Ipv4Addr::from(base + hosts.guest),
+            host_loopback: Ipv4Addr::from(base + hosts.host_loopback),
             v6: None,
         })
     }
@@ -155,7 +200,7 @@ impl VirtualNetwork {
 
     /// Whether `addr` is one of the addresses usernet itself answers for (ARP, ping).
     pub fn is_ours(&self, addr: Ipv4Addr) -> bool {
-        addr == self.gateway || addr == self.dns
+        addr == self.gateway || addr == self.dns || addr == self.host_loopback
     }
 
     /// The MAC address usernet uses for one of its own addresses: `52:55` followed by the

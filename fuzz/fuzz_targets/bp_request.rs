@@ -60,7 +60,7 @@ fn server() -> &'static Server {
         let dir = std::env::temp_dir().join(format!("usernet-fuzz-bp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join(".bp.sock");
-        let server = ChildServer::bind(&path).expect("bind .bp.sock");
+        let server = ChildServer::bind(&path, None).expect("bind .bp.sock");
         Server { server, path }
     })
 }

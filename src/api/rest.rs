@@ -65,6 +65,14 @@ pub struct NetworkDriverInfo {
 pub struct PortDriverInfo {
     pub driver: String,
     pub protos: Vec<String>,
+    /// Clients must give a child address other than loopback (`childIP`), as rootlesskit's
+    /// slirp4netns port driver says.
+    #[serde(
+        rename = "disallowLoopbackChildIP",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub disallow_loopback_child_ip: bool,
 }
 
 impl PortDriverInfo {
@@ -72,6 +80,7 @@ impl PortDriverInfo {
         PortDriverInfo {
             driver: "builtin".into(),
             protos: PROTOS.iter().map(|p| p.to_string()).collect(),
+            disallow_loopback_child_ip: false,
         }
     }
 }

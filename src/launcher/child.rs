@@ -7,10 +7,19 @@
 //! up whatever COMMAND left running, so nothing outlives the run; should the parent be
 //! killed, it notices on the setup channel and cleans up the parent's part too.
 //!
-//! In order: user, network and mount namespaces; with `--pidns` a PID namespace, whose init
-//! (a child of this process, which then only waits) carries on; `/` propagation; `--copy-up`
-//! tmpfs copies; a sysfs of the new network namespace; tap0 and its addresses (IPv4, and IPv6
-//! with `--ipv6`); resolv.conf; the port driver's `.bp.sock`; COMMAND.
+//! In order: user, network and mount namespaces (and cgroup, UTS, IPC ones when asked); with
+//! `--pidns` a PID namespace, whose init (a child of this process, which then only waits)
+//! carries on; `/` propagation; `--copy-up` tmpfs copies; a sysfs of the new network
+//! namespace; tap0 and its addresses (IPv4, and IPv6 with `--ipv6`); resolv.conf and hosts;
+//! the port driver's `.bp.sock`; COMMAND.
+//!
+//! With a detached network namespace (rootlesskit's `--detach-netns`) this process and COMMAND
+//! keep the caller's network namespace: the one usernet serves is made by a thread of its own
+//! (a thread may change network namespace alone), bind-mounted on `STATE_DIR/netns` (visible
+//! in this mount namespace, so to COMMAND), and configured from that thread; the port
+//! driver's dials join it the same way. There is no sysfs to remount then, and resolv.conf
+//! and hosts stay in the state dir for COMMAND to use where it wants them, as rootlesskit
+//! leaves them.
 
 use std::ffi::OsString;
 use std::fs;
@@ -24,13 +33,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Gid, Pid, Uid, getppid};
 
-use crate::config::{NetMode, Propagation};
+use crate::config::{ExtraNamespaces, NetMode, Propagation};
 use crate::net::VirtualNetwork;
 use crate::netconf::{LinkSettings, Netlink};
 use crate::portdriver::child::ChildServer;
-use crate::process::Failure;
 use crate::process::channel::{Channel, Msg};
 use crate::process::signals::{Signals, wait_readable};
+use crate::process::{CommandExit, Failure, activation};
 use crate::tap;
 
 /// Everything the child needs, decided by the parent before the fork.
@@ -43,6 +52,17 @@ pub struct ChildConfig {
     pub net: VirtualNetwork,
     /// A generated resolv.conf to bind over /etc/resolv.conf (builtin mode).
     pub resolv_conf: Option<PathBuf>,
+    /// A generated hosts file to bind over /etc/hosts.
+    pub hosts: Option<PathBuf>,
+    /// Where to bind the detached network namespace (`--detach-netns`): set, COMMAND keeps
+    /// the caller's network namespace.
+    pub detached_netns: Option<PathBuf>,
+    /// Namespaces beyond user, mount, network and PID.
+    pub extra_namespaces: ExtraNamespaces,
+    /// A cgroup2 of the child's cgroup namespace on /sys/fs/cgroup (`--evacuate-cgroup2`).
+    pub cgroup2: bool,
+    /// Sockets of a socket activation, passed on to COMMAND (fds 3 and up).
+    pub activation_fds: Option<u32>,
     /// Directories to give a writable tmpfs copy (`--copy-up`).
     pub copy_up: Vec<PathBuf>,
     /// Mount propagation of `/` (`--propagation`).
@@ -63,7 +83,10 @@ pub struct ChildConfig {
 /// The child's whole life.
 pub fn main(chan: Channel, cfg: ChildConfig) -> ! {
     let code = match run(&chan, &cfg) {
-        Ok(code) => code,
+        Ok(exit) => {
+            let _ = chan.send(&Msg::Exited(exit));
+            exit.shell_code()
+        }
         Err(f) => {
             let _ = chan.send(&Msg::Failed {
                 code: f.code,
@@ -82,7 +105,7 @@ fn fail(message: impl Into<String>) -> Failure {
     }
 }
 
-fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
+fn run(chan: &Channel, cfg: &ChildConfig) -> Result<CommandExit, Failure> {
     // Die with the parent: without it there is no network and nobody to report to.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if getppid() != cfg.parent {
@@ -90,8 +113,18 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     }
 
     let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS;
-    if cfg.net_mode != NetMode::Host {
+    if cfg.net_mode != NetMode::Host && cfg.detached_netns.is_none() {
         flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let extra = cfg.extra_namespaces;
+    for (wanted, flag) in [
+        (extra.cgroup, CloneFlags::CLONE_NEWCGROUP),
+        (extra.uts, CloneFlags::CLONE_NEWUTS),
+        (extra.ipc, CloneFlags::CLONE_NEWIPC),
+    ] {
+        if wanted {
+            flags |= flag;
+        }
     }
     unshare(flags).map_err(|e| fail(unshare_error(e)))?;
     // The parent made itself non-dumpable before forking (see `harden`), and so are we. We
@@ -135,21 +168,42 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<i32, Failure> {
     for (n, dir) in cfg.copy_up.iter().enumerate() {
         copy_up(dir, &cfg.state_dir.join(format!(".copy-up-{n}")))?;
     }
-    if cfg.net_mode != NetMode::Host {
-        remount_sysfs(&cfg.state_dir);
-    }
-    match cfg.net_mode {
-        NetMode::Builtin => setup_builtin(chan, cfg)?,
-        NetMode::None => {
-            loopback_up()?;
+    let detached = match &cfg.detached_netns {
+        Some(path) => Some(detached_network(chan, cfg, path)?),
+        None => {
+            if cfg.net_mode != NetMode::Host {
+                remount_sysfs(&cfg.state_dir, cfg.cgroup2)?;
+            } else if cfg.cgroup2 {
+                // /sys stays the host's: a tmpfs to mount cgroup2 on, over its cgroups.
+                mount(
+                    Some("tmpfs"),
+                    CGROUP_DIR,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("mode=755"),
+                )
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot mount a tmpfs on {CGROUP_DIR}: {}",
+                        e.desc()
+                    ))
+                })?;
+                mount_cgroup2()?;
+            }
+            setup_network(chan, cfg)?;
+            show_resolv_conf_and_hosts(cfg)?;
+            None
         }
-        NetMode::Host => {}
-    }
+    };
     // The builtin port driver: .bp.sock, served from inside the namespaces, then rootlesskit's
     // readiness signal.
     let port_driver = match &cfg.port_driver {
         Some((socket, ready)) => {
-            let server = ChildServer::bind(socket)
+            let netns = match &detached {
+                Some(fd) => Some(fd.try_clone().map_err(|e| fail(format!("dup: {e}")))?),
+                None => None,
+            };
+            let server = ChildServer::bind(socket, netns)
                 .map_err(|e| fail(format!("cannot listen on {}: {e}", socket.display())))?;
             ChildServer::signal_ready(ready).map_err(|e| {
                 fail(format!(
@@ -203,7 +257,13 @@ fn become_init(chan: &Channel) -> Result<(), Failure> {
             let code = loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, c)) => break c,
-                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(status @ WaitStatus::Signaled(..)) => {
+                        // The init was killed: it could not say so itself.
+                        if let Some(exit) = CommandExit::from_wait(status) {
+                            let _ = chan.send(&Msg::Exited(exit));
+                            break exit.shell_code();
+                        }
+                    }
                     Err(Errno::EINTR) | Ok(_) => {}
                     Err(_) => break 1,
                 }
@@ -275,6 +335,45 @@ fn loopback_up() -> Result<Netlink, Failure> {
     Ok(nl)
 }
 
+/// The network of the namespace this thread is in, as the mode says: tap0 and its addresses
+/// (builtin), only lo up (none), or nothing (host).
+fn setup_network(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
+    match cfg.net_mode {
+        NetMode::Builtin => setup_builtin(chan, cfg),
+        NetMode::None => loopback_up().map(drop),
+        NetMode::Host => Ok(()),
+    }
+}
+
+/// `--detach-netns`: make the network namespace usernet serves on a thread of its own, bind
+/// it on `path`, and set it up there; this thread stays in the caller's. Returns the
+/// namespace (for the port driver's dials).
+fn detached_network(
+    chan: &Channel,
+    cfg: &ChildConfig,
+    path: &Path,
+) -> Result<std::os::fd::OwnedFd, Failure> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    fail(format!(
+                        "cannot create the detached network namespace: {}",
+                        e.desc()
+                    ))
+                })?;
+                let own = Path::new("/proc/thread-self/ns/net");
+                bind(own, path)?;
+                let netns = fs::File::open(own)
+                    .map_err(|e| fail(format!("cannot open {}: {e}", own.display())))?;
+                setup_network(chan, cfg)?;
+                Ok(std::os::fd::OwnedFd::from(netns))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(fail("setting up the detached network namespace failed")))
+    })
+}
+
 fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
     let mut nl = loopback_up()?;
     let tap = tap::create(&cfg.ifname).map_err(|e| fail(e.to_string()))?;
@@ -300,17 +399,27 @@ fn setup_builtin(chan: &Channel, cfg: &ChildConfig) -> Result<(), Failure> {
         nl.add_guest_ipv6(&cfg.ifname, v6)
             .map_err(|e| fail(e.to_string()))?;
     }
-    if let Some(resolv) = &cfg.resolv_conf {
-        if cfg.copy_up.iter().any(|d| d == Path::new("/etc")) {
-            // /etc is a tmpfs of ours: resolv.conf can simply be a file there, which no change
-            // on the host can take away (a bind mount goes when the host replaces its file).
-            let text = fs::read(resolv)
-                .map_err(|e| fail(format!("cannot read {}: {e}", resolv.display())))?;
-            let _ = fs::remove_file("/etc/resolv.conf");
-            fs::write("/etc/resolv.conf", text)
-                .map_err(|e| fail(format!("cannot write /etc/resolv.conf: {e}")))?;
+    Ok(())
+}
+
+/// Show the generated resolv.conf and hosts as /etc/resolv.conf and /etc/hosts.
+fn show_resolv_conf_and_hosts(cfg: &ChildConfig) -> Result<(), Failure> {
+    let etc_copied_up = cfg.copy_up.iter().any(|d| d == Path::new("/etc"));
+    for (generated, name) in [(&cfg.resolv_conf, "resolv.conf"), (&cfg.hosts, "hosts")] {
+        let Some(generated) = generated else {
+            continue;
+        };
+        let target = Path::new("/etc").join(name);
+        if etc_copied_up {
+            // /etc is a tmpfs of ours: the file can simply be there, which no change on the
+            // host can take away (a bind mount goes when the host replaces its file).
+            let text = fs::read(generated)
+                .map_err(|e| fail(format!("cannot read {}: {e}", generated.display())))?;
+            let _ = fs::remove_file(&target);
+            fs::write(&target, text)
+                .map_err(|e| fail(format!("cannot write {}: {e}", target.display())))?;
         } else {
-            bind_over_etc_resolv_conf(resolv)?;
+            bind_over_etc(generated, &target)?;
         }
     }
     Ok(())
@@ -377,13 +486,34 @@ fn copy_up(dir: &Path, stash: &Path) -> Result<(), Failure> {
 /// Where a copied-up directory's original stays visible.
 const COPY_UP_ORIGINAL: &str = ".ro-usernet";
 
+const CGROUP_DIR: &str = "/sys/fs/cgroup";
+
+/// A cgroup2 of this cgroup namespace on /sys/fs/cgroup.
+fn mount_cgroup2() -> Result<(), Failure> {
+    mount(
+        Some("none"),
+        CGROUP_DIR,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot mount cgroup2 on {CGROUP_DIR}: {}",
+            e.desc()
+        ))
+    })
+}
+
 /// Mount a sysfs of the new network namespace on /sys, so /sys/class/net lists its own
-/// interfaces, keeping the host's /sys/fs/cgroup (parked in the state dir meanwhile). On
-/// failure /sys keeps showing the host's interfaces, which is survivable: warn and go on.
-fn remount_sysfs(state_dir: &Path) {
-    let cgroup = Path::new("/sys/fs/cgroup");
+/// interfaces, keeping the host's /sys/fs/cgroup (parked in the state dir meanwhile), or
+/// with `cgroup2` a cgroup2 of our cgroup namespace there. A sysfs that cannot be mounted is
+/// survivable (/sys keeps showing the host's interfaces): warn and go on.
+fn remount_sysfs(state_dir: &Path, cgroup2: bool) -> Result<(), Failure> {
+    let cgroup = Path::new(CGROUP_DIR);
     let park = state_dir.join(".cgroup-park");
-    let parked = cgroup.is_dir()
+    let parked = !cgroup2
+        && cgroup.is_dir()
         && fs::create_dir(&park).is_ok()
         && mount(
             Some(cgroup),
@@ -430,42 +560,53 @@ fn remount_sysfs(state_dir: &Path) {
         }
     }
     let _ = fs::remove_dir(&park);
+    if cgroup2 {
+        mount_cgroup2()?;
+    }
+    Ok(())
 }
 
-/// Make /etc/resolv.conf (or the file it links to) show our generated one, in our private
+/// Make `file` in /etc (or the file it links to) show our generated one, in our private
 /// mount namespace only.
-fn bind_over_etc_resolv_conf(generated: &Path) -> Result<(), Failure> {
-    let target = match fs::canonicalize("/etc/resolv.conf") {
+fn bind_over_etc(generated: &Path, file: &Path) -> Result<(), Failure> {
+    let target = match fs::canonicalize(file) {
         Ok(t) => t,
         Err(e) => {
             log::warn!(
-                "/etc/resolv.conf cannot be resolved ({e}); name resolution inside will not use 10.0.2.3"
+                "{} cannot be resolved ({e}); the namespace keeps the host's",
+                file.display()
             );
             return Ok(());
         }
     };
+    bind(generated, &target)
+}
+
+/// Bind-mount `source` on `target` (in our mount namespace only).
+fn bind(source: &Path, target: &Path) -> Result<(), Failure> {
     mount(
-        Some(generated),
-        &target,
+        Some(source),
+        target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
     .map_err(|e| {
         fail(format!(
-            "cannot bind-mount resolv.conf over {}: {}",
+            "cannot bind-mount {} over {}: {}",
+            source.display(),
             target.display(),
             e.desc()
         ))
     })
 }
 
-/// Start COMMAND, forward signals to it, and exit with its status.
+/// Start COMMAND, forward signals to it, and say how it ended.
 fn supervise(
     chan: &Channel,
     cfg: &ChildConfig,
     port_driver: Option<&ChildServer>,
-) -> Result<i32, Failure> {
+) -> Result<CommandExit, Failure> {
     // Orphans of COMMAND's process tree are re-parented to us, so we can clean them up.
     crate::process::reaper::become_subreaper();
     let mut signals = Signals::new().map_err(|e| fail(format!("signalfd: {e}")))?;
@@ -474,8 +615,19 @@ fn supervise(
         .command
         .split_first()
         .ok_or_else(|| fail("no command given"))?;
-    let mut command = Command::new(program);
-    command.args(args).envs(cfg.env.iter().map(|(k, v)| (k, v)));
+    let mut command = match cfg.activation_fds {
+        // Through the helper that sets LISTEN_PID to COMMAND's pid.
+        Some(count) => {
+            activation::keep_open(count);
+            activation::helper_command(&cfg.command)
+        }
+        None => {
+            let mut command = Command::new(program);
+            command.args(args);
+            command
+        }
+    };
+    command.envs(cfg.env.iter().map(|(k, v)| (k, v)));
     // We block the forwarded signals to read them from a signalfd; COMMAND must start with
     // none blocked.
     crate::process::supervised(&mut command);
@@ -522,12 +674,12 @@ fn supervise(
             .map_err(|e| fail(format!("signalfd: {e}")))?
         {
             if received.signal == Signal::SIGCHLD {
-                if let Some(code) = reap(pid) {
+                if let Some(exit) = reap(pid) {
                     // As a PID namespace's init, our exit ends everything left in it.
                     if !cfg.pidns {
                         kill_leftovers();
                     }
-                    return Ok(code);
+                    return Ok(exit);
                 }
             } else if received.from_process {
                 let _ = kill(pid, received.signal);
@@ -538,32 +690,40 @@ fn supervise(
 
 /// The parent died without waiting for us (killed with SIGKILL: a normal exit waits for
 /// COMMAND): end COMMAND and everything it started, remove the state dir, and exit as killed.
-fn orphaned(command: Pid, cfg: &ChildConfig) -> i32 {
+fn orphaned(command: Pid, cfg: &ChildConfig) -> CommandExit {
     let _ = kill(command, Signal::SIGKILL);
     reap(command);
     if !cfg.pidns {
         kill_leftovers();
     }
+    // The detached namespace's mount point can only go once nothing is mounted on it here.
+    if let Some(netns) = &cfg.detached_netns {
+        let _ = nix::mount::umount2(netns, nix::mount::MntFlags::MNT_DETACH);
+    }
     if let Some(cleaner) = &cfg.state_cleaner {
         cleaner.clean();
     }
-    128 + Signal::SIGKILL as i32
+    CommandExit::Signal {
+        signal: Signal::SIGKILL as i32,
+        core_dumped: false,
+    }
 }
 
-/// Reap every exited child; COMMAND's exit code once it is among them.
-fn reap(command: Pid) -> Option<i32> {
-    let mut code = None;
+/// Reap every exited child; how COMMAND ended once it is among them.
+fn reap(command: Pid) -> Option<CommandExit> {
+    let mut exit = None;
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, c)) if pid == command => code = Some(c),
-            Ok(WaitStatus::Signaled(pid, s, _)) if pid == command => code = Some(128 + s as i32),
             Ok(WaitStatus::StillAlive) => break,
+            Ok(status) if status.pid() == Some(command) => {
+                exit = CommandExit::from_wait(status).or(exit);
+            }
             Ok(_) => {}
             Err(Errno::EINTR) => {}
             Err(_) => break,
         }
     }
-    code
+    exit
 }
 
 /// Kill whatever is left of COMMAND's process tree (our children, including adopted orphans).

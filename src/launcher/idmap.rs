@@ -5,7 +5,9 @@
 //!   root stays root and files keep their owners;
 //! - **an unprivileged user with subordinate ids** (`/etc/subuid`, `/etc/subgid` and the setuid
 //!   `newuidmap`/`newgidmap`): the caller becomes root and ids 1.. come from the subordinate
-//!   ranges, as rootlesskit and podman do;
+//!   ranges, as rootlesskit and podman do. Where the ranges come from is rootlesskit's
+//!   `--subid-source`: `getsubids` (shadow's, which asks the system's subid service, e.g.
+//!   sssd or LDAP), the files, or (`auto`) `getsubids` where it answers, else the files;
 //! - otherwise **a single mapping**: the caller becomes root and nothing else is mapped
 //!   (`setgroups` is denied, as the kernel requires for this case).
 
@@ -16,6 +18,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use nix::unistd::{Gid, Pid, Uid, User};
+
+use crate::config::SubidSource;
 
 /// One line of a uid_map or gid_map: `inside outside count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +37,9 @@ pub enum Mapping {
     Single,
 }
 
-/// Write the child's maps. Must run after the child unshared its user namespace.
-pub fn write_maps(child: Pid) -> Result<Mapping> {
+/// Write the child's maps, subordinate ids from `source`. Must run after the child unshared
+/// its user namespace.
+pub fn write_maps(child: Pid, source: SubidSource) -> Result<Mapping> {
     let uid = Uid::effective();
     let gid = Gid::effective();
     if uid.is_root() {
@@ -45,8 +50,7 @@ pub fn write_maps(child: Pid) -> Result<Mapping> {
         return Ok(Mapping::Identity);
     }
     let name = User::from_uid(uid).ok().flatten().map(|u| u.name);
-    let sub_uids = subordinate_ranges(Path::new("/etc/subuid"), uid.as_raw(), name.as_deref());
-    let sub_gids = subordinate_ranges(Path::new("/etc/subgid"), uid.as_raw(), name.as_deref());
+    let (sub_uids, sub_gids) = subordinate_ids(source, uid.as_raw(), name.as_deref());
     if let (Some(newuidmap), Some(newgidmap)) =
         (find_in_path("newuidmap"), find_in_path("newgidmap"))
         && !sub_uids.is_empty()
@@ -120,6 +124,67 @@ pub fn parse_map(text: &str) -> Vec<Range> {
         .collect()
 }
 
+/// The caller's subordinate uid and gid ranges from `source`.
+fn subordinate_ids(source: SubidSource, uid: u32, name: Option<&str>) -> (Vec<Range>, Vec<Range>) {
+    let from_files = || {
+        (
+            subordinate_ranges(Path::new("/etc/subuid"), uid, name),
+            subordinate_ranges(Path::new("/etc/subgid"), uid, name),
+        )
+    };
+    let from_getsubids = || -> Result<(Vec<Range>, Vec<Range>)> {
+        Ok((getsubids(false, uid, name)?, getsubids(true, uid, name)?))
+    };
+    match source {
+        SubidSource::Static => from_files(),
+        SubidSource::Dynamic => from_getsubids().unwrap_or_else(|e| {
+            log::warn!("{e:#}");
+            (Vec::new(), Vec::new())
+        }),
+        SubidSource::Auto => match from_getsubids() {
+            Ok((uids, gids)) if !uids.is_empty() && !gids.is_empty() => (uids, gids),
+            Ok(_) => from_files(),
+            Err(e) => {
+                log::debug!("{e:#}; reading /etc/subuid and /etc/subgid");
+                from_files()
+            }
+        },
+    }
+}
+
+/// The caller's subordinate ranges as `getsubids` (shadow's; `$GETSUBIDS` names another)
+/// reports them, gids with `groups`.
+fn getsubids(groups: bool, uid: u32, name: Option<&str>) -> Result<Vec<Range>> {
+    let tool = std::env::var_os("GETSUBIDS")
+        .map(PathBuf::from)
+        .or_else(|| find_in_path("getsubids"))
+        .ok_or_else(|| anyhow::anyhow!("getsubids is not installed"))?;
+    let who = name.map_or_else(|| uid.to_string(), str::to_string);
+    let mut cmd = Command::new(&tool);
+    if groups {
+        cmd.arg("-g");
+    }
+    let out = run_tool(cmd.arg(&who))?;
+    Ok(parse_getsubids(
+        &String::from_utf8_lossy(&out.stdout),
+        uid,
+        name,
+    ))
+}
+
+/// `getsubids` output ("0: alice 100000 65536" per range) as packed ranges.
+pub fn parse_getsubids(text: &str, uid: u32, name: Option<&str>) -> Vec<Range> {
+    let as_file: String = text
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once(':')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (f.len() == 3).then(|| format!("{}:{}:{}\n", f[0], f[1], f[2]))
+        })
+        .collect();
+    parse_subordinate(&as_file, uid, name)
+}
+
 /// The subordinate ranges of a user from an /etc/subuid-style file, packed from inside id 1
 /// onwards (id 0 is the caller).
 pub fn subordinate_ranges(path: &Path, uid: u32, name: Option<&str>) -> Vec<Range> {
@@ -171,17 +236,27 @@ fn run_newidmap(tool: &Path, child: Pid, own: u32, ranges: &[Range]) -> Result<(
             r.count.to_string(),
         ]);
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {}", tool.display()))?;
+    run_tool(&mut cmd).map(drop)
+}
+
+/// Run a helper program to completion; its output, or why it failed (its stderr).
+fn run_tool(cmd: &mut Command) -> Result<std::process::Output> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = cmd.output().with_context(|| format!("running {shown}"))?;
     if !out.status.success() {
         bail!(
-            "{} failed: {}",
-            tool.display(),
+            "{shown} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(out)
 }
 
 fn write_map(child: Pid, file: &str, ranges: &[Range]) -> Result<()> {
@@ -231,6 +306,19 @@ mod tests {
             ]
         );
         assert!(parse_subordinate(text, 5, Some("carol")).is_empty());
+    }
+
+    #[test]
+    fn getsubids_output_is_read_as_the_files_are() {
+        let r = parse_getsubids(
+            "0: alice 100000 65536\n1: alice 300000 10\nnoise\n",
+            1001,
+            Some("alice"),
+        );
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].inside, 65537);
+        assert_eq!(r[1].outside, 300000);
+        assert!(parse_getsubids("", 1001, Some("alice")).is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! namespace's user namespace, not even for its sandbox; see [`crate::harden`] for why that
 //! is enough and what the guest can still do to it.
 
+mod cgroup;
 mod child;
 mod control;
 mod idmap;
@@ -29,17 +30,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 
-use crate::api::{self, Info, NetworkDriverInfo, PortDriverInfo};
+use crate::api::{self, Info, NetworkDriverInfo};
 use crate::config::{NetMode, RunConfig};
 use crate::harden;
 use crate::portdriver::parent::Forwarder;
 use crate::process::channel::{Channel, Msg};
 use crate::process::reaper::{self, Reaper};
 use crate::process::signals::{self, Signals};
-use crate::process::{Failure, raise_fd_limit, txqueuelen};
+use crate::process::{CommandExit, Failure, activation, raise_fd_limit, txqueuelen};
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
 use crate::runtime;
 use child::ChildConfig;
@@ -49,16 +50,23 @@ use statedir::{Entry, Kind, StateDir};
 pub use idmap::Mapping;
 pub use statedir::{Running, running};
 
-/// Run COMMAND as configured; returns the exit code usernet should end with.
-pub fn run(mut cfg: RunConfig) -> Result<i32> {
+/// Run COMMAND as configured; returns the exit code `usernet run` ends with: COMMAND's, or
+/// 128+N when signal N killed it.
+pub fn run(cfg: RunConfig) -> Result<i32> {
+    launch(cfg).map(CommandExit::shell_code)
+}
+
+/// Run COMMAND as configured; how it ended.
+pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
     if !cfg.publish.is_empty() && !cfg.port_driver {
         // The command line's check says which flag is in the way; this only guards the API.
         return Err(anyhow!("cannot publish ports: the port driver is off"));
     }
     let with_resolv_conf = cfg.net_mode == NetMode::Builtin && !cfg.stack.policy.disable_dns;
+    let with_hosts = cfg.hosts_file && cfg.net_mode != NetMode::Host;
     let state = StateDir::create(
         cfg.state_dir.as_deref(),
-        &state_entries(&cfg, with_resolv_conf),
+        &state_entries(&cfg, with_resolv_conf, with_hosts),
     )?;
     // The port driver's socket inside, and rootlesskit's readiness FIFO. Our end of the FIFO is
     // open before the child starts, so its open for writing never waits.
@@ -83,6 +91,21 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     } else {
         None
     };
+    let hosts = if with_hosts {
+        state.write_file("hosts", hosts_for_guest().as_bytes(), 0o644)?;
+        Some(state.path().join("hosts"))
+    } else {
+        None
+    };
+    // The mount point of the detached namespace (an empty file, to bind it over inside).
+    let detached_netns = if cfg.detach_netns {
+        state.write_file(NETNS, b"", 0o644)?;
+        Some(state.path().join(NETNS))
+    } else {
+        None
+    };
+    // Sockets a service manager passed us are COMMAND's (socket activation).
+    let activation_fds = activation::passed_to_us();
     let child_cfg = ChildConfig {
         net_mode: cfg.net_mode,
         ifname: cfg.ifname.clone(),
@@ -91,6 +114,11 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         txqueuelen: txqueuelen(cfg.stack.tcp.rx_ring, cfg.stack.mtu),
         net,
         resolv_conf,
+        hosts,
+        detached_netns,
+        extra_namespaces: cfg.extra_namespaces,
+        cgroup2: cfg.evacuate_cgroup2.is_some(),
+        activation_fds,
         copy_up: cfg.copy_up.clone(),
         propagation: cfg.propagation,
         pidns: cfg.pidns,
@@ -119,8 +147,12 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         ForkResult::Parent { child } => child,
     };
     drop(child_end);
-    // The child's copy (its state dir cleaner's fds among it) is the child's business.
+    // The child's copy (its state dir cleaner's fds among it) is the child's business, and so
+    // are the activation sockets.
     drop(child_cfg);
+    if let Some(count) = activation_fds {
+        activation::close_passed(count);
+    }
     let mut guard = ChildGuard {
         pid,
         signal_to: pid,
@@ -136,7 +168,12 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         Msg::Unshared,
         OnSignal::Abort,
     )?;
-    let mapping = idmap::write_maps(pid).context("cannot set up the user namespace's id maps")?;
+    // The child is in its cgroup namespace, rooted at our cgroup: now move us both down.
+    if let Some(subgroup) = &cfg.evacuate_cgroup2 {
+        cgroup::evacuate(subgroup)?;
+    }
+    let mapping = idmap::write_maps(pid, cfg.subid_source)
+        .context("cannot set up the user namespace's id maps")?;
     log::debug!("id mapping: {mapping:?}");
     parent_end
         .send(&Msg::MapsWritten)
@@ -183,10 +220,11 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
     let forwarder = match ready_fifo {
         Some(fifo) => {
             drop(fifo);
-            let f = Forwarder::new(
+            let mut f = Forwarder::new(
                 bp_sock,
                 Duration::from_micros(cfg.stack.udp.timeout.total_micros()),
             );
+            f.set_source_ip_transparent(cfg.source_ip_transparent);
             f.handshake()
                 .context("the port driver inside the namespace did not answer")?;
             Some(f)
@@ -226,13 +264,13 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
         OnSignal::Forward,
     )?;
 
-    let code = match &mut stack {
+    let child_exit = match &mut stack {
         Some(stack) => {
             match runtime::serve(stack, &mut signals, |_, signals, token| {
                 debug_assert_eq!(token, runtime::SIGNALS_TOKEN);
                 on_signals(signals, &mut guard)
             }) {
-                Ok(code) => code,
+                Ok(exit) => exit,
                 Err(e) => {
                     // The network is gone (the namespace died under us): COMMAND's exit status
                     // is still the answer.
@@ -246,19 +284,48 @@ pub fn run(mut cfg: RunConfig) -> Result<i32> {
             wait_child(&mut signals, &mut guard)?
         }
     };
+    // How COMMAND itself ended, as the child reported it just before exiting; without a
+    // report (the child was killed), the child's own end.
+    let exit = match parent_end.try_recv() {
+        Ok((Msg::Exited(exit), _)) => exit,
+        _ => child_exit,
+    };
     // Normally the child has ended COMMAND's tree itself; if it was killed, the rest of the
     // tree is ours now.
     reaper.kill_all();
     drop(state);
-    Ok(code)
+    Ok(exit)
+}
+
+/// The name of the detached network namespace's mount point in the state dir.
+const NETNS: &str = "netns";
+
+/// The namespace's /etc/hosts, as rootlesskit makes it: the host's, then this host's name on
+/// the namespace's own loopback (the host's file may give it an address the namespace does
+/// not have).
+fn hosts_for_guest() -> String {
+    use std::io::Read;
+    let mut hosts = String::new();
+    if let Ok(file) = std::fs::File::open("/etc/hosts") {
+        // Bounded: a hosts file bigger than this is not one to copy.
+        let _ = file.take(1 << 20).read_to_string(&mut hosts);
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace));
+    if let Some(name) = name {
+        hosts.push_str(&format!("\n127.0.0.1 {name}\n::1 {name}\n"));
+    }
+    hosts
 }
 
 /// Handle pending signals: forward the forwardable, and report the child's exit.
-fn on_signals(signals: &mut Signals, guard: &mut ChildGuard) -> ControlFlow<i32> {
+fn on_signals(signals: &mut Signals, guard: &mut ChildGuard) -> ControlFlow<CommandExit> {
     while let Ok(Some(received)) = signals.next_signal() {
         if received.signal == Signal::SIGCHLD {
-            if let Some(code) = guard.try_reap() {
-                return ControlFlow::Break(code);
+            if let Some(exit) = guard.try_reap() {
+                return ControlFlow::Break(exit);
             }
         } else if received.from_process {
             let _ = kill(guard.signal_to, received.signal);
@@ -268,27 +335,33 @@ fn on_signals(signals: &mut Signals, guard: &mut ChildGuard) -> ControlFlow<i32>
 }
 
 /// Wait for the child's exit without a stack to run.
-fn wait_child(signals: &mut Signals, guard: &mut ChildGuard) -> Result<i32> {
-    if let Some(code) = guard.try_reap() {
-        return Ok(code);
+fn wait_child(signals: &mut Signals, guard: &mut ChildGuard) -> Result<CommandExit> {
+    if let Some(exit) = guard.try_reap() {
+        return Ok(exit);
     }
     loop {
         signals::wait_readable(&[signals.as_fd()]).context("waiting for signals")?;
-        if let ControlFlow::Break(code) = on_signals(signals, guard) {
-            return Ok(code);
+        if let ControlFlow::Break(exit) = on_signals(signals, guard) {
+            return Ok(exit);
         }
     }
 }
 
 /// What this run creates in its state dir (besides `lock`), so that exactly that is removed
 /// at the end, by the parent or, should it be killed, by the child.
-fn state_entries(cfg: &RunConfig, with_resolv_conf: bool) -> Vec<Entry> {
+fn state_entries(cfg: &RunConfig, with_resolv_conf: bool, with_hosts: bool) -> Vec<Entry> {
     let mut entries = vec![
         Entry::new("child_pid", Kind::File),
         Entry::new("api.sock", Kind::Socket),
     ];
     if with_resolv_conf {
         entries.push(Entry::new("resolv.conf", Kind::File));
+    }
+    if with_hosts {
+        entries.push(Entry::new("hosts", Kind::File));
+    }
+    if cfg.detach_netns {
+        entries.push(Entry::new(NETNS, Kind::File));
     }
     if cfg.port_driver {
         entries.push(Entry::new(".bp-ready.pipe", Kind::Fifo));
@@ -298,7 +371,7 @@ fn state_entries(cfg: &RunConfig, with_resolv_conf: bool) -> Vec<Entry> {
     for n in 0..cfg.copy_up.len() {
         entries.push(Entry::new(format!(".copy-up-{n}"), Kind::Dir));
     }
-    if cfg.net_mode != NetMode::Host {
+    if cfg.net_mode != NetMode::Host && !cfg.detach_netns {
         entries.push(Entry::new(".cgroup-park", Kind::Dir));
     }
     entries
@@ -349,33 +422,39 @@ fn dns_addresses(net: &crate::net::VirtualNetwork) -> Vec<std::net::IpAddr> {
     out
 }
 
-/// What `GET /v1/info` reports.
+/// What `GET /v1/info` reports: the drivers under the names the front end chose, and the
+/// stack's addresses (rootlesskit reports them for every network its stack serves).
 fn api_info(cfg: &RunConfig, state_dir: &Path, child: Pid) -> Info {
     let net = cfg.stack.policy.net;
-    let network_driver = match cfg.net_mode {
-        NetMode::Builtin => Some(NetworkDriverInfo {
-            driver: "usernet".into(),
-            dns: if cfg.stack.policy.disable_dns {
-                Vec::new()
-            } else {
+    let builtin = cfg.net_mode == NetMode::Builtin;
+    let network_driver = cfg
+        .api_names
+        .network_driver
+        .as_ref()
+        .map(|driver| NetworkDriverInfo {
+            driver: driver.clone(),
+            dns: if builtin && !cfg.stack.policy.disable_dns {
                 dns_addresses(&net).iter().map(|a| a.to_string()).collect()
+            } else {
+                Vec::new()
             },
-            child_ip: net.guest.to_string(),
-        }),
-        NetMode::None => Some(NetworkDriverInfo {
-            driver: "none".into(),
-            dns: Vec::new(),
-            child_ip: String::new(),
-        }),
-        NetMode::Host => None,
-    };
+            child_ip: if builtin {
+                net.guest.to_string()
+            } else {
+                String::new()
+            },
+        });
     Info {
         api_version: api::API_VERSION.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: cfg.api_names.version.clone(),
         state_dir: state_dir.display().to_string(),
         child_pid: i64::from(child.as_raw()),
         network_driver,
-        port_driver: cfg.port_driver.then(PortDriverInfo::builtin),
+        port_driver: if cfg.port_driver {
+            cfg.api_names.port_driver.clone()
+        } else {
+            None
+        },
     }
 }
 
@@ -443,7 +522,10 @@ fn receive<T>(
             },
             Err(_) => {
                 let how = match guard.wait_blocking() {
-                    Some(code) => format!("exit status {code}"),
+                    Some(CommandExit::Code(code)) => format!("exit status {code}"),
+                    Some(CommandExit::Signal { signal, .. }) => {
+                        format!("killed by signal {signal}")
+                    }
                     None => "unknown status".into(),
                 };
                 Err(anyhow!("the namespace child died during setup ({how})"))
@@ -461,39 +543,28 @@ struct ChildGuard {
 }
 
 impl ChildGuard {
-    fn try_reap(&mut self) -> Option<i32> {
+    fn try_reap(&mut self) -> Option<CommandExit> {
         if self.reaped {
             return None;
         }
-        match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => {
-                self.reaped = true;
-                Some(code)
-            }
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
-                self.reaped = true;
-                Some(128 + sig as i32)
-            }
-            _ => None,
-        }
+        let exit = CommandExit::from_wait(waitpid(self.pid, Some(WaitPidFlag::WNOHANG)).ok()?)?;
+        self.reaped = true;
+        Some(exit)
     }
 
-    fn wait_blocking(&mut self) -> Option<i32> {
+    fn wait_blocking(&mut self) -> Option<CommandExit> {
         if self.reaped {
             return None;
         }
         loop {
             match waitpid(self.pid, None) {
-                Ok(WaitStatus::Exited(_, code)) => {
-                    self.reaped = true;
-                    return Some(code);
-                }
-                Ok(WaitStatus::Signaled(_, sig, _)) => {
-                    self.reaped = true;
-                    return Some(128 + sig as i32);
+                Ok(status) => {
+                    if let Some(exit) = CommandExit::from_wait(status) {
+                        self.reaped = true;
+                        return Some(exit);
+                    }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => continue,
                 Err(_) => return None,
             }
         }

@@ -81,7 +81,7 @@ const LOCK: &str = "lock";
 /// killed one leaves behind (next to its `lock`).
 pub fn stale_kind(name: &str) -> Option<Kind> {
     match name {
-        LOCK | "child_pid" | "resolv.conf" => Some(Kind::File),
+        LOCK | "child_pid" | "resolv.conf" | "hosts" | "netns" => Some(Kind::File),
         "api.sock" | ".bp.sock" => Some(Kind::Socket),
         ".bp-ready.pipe" => Some(Kind::Fifo),
         ".cgroup-park" => Some(Kind::Dir),
@@ -940,7 +940,8 @@ mod tests {
     fn stale_names_are_only_usernets() {
         assert_eq!(stale_kind("api.sock"), Some(Kind::Socket));
         assert_eq!(stale_kind(".copy-up-12"), Some(Kind::Dir));
-        for other in [".copy-up-", ".copy-up-x", "hosts", "resolv.conf.bak"] {
+        assert_eq!(stale_kind("netns"), Some(Kind::File));
+        for other in [".copy-up-", ".copy-up-x", "hosts.bak", "resolv.conf.bak"] {
             assert_eq!(stale_kind(other), None, "{other}");
         }
     }

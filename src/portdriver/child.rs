@@ -3,7 +3,10 @@
 //! connected socket back over `SCM_RIGHTS`.
 //!
 //! Each request is served on a thread of its own (a dial may take time; the supervisor loop
-//! that accepts must not wait for it).
+//! that accepts must not wait for it). With a detached network namespace (rootlesskit's
+//! `--detach-netns`, where COMMAND's own network is the caller's) that thread first joins the
+//! namespace usernet serves, so every dial, and the routing set up for transparency, happens
+//! there; the rest of the process stays where it is.
 //!
 //! # The client's real address
 //!
@@ -59,6 +62,8 @@ pub struct ChildServer {
 struct Shared {
     transparency: Mutex<Transparency>,
     in_flight: AtomicUsize,
+    /// The network namespace to dial in, when it is not this process's own.
+    netns: Option<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -72,8 +77,9 @@ struct Transparency {
 
 impl ChildServer {
     /// Listen on `path` (which must not exist: the state dir removed a stale one), private
-    /// to the user.
-    pub fn bind(path: &Path) -> io::Result<ChildServer> {
+    /// to the user. Dials happen in `netns` if given (a namespace file), else in this
+    /// process's network namespace.
+    pub fn bind(path: &Path, netns: Option<OwnedFd>) -> io::Result<ChildServer> {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
@@ -82,6 +88,7 @@ impl ChildServer {
             shared: Arc::new(Shared {
                 transparency: Mutex::new(Transparency::default()),
                 in_flight: AtomicUsize::new(0),
+                netns,
             }),
         })
     }
@@ -125,6 +132,12 @@ impl ChildServer {
 }
 
 fn serve(conn: UnixStream, shared: &Shared) {
+    if let Some(netns) = &shared.netns
+        && let Err(e) = nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+    {
+        let _ = reply_error(&conn, &format!("cannot enter the network namespace: {e}"));
+        return;
+    }
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(READ_TIMEOUT));
     let body = match msg::read_frame(&mut &conn) {

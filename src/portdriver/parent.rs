@@ -143,6 +143,8 @@ pub struct ForwarderStats {
 pub struct Forwarder {
     bp_sock: PathBuf,
     udp_timeout: Duration,
+    /// Tell the child who the client is, so it dials from that address.
+    source_ip_transparent: bool,
     ports: Slab<Port>,
     by_id: BTreeMap<i64, Id>,
     next_id: i64,
@@ -158,6 +160,7 @@ impl Forwarder {
         Forwarder {
             bp_sock,
             udp_timeout,
+            source_ip_transparent: true,
             ports: Slab::default(),
             by_id: BTreeMap::new(),
             next_id: 1,
@@ -166,6 +169,18 @@ impl Forwarder {
             buf: vec![0u8; UDP_BUF].into_boxed_slice(),
             stats: ForwarderStats::default(),
         }
+    }
+
+    /// Whether the child learns each client's address, to dial from it (rootlesskit's
+    /// `--source-ip-transparent`, on unless turned off here).
+    pub fn set_source_ip_transparent(&mut self, on: bool) {
+        self.source_ip_transparent = on;
+    }
+
+    /// The client's address as the request to the child carries it: none when transparency
+    /// is off.
+    fn source(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.source_ip_transparent.then_some(peer)
     }
 
     /// rootlesskit's init exchange: send `init`, expect the frame `null`.
@@ -302,7 +317,7 @@ impl Forwarder {
                 continue;
             }
             let peer = unmap(peer);
-            let request = connect_request(&status.spec, Some(peer));
+            let request = connect_request(&status.spec, self.source(peer));
             let request = match self.ask_child(&request) {
                 Ok(r) => r,
                 Err(e) => {
@@ -552,7 +567,7 @@ impl Forwarder {
             self.drop_udp(oldest, registry);
         }
         let spec = self.ports.get(port_id)?.status.spec.clone();
-        let request = match self.ask_child(&connect_request(&spec, Some(peer))) {
+        let request = match self.ask_child(&connect_request(&spec, self.source(peer))) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("UDP port: cannot reach the namespace's port driver: {e}");

@@ -14,15 +14,19 @@
 //!                         ◀─────────  Go
 //!   spawn COMMAND
 //!   Started               ─────────▶
+//!   ... COMMAND ends
+//!   Exited                ─────────▶  (read once the child is reaped)
 //! ```
 //! Any step may instead answer `Failed`, with the exit code and the one-line message the
-//! parent prints.
+//! parent prints. `Exited` says how COMMAND ended, which the child's own exit status cannot
+//! tell apart (a COMMAND killed by SIGTERM and one that exited 143 look the same).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
+use super::CommandExit;
 use crate::fdpass;
 
 const MAX_MESSAGE: usize = 4096;
@@ -39,6 +43,8 @@ pub enum Msg {
     Configured,
     Go,
     Started,
+    /// COMMAND ended so (sent just before the child exits).
+    Exited(CommandExit),
     Failed {
         code: i32,
         message: String,
@@ -55,11 +61,23 @@ impl Msg {
             Msg::Configured => b'C',
             Msg::Go => b'G',
             Msg::Started => b'S',
+            Msg::Exited(_) => b'X',
             Msg::Failed { .. } => b'F',
         };
         let mut out = vec![tag];
         if let Msg::Init { pid } = self {
             out.extend_from_slice(&pid.to_le_bytes());
+        }
+        if let Msg::Exited(exit) = self {
+            let (kind, value) = match *exit {
+                CommandExit::Code(code) => (0u8, code),
+                CommandExit::Signal {
+                    signal,
+                    core_dumped,
+                } => (1 + u8::from(core_dumped), signal),
+            };
+            out.push(kind);
+            out.extend_from_slice(&value.to_le_bytes());
         }
         if let Msg::Failed { code, message } = self {
             out.extend_from_slice(&code.to_le_bytes());
@@ -84,6 +102,18 @@ impl Msg {
             b'C' => Msg::Configured,
             b'G' => Msg::Go,
             b'S' => Msg::Started,
+            b'X' => {
+                let value = b.get(2..6).ok_or_else(bad)?;
+                let value = i32::from_le_bytes(value.try_into().map_err(|_| bad())?);
+                Msg::Exited(match b[1] {
+                    0 => CommandExit::Code(value),
+                    kind @ (1 | 2) => CommandExit::Signal {
+                        signal: value,
+                        core_dumped: kind == 2,
+                    },
+                    _ => return Err(bad()),
+                })
+            }
             b'F' => {
                 let code = b.get(1..5).ok_or_else(bad)?;
                 let code = i32::from_le_bytes(code.try_into().map_err(|_| bad())?);
@@ -129,8 +159,17 @@ impl Channel {
 
     /// Block for the next message. The peer closing its end reads as `UnexpectedEof`.
     pub fn recv(&self) -> io::Result<(Msg, Option<OwnedFd>)> {
+        self.recv_with(false)
+    }
+
+    /// The next message if one is queued, without waiting: `WouldBlock` if none is.
+    pub fn try_recv(&self) -> io::Result<(Msg, Option<OwnedFd>)> {
+        self.recv_with(true)
+    }
+
+    fn recv_with(&self, nonblocking: bool) -> io::Result<(Msg, Option<OwnedFd>)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let (n, fd) = fdpass::recv_fd(self.sock.as_fd(), &mut buf)?;
+        let (n, fd) = fdpass::recv_fd_with(self.sock.as_fd(), &mut buf, nonblocking)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -158,6 +197,15 @@ mod tests {
             Msg::Unshared,
             Msg::Go,
             Msg::Init { pid: 123456 },
+            Msg::Exited(CommandExit::Code(42)),
+            Msg::Exited(CommandExit::Signal {
+                signal: 10,
+                core_dumped: false,
+            }),
+            Msg::Exited(CommandExit::Signal {
+                signal: 11,
+                core_dumped: true,
+            }),
             Msg::Failed {
                 code: 127,
                 message: "foo: command not found".into(),
@@ -166,13 +214,22 @@ mod tests {
             a.send(&m).unwrap();
             assert_eq!(b.recv().unwrap().0, m);
         }
+        assert_eq!(b.try_recv().unwrap_err().kind(), io::ErrorKind::WouldBlock);
         drop(a);
         assert_eq!(b.recv().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for b in [&b""[..], b"F", b"F\x01\x02", b"Z"] {
+        for b in [
+            &b""[..],
+            b"F",
+            b"F\x01\x02",
+            b"Z",
+            b"X",
+            b"X\x00\x01",
+            b"X\x07\x01\x00\x00\x00",
+        ] {
             assert!(Msg::decode(b).is_err());
         }
     }

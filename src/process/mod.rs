@@ -6,6 +6,7 @@
 //! Nothing here knows about networks or command lines; the launcher, `attach` and the
 //! personalities build on it.
 
+pub mod activation;
 pub mod channel;
 pub mod reaper;
 pub mod signals;
@@ -16,6 +17,40 @@ pub mod signals;
 pub struct Failure {
     pub code: i32,
     pub message: String,
+}
+
+/// How COMMAND ended, as the process that waited for it saw it. Front ends turn it into
+/// their own exit code: `usernet run` a shell's (128+N for signal N), the rootlesskit
+/// personality rootlesskit's (255 for any signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandExit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal { signal: i32, core_dumped: bool },
+}
+
+impl CommandExit {
+    /// The exit code a shell gives for it: the status, or 128+N for signal N.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            CommandExit::Code(code) => code,
+            CommandExit::Signal { signal, .. } => 128 + signal,
+        }
+    }
+
+    /// From a `waitpid` status; `None` for a status that is not an end (stopped, continued).
+    pub fn from_wait(status: nix::sys::wait::WaitStatus) -> Option<CommandExit> {
+        use nix::sys::wait::WaitStatus;
+        match status {
+            WaitStatus::Exited(_, code) => Some(CommandExit::Code(code)),
+            WaitStatus::Signaled(_, signal, core_dumped) => Some(CommandExit::Signal {
+                signal: signal as i32,
+                core_dumped,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// tap0's queue length: enough frames for several full windows at this MTU, so a burst the

@@ -116,7 +116,11 @@ impl HostPolicy {
 
     fn transport4(&self, dst: SocketAddrV4) -> Verdict {
         let ip = *dst.ip();
-        if ip == self.net.gateway {
+        // DNS first: a layout may put the forwarder on the host-loopback address.
+        if ip == self.net.dns && !self.disable_dns && dst.port() == DNS_PORT {
+            return Verdict::Dns;
+        }
+        if ip == self.net.host_loopback {
             return if self.disable_host_loopback {
                 Verdict::Unreachable(Unreachable::Net)
             } else {
@@ -124,11 +128,7 @@ impl HostPolicy {
             };
         }
         if ip == self.net.dns && !self.disable_dns {
-            return if dst.port() == DNS_PORT {
-                Verdict::Dns
-            } else {
-                Verdict::Refuse
-            };
+            return Verdict::Refuse;
         }
         if let Some(reason) = self.blocked(ip) {
             return Verdict::Unreachable(reason);
@@ -167,7 +167,10 @@ impl HostPolicy {
     pub fn echo(&self, dst: IpAddr) -> EchoVerdict {
         let blocked = match dst {
             IpAddr::V4(ip) => {
-                if ip == self.net.gateway || (ip == self.net.dns && !self.disable_dns) {
+                if ip == self.net.gateway
+                    || ip == self.net.host_loopback
+                    || (ip == self.net.dns && !self.disable_dns)
+                {
                     return EchoVerdict::Local;
                 }
                 self.blocked(ip)
@@ -477,6 +480,54 @@ mod tests {
         assert_eq!(
             p.bind_for(&"[::1]:80".parse().unwrap()),
             Some("[2001:2::7]:0".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn other_layouts_put_dns_and_the_host_loopback_where_they_say() {
+        use crate::net::HostNumbers;
+        // gvisor-tap-vsock's: gateway, DNS and the host's loopback all on .1.
+        let one = HostNumbers {
+            gateway: 1,
+            dns: 1,
+            guest: 100,
+            host_loopback: 1,
+        };
+        let net = VirtualNetwork::with_hosts("10.0.2.0".parse().unwrap(), 24, one).unwrap();
+        let p = HostPolicy::new(net);
+        assert_eq!(p.transport(v4("10.0.2.1", 53)), Verdict::Dns);
+        assert_eq!(
+            p.transport(v4("10.0.2.1", 80)),
+            Verdict::Connect("127.0.0.1:80".parse().unwrap())
+        );
+        assert!(matches!(
+            p.transport(v4("10.0.2.2", 80)),
+            Verdict::Unreachable(_)
+        ));
+        // vpnkit's: gateway and DNS on .1, the host's loopback on .2 (answered, pinged).
+        let vpnkit = HostNumbers {
+            gateway: 1,
+            dns: 1,
+            guest: 3,
+            host_loopback: 2,
+        };
+        let net = VirtualNetwork::with_hosts("192.168.65.0".parse().unwrap(), 24, vpnkit).unwrap();
+        let p = HostPolicy::new(net);
+        assert_eq!(p.transport(v4("192.168.65.1", 53)), Verdict::Dns);
+        assert_eq!(p.transport(v4("192.168.65.1", 80)), Verdict::Refuse);
+        assert_eq!(
+            p.transport(v4("192.168.65.2", 8080)),
+            Verdict::Connect("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(p.echo("192.168.65.2".parse().unwrap()), EchoVerdict::Local);
+        assert!(net.is_ours("192.168.65.2".parse().unwrap()));
+        let p = HostPolicy {
+            disable_host_loopback: true,
+            ..p
+        };
+        assert_eq!(
+            p.transport(v4("192.168.65.2", 8080)),
+            Verdict::Unreachable(Unreachable::Net)
         );
     }
 

@@ -17,6 +17,7 @@ mod ipv6;
 mod lifecycle;
 mod limits;
 mod needs;
+mod rootlesskit;
 mod security;
 mod services;
 mod tcp;
@@ -160,6 +161,21 @@ fn main() {
         clients::rootlesskit_docker_proxy_publishes_the_port_while_docker_proxy_runs,
         clients::rootlessctl_personality_prints_what_rootlessctl_prints,
         clients::install_links_makes_the_links_and_leaves_other_files_alone,
+        rootlesskit::rootlesskit_exit_code_is_the_commands_with_pidns_and_reaper_variants,
+        rootlesskit::rootlesskit_command_killed_by_a_signal_exits_255_and_names_it,
+        rootlesskit::rootlesskit_reuses_its_state_dir_after_sigkill,
+        rootlesskit::rootlesskit_killed_leaves_nothing_running,
+        rootlesskit::rootlesskit_keeps_the_terminal_with_or_without_the_reaper,
+        rootlesskit::rootlesskit_propagation_modes_show_host_mounts_as_rootlesskit_does,
+        rootlesskit::rootlesskit_published_ports_follow_tcp_tcp4_tcp6_over_ipv4_and_ipv6,
+        rootlesskit::rootlesskit_dns_resolves_through_the_forwarder_to_the_worlds_resolver,
+        rootlesskit::rootlesskit_ipv6_reaches_an_ipv6_host,
+        rootlesskit::rootlesskit_socket_activation_hands_the_sockets_to_the_command,
+        rootlesskit::rootlesskit_detach_netns_keeps_the_command_in_the_callers_network,
+        rootlesskit::rootlessctl_drives_the_personalitys_api_socket,
+        rootlesskit::rootlesskit_other_drivers_get_their_own_addresses,
+        rootlesskit::rootlesskit_help_version_and_errors_keep_the_contract,
+        rootlesskit::rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup,
     ];
     let trials = tests
         .into_iter()

@@ -11,10 +11,13 @@
 //! - [`udp`]: UDP clients, servers, floods and sinks; [`dns`]: DNS query bursts;
 //! - [`raw`]: hand-made frames and segments from inside the guest;
 //! - [`unix`]: Unix-socket requests and servers for the API tests;
+//! - [`activation`]: the command a service manager starts through usernet (socket
+//!   activation);
 //! - [`attacker`]: the hostile guest of the security tests;
 //! - [`proxy`]: a stand-in for Docker's docker-proxy;
 //! - [`pattern`]: the seeded data they send and its SHA-256 checks.
 
+mod activation;
 mod attacker;
 mod dns;
 mod pattern;
@@ -61,6 +64,7 @@ pub fn main(args: &[String]) -> i32 {
         ["docker-proxy-stub", record, send, args @ ..] => {
             proxy::docker_proxy_stub(record, parse(send), args)
         }
+        ["activated"] => activation::activated(),
         ["unix-request", path, request] => unix::unix_request(path, request),
         ["unix-http-serve", path, body] => unix::unix_http_serve(path, body),
         ["tcp-hold", addr, n] => pressure::tcp_hold(addr, parse(n) as usize),
