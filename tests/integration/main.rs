@@ -11,6 +11,7 @@
 
 mod attach;
 mod clients;
+mod docker;
 mod faults;
 mod inbound;
 mod ipv6;
@@ -176,6 +177,7 @@ fn main() {
         rootlesskit::rootlesskit_other_drivers_get_their_own_addresses,
         rootlesskit::rootlesskit_help_version_and_errors_keep_the_contract,
         rootlesskit::rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup,
+        docker::dockerd_rootless_runs_on_usernet_as_rootlesskit,
     ];
     let trials = tests
         .into_iter()

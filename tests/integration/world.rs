@@ -280,6 +280,11 @@ impl Server {
         self.child.id()
     }
 
+    /// How the process ended, if it has (without waiting).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Wait for the process to exit on its own; fails the test after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         wait_with_limit(&mut self.child, limit)
