@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Host -> child TCP throughput through published ports: usernet's builtin port driver beside
-# rootlesskit's builtin driver (Debian rootlesskit, with slirp4netns) and slirp4netns's own
-# API forward (add_hostfwd), and the same forward through usernet invoked as slirp4netns,
-# with iperf3, in one run.
+# Host -> child TCP throughput through published ports: usernet's builtin port driver (as
+# `usernet run -p` and as rootlesskit --net=builtin) beside rootlesskit's builtin driver
+# (Debian rootlesskit 1.1, with slirp4netns), slirp4netns's own API forward (add_hostfwd), the
+# same forward through usernet invoked as slirp4netns, and the kernel's own path (a veth pair
+# into a namespace, no forwarding) as the reference, with iperf3, in one run.
 #
 # Usage: bench/inbound.sh               (BENCH_SECONDS=10 by default)
 #
@@ -35,6 +36,33 @@ wait_iperf() { # port
 
 client() { # port
     timeout $((seconds + 20)) iperf3 -J -c 127.0.0.1 -p "$1" -t "$seconds" | gbits
+}
+
+# The kernel's path: the client in the world, the server in a namespace behind a veth pair.
+run_veth() {
+    unshare --net sleep infinity &
+    local ns=$!
+    sleep 0.2
+    ip link add vb0 mtu 65520 type veth peer name vb1 mtu 65520 netns "$ns"
+    ip addr add 10.99.0.1/24 dev vb0
+    ip link set vb0 up
+    nsenter -t "$ns" -n sh -c "ip link set lo up && ip addr add 10.99.0.2/24 dev vb1 && ip link set vb1 up"
+    nsenter -t "$ns" -n iperf3 -s -B 10.99.0.2 -p 5201 >/dev/null 2>&1 &
+    local server=$!
+    sleep 0.3
+    timeout $((seconds + 20)) iperf3 -J -c 10.99.0.2 -p 5201 -t "$seconds" | gbits
+    kill "$server" "$ns" 2>/dev/null || true
+    wait "$server" "$ns" 2>/dev/null || true
+    ip link del vb0 2>/dev/null || true
+}
+
+run_usernet_rootlesskit() {
+    ln -sf "$USERNET_BIN" "$tmp/rootlesskit"
+    "$tmp/rootlesskit" --net=builtin --mtu=65520 --port-driver=builtin -p 127.0.0.1:5305:5201/tcp \
+        -- iperf3 -s >/dev/null 2>&1 &
+    local pid=$!
+    wait_iperf 5305 && client 5305 || echo failed
+    kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 run_usernet() {
@@ -93,15 +121,21 @@ run_usernet_hostfwd() {
 }
 
 declare -A result
-for tool in rootlesskit slirp4netns usernet_hostfwd usernet; do
+for tool in veth rootlesskit slirp4netns usernet_hostfwd usernet_rootlesskit usernet; do
     echo "measuring $tool (${seconds}s)..." >&2
     result[$tool]=$("run_$tool")
 done
 
 echo
 echo "host -> child TCP through a published port, iperf3 ${seconds}s, one stream, MTU 65520 (Gbit/s)"
-printf '%-40s %10s %16s\n' "port driver" "Gbit/s" "vs rootlesskit"
-printf '%-40s %10s %16s\n' "rootlesskit 1.1 builtin (slirp4netns)" "${result[rootlesskit]}" "$(ratio "${result[rootlesskit]}" "${result[rootlesskit]}")"
-printf '%-40s %10s %16s\n' "slirp4netns add_hostfwd" "${result[slirp4netns]}" "$(ratio "${result[slirp4netns]}" "${result[rootlesskit]}")"
-printf '%-40s %10s %16s\n' "usernet as slirp4netns, add_hostfwd" "${result[usernet_hostfwd]}" "$(ratio "${result[usernet_hostfwd]}" "${result[rootlesskit]}")"
-printf '%-40s %10s %16s\n' "usernet builtin (splice)" "${result[usernet]}" "$(ratio "${result[usernet]}" "${result[rootlesskit]}")"
+printf '%-44s %10s %8s %16s\n' "port driver" "Gbit/s" "/veth" "/rootlesskit"
+row() { # tool label
+    printf '%-44s %10s %8s %16s\n' "$2" "${result[$1]}" "$(ratio "${result[$1]}" "${result[veth]}")" \
+        "$(ratio "${result[$1]}" "${result[rootlesskit]}")"
+}
+row veth "veth pair, no forwarding (the kernel's path)"
+row rootlesskit "rootlesskit 1.1 builtin (slirp4netns)"
+row slirp4netns "slirp4netns add_hostfwd"
+row usernet_hostfwd "usernet as slirp4netns, add_hostfwd"
+row usernet_rootlesskit "usernet as rootlesskit --net=builtin"
+row usernet "usernet run -p (builtin, splice)"
