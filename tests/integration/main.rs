@@ -177,6 +177,7 @@ fn main() {
         rootlesskit::rootlesskit_other_drivers_get_their_own_addresses,
         rootlesskit::rootlesskit_help_version_and_errors_keep_the_contract,
         rootlesskit::rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup,
+        rootlesskit::rootlesskit_exports_the_state_dir_and_the_callers_ids,
         docker::dockerd_rootless_runs_on_usernet_as_rootlesskit,
     ];
     let trials = tests

@@ -935,3 +935,30 @@ pub fn rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup() -> R
     }
     Ok(())
 }
+
+/// What rootlesskit exports to COMMAND: the state dir (absolute, holding `api.sock`,
+/// `child_pid` and `lock`), and the caller's effective ids.
+pub fn rootlesskit_exports_the_state_dir_and_the_callers_ids() {
+    let world = World::new();
+    let links = Links::new();
+    let state = TempDir::new();
+    let dir = state.join("rk");
+    let flags = in_state_dir(&dir, &["--net=builtin"]);
+    let out = run(
+        &mut links.sh(
+            &world,
+            &flags,
+            "echo \"$ROOTLESSKIT_STATE_DIR $ROOTLESSKIT_PARENT_EUID $ROOTLESSKIT_PARENT_EGID\"; \
+             test -S \"$ROOTLESSKIT_STATE_DIR/api.sock\" && test -f \"$ROOTLESSKIT_STATE_DIR/child_pid\" \
+             && test -f \"$ROOTLESSKIT_STATE_DIR/lock\" && echo files",
+        ),
+        LIMIT,
+    );
+    out.assert_ok();
+    // The world maps the test's ids one to one as root.
+    assert_eq!(
+        out.stdout,
+        format!("{} 0 0\nfiles\n", dir.display()),
+        "{out:#?}"
+    );
+}
