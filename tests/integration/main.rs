@@ -11,7 +11,7 @@
 
 mod attach;
 mod clients;
-mod docker;
+mod engines;
 mod faults;
 mod inbound;
 mod ipv6;
@@ -178,7 +178,8 @@ fn main() {
         rootlesskit::rootlesskit_help_version_and_errors_keep_the_contract,
         rootlesskit::rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup,
         rootlesskit::rootlesskit_exports_the_state_dir_and_the_callers_ids,
-        docker::dockerd_rootless_runs_on_usernet_as_rootlesskit,
+        engines::dockerd_rootless_runs_on_usernet_as_rootlesskit,
+        engines::podman_runs_on_usernet_as_slirp4netns,
     ];
     let trials = tests
         .into_iter()
