@@ -49,7 +49,7 @@ pub fn ps() -> Result<String> {
 
 /// Refuse a server that does not run as us (unless we are root): whoever runs it decides
 /// what we print.
-fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
+pub(crate) fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let cred = getsockopt(stream, PeerCredentials)
         .with_context(|| format!("cannot tell who serves {}", socket.display()))?;
@@ -142,6 +142,18 @@ impl ApiClient {
         serde_json::from_slice(&self.info_json()?).context("bad info answer")
     }
 
+    /// `GET /v1/flows` (usernet's extension).
+    pub fn flows(&self) -> Result<crate::observe::FlowTable> {
+        let body = self.ok_body("GET", "/v1/flows", None, 200)?;
+        serde_json::from_slice(&body).context("bad flow table")
+    }
+
+    /// `GET /v1/stats` (usernet's extension).
+    pub fn stats(&self) -> Result<crate::observe::Stats> {
+        let body = self.ok_body("GET", "/v1/stats", None, 200)?;
+        serde_json::from_slice(&body).context("bad counters")
+    }
+
     /// `GET /v1/ports`.
     pub fn ports(&self) -> Result<Vec<PortStatus>> {
         let body = self.ok_body("GET", "/v1/ports", None, 200)?;
@@ -166,7 +178,7 @@ impl ApiClient {
 
 /// Everything the server sends until it closes; a reset after some data ends it too (the
 /// server closed without reading all we sent).
-fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {

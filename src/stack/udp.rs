@@ -33,7 +33,9 @@ use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
+use super::snapshot::row;
 use super::token::Kind;
+use crate::observe::report::{FlowRow, FlowState, FlowTable, Protocol, Traffic};
 use crate::slab::{Id, Slab};
 
 /// How long an idle entry is kept, unless `--udp-timeout` says otherwise.
@@ -112,6 +114,9 @@ struct Entry {
     created: Instant,
     /// Traffic went both ways (a reply from the host, or from the guest for a forward).
     answered: bool,
+    /// What went each way, for the flow table.
+    to_remote: Traffic,
+    to_guest: Traffic,
 }
 
 impl Entry {
@@ -231,6 +236,7 @@ impl UdpNat {
             match sent {
                 Ok(_) => {
                     self.stats.to_host += 1;
+                    entry.to_remote.count(d.payload.len());
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -302,6 +308,8 @@ impl UdpNat {
                     error_seen: false,
                     created: cx.now,
                     answered: false,
+                    to_remote: Traffic::default(),
+                    to_guest: Traffic::default(),
                 });
                 self.by_key.insert(key, id);
                 self.by_client.insert((forward, client), id);
@@ -322,8 +330,29 @@ impl UdpNat {
         entry.last_used = cx.now;
         entry.guest_mac = guest_mac;
         self.stats.to_guest += 1;
+        entry.to_guest.count(payload.len());
         entry.emit_to_guest(cx, payload);
         self.refile(id, cx.now);
+    }
+
+    /// One row per NAT entry, for the flow table.
+    pub fn snapshot(&self, now: Instant, table: &mut FlowTable) {
+        for (_, e) in self.entries.iter() {
+            let (inbound, remote) = match &e.host {
+                HostEnd::Connected(_) => (false, e.key.remote),
+                HostEnd::Forwarded { client, .. } => (true, *client),
+            };
+            let ends = (e.key.guest.to_string(), remote.to_string());
+            let times = (e.created, e.last_used, now);
+            let row = row(
+                Protocol::Udp,
+                ends,
+                FlowState::Open,
+                times,
+                (e.to_remote, e.to_guest),
+            );
+            table.push(FlowRow { inbound, ..row });
+        }
     }
 
     /// Drop the entries of a forward that was removed, closing its socket with the last one.
@@ -357,6 +386,8 @@ impl UdpNat {
             error_seen: false,
             created: cx.now,
             answered: false,
+            to_remote: Traffic::default(),
+            to_guest: Traffic::default(),
         });
         let entry = self.entries.get_mut(id).expect("just inserted");
         let registered = match &mut entry.host {
@@ -430,6 +461,7 @@ impl UdpNat {
                 Ok(n) => {
                     got_any = true;
                     self.stats.to_guest += 1;
+                    entry.to_guest.count(n);
                     entry.emit_to_guest(cx, &buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
