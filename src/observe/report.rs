@@ -233,8 +233,10 @@ pub struct Refusals {
     pub unreachable: u64,
     /// The host connect did not finish in time.
     pub timed_out: u64,
-    /// Pending connects dropped: the guest gave up, or room was needed for a new one.
+    /// Pending connects dropped because the guest gave up on them.
     pub abandoned: u64,
+    /// Pending connects dropped to make room for a new one (`--max-pending-connects`).
+    pub evicted: u64,
 }
 
 /// The memory of TCP flows' buffers against its budget (`--max-buffer-memory`).
@@ -346,8 +348,14 @@ impl Stats {
         );
         let _ = writeln!(
             out,
-            "refusals: policy {}, over a bound {}, host refused {}, unreachable {}, timed out {}, abandoned {}",
-            r.policy, r.over_bound, r.host_refused, r.unreachable, r.timed_out, r.abandoned
+            "refusals: policy {}, over a bound {}, host refused {}, unreachable {}, timed out {}, abandoned {}, evicted {}",
+            r.policy,
+            r.over_bound,
+            r.host_refused,
+            r.unreachable,
+            r.timed_out,
+            r.abandoned,
+            r.evicted
         );
         let _ = writeln!(
             out,

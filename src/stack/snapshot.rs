@@ -165,7 +165,8 @@ impl Stack {
                 host_refused: tcp.refused,
                 unreachable: tcp.unreachable + icmp.refused,
                 timed_out: tcp.connect_timeouts,
-                abandoned: tcp.abandoned + tcp.evicted,
+                abandoned: tcp.abandoned,
+                evicted: tcp.evicted,
             },
             buffers: Buffers {
                 used: self.tcp.buffer_memory() as u64,
