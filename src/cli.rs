@@ -1037,6 +1037,68 @@ mod tests {
     }
 
     #[test]
+    fn capture_flags_build_the_capture_and_observers_take_a_socket_or_a_state_dir() {
+        let Command::Run(run) = accepted(&["run", "--pcap", "/tmp/c.pcap", "--", "true"]).command
+        else {
+            panic!("not run");
+        };
+        let capture = run.stack.stack_config().capture.unwrap();
+        assert_eq!(
+            (capture.path.to_str(), capture.max_bytes),
+            (
+                Some("/tmp/c.pcap"),
+                crate::observe::capture::DEFAULT_MAX_BYTES
+            )
+        );
+        let Command::Attach(attach) =
+            accepted(&["attach", "--pcap", "/tmp/d", "--pcap-max-bytes", "2M", "1"]).command
+        else {
+            panic!("not attach");
+        };
+        assert_eq!(
+            attach.stack.stack_config().capture.unwrap().max_bytes,
+            2 << 20
+        );
+        assert!(
+            parse(&[
+                "run",
+                "--pcap",
+                "/x",
+                "--pcap-max-bytes",
+                "4095",
+                "--",
+                "true"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "run",
+                "--pcap",
+                "/x",
+                "--pcap-max-bytes",
+                "4K",
+                "--",
+                "true"
+            ])
+            .is_ok()
+        );
+        let Command::Flows(flows) = accepted(&["flows", "--json", "--watch"]).command else {
+            panic!("not flows");
+        };
+        assert_eq!((flows.observe.json, flows.watch), (true, Some(1)));
+        assert!(parse(&["flows", "--watch=0"]).is_err());
+        assert!(parse(&["stats", "--socket", "/s", "--state-dir", "/d"]).is_err());
+        let Command::Stats(stats) = accepted(&["stats", "--socket", "/s"]).command else {
+            panic!("not stats");
+        };
+        assert_eq!(
+            stats.observe.socket.as_deref(),
+            Some(std::path::Path::new("/s"))
+        );
+    }
+
+    #[test]
     fn meaningless_combinations_are_refused_saying_which_flags() {
         for (args, want) in [
             (
@@ -1054,6 +1116,14 @@ mod tests {
             (
                 &["run", "--net", "host", "--disable-host-loopback"],
                 "--disable-host-loopback does nothing with --net host",
+            ),
+            (
+                &["run", "--net", "host", "--pcap", "/tmp/x.pcap"],
+                "--pcap does nothing with --net host",
+            ),
+            (
+                &["run", "--pcap-max-bytes", "1M"],
+                "--pcap-max-bytes caps the --pcap file; give --pcap FILE too",
             ),
             (
                 &["run", "--net", "host", "-p", "8080:80"],

@@ -106,6 +106,19 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
+    /// Rows the table still takes.
+    pub fn room(&self) -> usize {
+        MAX_ROWS.saturating_sub(self.flows.len())
+    }
+
+    /// Add up to [`FlowTable::room`] rows of the `total` that `rows` yields, counting the
+    /// rest as omitted without building them.
+    pub fn extend(&mut self, total: usize, rows: impl Iterator<Item = FlowRow>) {
+        let room = self.room();
+        self.flows.extend(rows.take(room));
+        self.omitted += total.saturating_sub(room) as u64;
+    }
+
     /// Add `row` unless the table is full (then only count it).
     pub fn push(&mut self, row: FlowRow) {
         if self.flows.len() < MAX_ROWS {
@@ -479,6 +492,20 @@ mod tests {
         // Columns line up: REMOTE starts at the same offset on every line.
         let at = lines[0].find("REMOTE").unwrap();
         assert_eq!(lines[1].find("198.18.0.1").unwrap(), at);
+    }
+
+    #[test]
+    fn a_table_holds_at_most_max_rows_and_counts_the_rest_unbuilt() {
+        let mut table = FlowTable::default();
+        let mut built = 0;
+        let rows = (0..MAX_ROWS + 10).map(|_| {
+            built += 1;
+            row(FlowState::Open)
+        });
+        table.extend(MAX_ROWS + 10, rows);
+        assert_eq!((table.flows.len(), table.omitted, built), (MAX_ROWS, 10, MAX_ROWS));
+        table.push(row(FlowState::Open));
+        assert_eq!((table.flows.len(), table.omitted), (MAX_ROWS, 11));
     }
 
     #[test]

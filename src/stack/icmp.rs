@@ -86,21 +86,14 @@ pub struct Pinger {
 impl Pinger {
     /// One row per ping mapping (guest identifier and destination), for the flow table.
     pub fn snapshot(&self, now: Instant, table: &mut FlowTable) {
-        for (_, e) in self.entries.iter() {
-            let ends = (
-                format!("{} id {}", e.key.guest, e.key.ident),
-                e.key.dst.to_string(),
-            );
+        let rows = self.entries.iter().map(|(_, e)| {
+            let guest = format!("{} id {}", e.key.guest, e.key.ident);
+            let ends = (guest, e.key.dst.to_string());
             let times = (e.created, e.last_used, now);
             let traffic = (e.to_remote, e.to_guest);
-            table.push(row(
-                FlowProtocol::Icmp,
-                ends,
-                FlowState::Open,
-                times,
-                traffic,
-            ));
-        }
+            row(FlowProtocol::Icmp, ends, FlowState::Open, times, traffic)
+        });
+        table.extend(self.entries.len(), rows);
     }
 
     /// Host ping sockets open (one per guest identifier and destination).

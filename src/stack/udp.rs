@@ -337,22 +337,18 @@ impl UdpNat {
 
     /// One row per NAT entry, for the flow table.
     pub fn snapshot(&self, now: Instant, table: &mut FlowTable) {
-        for (_, e) in self.entries.iter() {
+        let rows = self.entries.iter().map(|(_, e)| {
             let (inbound, remote) = match &e.host {
                 HostEnd::Connected(_) => (false, e.key.remote),
                 HostEnd::Forwarded { client, .. } => (true, *client),
             };
             let ends = (e.key.guest.to_string(), remote.to_string());
             let times = (e.created, e.last_used, now);
-            let row = row(
-                Protocol::Udp,
-                ends,
-                FlowState::Open,
-                times,
-                (e.to_remote, e.to_guest),
-            );
-            table.push(FlowRow { inbound, ..row });
-        }
+            let traffic = (e.to_remote, e.to_guest);
+            let row = row(Protocol::Udp, ends, FlowState::Open, times, traffic);
+            FlowRow { inbound, ..row }
+        });
+        table.extend(self.entries.len(), rows);
     }
 
     /// Drop the entries of a forward that was removed, closing its socket with the last one.

@@ -64,9 +64,8 @@ impl Failures {
 impl TcpFlows {
     /// One row per flow, for the flow table.
     pub fn snapshot(&self, now: Instant, table: &mut FlowTable) {
-        for (_, flow) in self.flows.iter() {
-            table.push(flow_row(flow, now));
-        }
+        let rows = self.flows.iter().map(|(_, flow)| flow_row(flow, now));
+        table.extend(self.flows.len(), rows);
     }
 
     /// The memory the flows' rings may hold together (`--max-buffer-memory`).
