@@ -503,7 +503,10 @@ mod tests {
             row(FlowState::Open)
         });
         table.extend(MAX_ROWS + 10, rows);
-        assert_eq!((table.flows.len(), table.omitted, built), (MAX_ROWS, 10, MAX_ROWS));
+        assert_eq!(
+            (table.flows.len(), table.omitted, built),
+            (MAX_ROWS, 10, MAX_ROWS)
+        );
         table.push(row(FlowState::Open));
         assert_eq!((table.flows.len(), table.omitted), (MAX_ROWS, 11));
     }
