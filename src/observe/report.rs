@@ -280,6 +280,8 @@ pub struct Dns {
     pub answered: u64,
     /// Queries passed to the next upstream after one failed or did not answer.
     pub failovers: u64,
+    /// Answers too big for the guest's link, sent truncated (the guest retries over TCP).
+    pub truncated: u64,
     pub servfail: u64,
     pub malformed: u64,
 }
@@ -385,10 +387,11 @@ impl Stats {
         );
         let _ = writeln!(
             out,
-            "dns: queries {}, answered {}, failovers {}, servfail {}, malformed {}",
+            "dns: queries {}, answered {}, failovers {}, truncated {}, servfail {}, malformed {}",
             self.dns.queries,
             self.dns.answered,
             self.dns.failovers,
+            self.dns.truncated,
             self.dns.servfail,
             self.dns.malformed
         );

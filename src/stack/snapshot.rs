@@ -187,6 +187,7 @@ impl Stack {
                 queries: self.dns.stats.queries,
                 answered: self.dns.stats.answered,
                 failovers: self.dns.stats.failovers,
+                truncated: self.dns.stats.truncated,
                 servfail: self.dns.stats.servfail,
                 malformed: self.dns.stats.malformed,
             },
