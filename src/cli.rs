@@ -1059,30 +1059,10 @@ mod tests {
             attach.stack.stack_config().capture.unwrap().max_bytes,
             2 << 20
         );
-        assert!(
-            parse(&[
-                "run",
-                "--pcap",
-                "/x",
-                "--pcap-max-bytes",
-                "4095",
-                "--",
-                "true"
-            ])
-            .is_err()
-        );
-        assert!(
-            parse(&[
-                "run",
-                "--pcap",
-                "/x",
-                "--pcap-max-bytes",
-                "4K",
-                "--",
-                "true"
-            ])
-            .is_ok()
-        );
+        for (cap, ok) in [("4095", false), ("4K", true)] {
+            let args = ["run", "--pcap", "/x", "--pcap-max-bytes", cap, "--", "true"];
+            assert_eq!(parse(&args).is_ok(), ok, "{cap}");
+        }
         let Command::Flows(flows) = accepted(&["flows", "--json", "--watch"]).command else {
             panic!("not flows");
         };

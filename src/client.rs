@@ -49,7 +49,7 @@ pub fn ps() -> Result<String> {
 
 /// Refuse a server that does not run as us (unless we are root): whoever runs it decides
 /// what we print.
-pub(crate) fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
+fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     let cred = getsockopt(stream, PeerCredentials)
         .with_context(|| format!("cannot tell who serves {}", socket.display()))?;
@@ -63,6 +63,16 @@ pub(crate) fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
         cred.uid(),
         cred.pid()
     )
+}
+
+/// Connect to the API server at `socket`, believed only if it runs as us (see
+/// [`check_server`]), with a read timeout; `hint` says what to check if nobody is there.
+pub(crate) fn connect(socket: &Path, hint: &str) -> Result<UnixStream> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {} ({hint})", socket.display()))?;
+    check_server(&stream, socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(stream)
 }
 
 /// A client of one REST API socket (`STATE_DIR/api.sock`), for usernet's own commands and the
@@ -87,15 +97,7 @@ impl ApiClient {
 
     /// One request; the status and body of the answer.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>)> {
-        let socket = &self.socket;
-        let mut stream = UnixStream::connect(socket).with_context(|| {
-            format!(
-                "cannot connect to {} (is usernet running with that state dir?)",
-                socket.display()
-            )
-        })?;
-        check_server(&stream, socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut stream = connect(&self.socket, "is usernet running with that state dir?")?;
         let body = body.unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: usernet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

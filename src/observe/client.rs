@@ -6,15 +6,14 @@
 //! command (`crate::client`).
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 
 use super::{FlowTable, Stats};
-use crate::client::{ApiClient, check_server, read_answer};
+use crate::client::{ApiClient, connect, read_answer};
 
 /// Where the flow table and counters are asked.
 pub enum Source {
@@ -52,15 +51,8 @@ impl Source {
 }
 
 /// One request on a slirp4netns-style API socket; the value of its `return`.
-fn slirp_call<T: DeserializeOwned>(path: &PathBuf, execute: &str) -> Result<T> {
-    let mut stream = UnixStream::connect(path).with_context(|| {
-        format!(
-            "cannot connect to {} (is usernet serving its API there?)",
-            path.display()
-        )
-    })?;
-    check_server(&stream, path)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+fn slirp_call<T: DeserializeOwned>(path: &Path, execute: &str) -> Result<T> {
+    let mut stream = connect(path, "is usernet serving its API there?")?;
     stream
         .write_all(format!("{{\"execute\":\"{execute}\"}}").as_bytes())
         .context("sending the request to the API")?;

@@ -556,19 +556,11 @@ pub fn other_users_cannot_read_the_capture_the_flows_or_the_counters() -> Result
     std::fs::set_permissions(&*tmp, PermissionsExt::from_mode(0o755)).unwrap();
     let state = tmp.join("state");
     let file = tmp.join("cap.pcap");
+    // USERNET_PCAP, as a caller that cannot pass flags would set it.
     let mut usernet = Server::from_child(
         world
-            .usernet(&[
-                "run",
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--pcap",
-                file.to_str().unwrap(),
-                "--",
-                "sh",
-                "-c",
-                "echo up; sleep 60",
-            ])
+            .usernet_sh(&state, "echo up; sleep 60")
+            .env("USERNET_PCAP", &file)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
