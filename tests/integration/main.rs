@@ -178,6 +178,7 @@ fn main() {
         rootlesskit::rootlesskit_help_version_and_errors_keep_the_contract,
         rootlesskit::rootlesskit_evacuate_cgroup2_moves_its_processes_into_the_subgroup,
         observe::flows_show_a_live_transfer_a_half_closed_flow_a_udp_entry_and_a_ping,
+        observe::flows_show_a_published_port_connection,
         observe::counters_move_for_a_malformed_frame_a_policy_refusal_and_a_bound_hit,
         observe::pcap_holds_a_known_exchange_frame_by_frame,
         observe::pcap_stops_at_its_cap_and_never_overwrites_a_file,

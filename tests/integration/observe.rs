@@ -159,6 +159,39 @@ pub fn flows_show_a_live_transfer_a_half_closed_flow_a_udp_entry_and_a_ping() {
     }
 }
 
+/// A connection through a published port (the builtin port driver relays it with splice,
+/// beside the stack) is a row too: inbound, its client as the remote end, bytes each way.
+pub fn flows_show_a_published_port_connection() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
+    let state = state.to_str().unwrap();
+    let _inside = world.usernet_server(
+        &["--state-dir", state, "-p", "127.0.0.1:7340:7000"],
+        &["tcp-echo", "0.0.0.0:7000"],
+    );
+    let out = run(
+        &mut world.tool(&["observe-inbound", "127.0.0.1:7340", state]),
+        LIMIT,
+    );
+    out.assert_ok();
+    let table: FlowTable = labelled(&out.stdout, "flows");
+    let local = value(&out.stdout, "local");
+    let conn = table
+        .flows
+        .iter()
+        .find(|r| r.inbound && r.remote == local)
+        .unwrap_or_else(|| panic!("no row for {local} in {table:#?}"));
+    assert_eq!(conn.proto, Protocol::Tcp);
+    assert_eq!(conn.guest, "127.0.0.1:7000", "{conn:?}");
+    assert_eq!(conn.state, FlowState::Open, "{conn:?}");
+    assert_eq!(
+        (conn.to_guest.bytes, conn.to_remote.bytes),
+        (1000, 1000),
+        "{conn:?}"
+    );
+}
+
 pub fn counters_move_for_a_malformed_frame_a_policy_refusal_and_a_bound_hit() {
     let world = World::new();
     let _echo = world.server(&["tcp-echo", "198.18.0.1:7320"]);

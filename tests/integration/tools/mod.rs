@@ -63,6 +63,7 @@ pub fn main(args: &[String]) -> i32 {
         ["raw-bad-checksum", ifname, count] => raw::raw_bad_checksum(ifname, parse(count) as u32),
         ["observe-flows", echo, hello, udp, ping] => observe::observe_flows(echo, hello, udp, ping),
         ["observe-counters", echo, refused] => observe::observe_counters(echo, refused),
+        ["observe-inbound", addr, state] => observe::observe_inbound(addr, state),
         ["tcp-exchange", addr, bytes] => observe::tcp_exchange(addr, parse(bytes)),
         ["attack-host-side", target, seconds, rest @ ..] => {
             attacker::attack_host_side(target, parse(seconds), rest.first().copied())

@@ -127,6 +127,20 @@ pub(super) fn observe_counters(echo: &str, refused: &str) -> io::Result<()> {
     io::stdout().flush()
 }
 
+/// A client of a published port: 1000 bytes there and back through `addr`, then a look at
+/// the flows of the usernet with state dir `state` while the connection is open.
+pub(super) fn observe_inbound(addr: &str, state: &str) -> io::Result<()> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    println!("local {}", conn.local_addr()?);
+    echo_round(&mut conn, 1000)?;
+    println!(
+        "flows {}",
+        usernet(&["flows", "--json", "--state-dir", state])?
+    );
+    io::stdout().flush()
+}
+
 /// One TCP exchange with an echo server: `bytes` of the pattern there and back, then our
 /// FIN and the server's.
 pub(super) fn tcp_exchange(addr: &str, bytes: u64) -> io::Result<()> {
