@@ -29,7 +29,7 @@ use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
 use super::policy::{Unreachable, unreachable_reason};
-use super::snapshot::row;
+use super::snapshot::{Failures, row};
 use super::token::Kind;
 use super::udp::{connect_dgram, error_source};
 use crate::observe::report::{FlowState, FlowTable, Protocol as FlowProtocol, Traffic};
@@ -81,6 +81,8 @@ pub struct Pinger {
     /// Ping sockets were refused once; we said so.
     warned: bool,
     pub stats: IcmpStats,
+    /// Recent pings that could not be relayed, for the flow table.
+    pub failures: Failures,
 }
 
 impl Pinger {
@@ -210,6 +212,10 @@ impl Pinger {
     /// relay pings), and the user, once, when ping sockets are not allowed.
     fn refuse(&mut self, e: &GuestEcho<'_>, err: &io::Error, cx: &mut Ctx<'_>) {
         self.stats.refused += 1;
+        let guest = format!("{} id {}", e.src, e.ident);
+        let why = format!("no ping socket: {err}");
+        self.failures
+            .note(FlowProtocol::Icmp, (guest, e.dst), (cx.now, cx.now), why);
         if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
             if !self.warned {
                 self.warned = true;

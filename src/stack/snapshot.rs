@@ -101,13 +101,13 @@ impl Stack {
         self.tcp.snapshot(now, &mut table);
         self.udp.snapshot(now, &mut table);
         self.pinger.snapshot(now, &mut table);
-        let mut failures: Vec<&Failure> = self
-            .tcp
-            .failures
-            .ring
-            .iter()
-            .chain(self.failures.ring.iter())
-            .collect();
+        let rings = [
+            &self.tcp.failures,
+            &self.udp.failures,
+            &self.pinger.failures,
+            &self.failures,
+        ];
+        let mut failures: Vec<&Failure> = rings.iter().flat_map(|f| f.ring.iter()).collect();
         failures.sort_by_key(|f| std::cmp::Reverse(f.at));
         for f in failures.into_iter().take(MAX_FAILURES) {
             let ends = (f.guest.clone(), f.remote.clone());

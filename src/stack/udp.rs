@@ -33,7 +33,7 @@ use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
-use super::snapshot::row;
+use super::snapshot::{Failures, row};
 use super::token::Kind;
 use crate::observe::report::{FlowRow, FlowState, FlowTable, Protocol, Traffic};
 use crate::slab::{Id, Slab};
@@ -146,6 +146,8 @@ pub struct UdpNat {
     /// Entries whose socket reported readable and has not been drained yet.
     ready: Vec<Id>,
     pub stats: UdpStats,
+    /// Recent flows refused for lack of room, for the flow table.
+    pub failures: Failures,
 }
 
 impl UdpNat {
@@ -159,6 +161,7 @@ impl UdpNat {
             unanswered: BTreeSet::new(),
             ready: Vec::new(),
             stats: UdpStats::default(),
+            failures: Failures::default(),
         }
     }
 
@@ -195,6 +198,9 @@ impl UdpNat {
             Some(id) => id,
             None if !self.make_room(cx) => {
                 self.stats.refused_full += 1;
+                let why = "refused: the flow table is full (--max-udp-flows)";
+                self.failures
+                    .note(Protocol::Udp, (d.src, d.dst), (cx.now, cx.now), why);
                 log::debug!("udp {} -> {target}: refused, the flow table is full", d.src);
                 let net = cx.policy.net;
                 let reason = Unreachable::Prohibited;
@@ -770,6 +776,19 @@ mod tests {
         assert_eq!(icmp, vec![13]);
         assert_eq!(guest.stack.table_sizes().udp_flows, 4);
         assert_eq!(guest.stack.udp().stats.refused_full, 1);
+        // The flow table has the four entries, each with its datagram each way, and the
+        // refusal with why.
+        let table = guest.stack.flow_table();
+        let live: Vec<_> = table.flows.iter().filter(|r| r.why.is_none()).collect();
+        assert_eq!(live.len(), 4, "{table:?}");
+        assert!(
+            live.iter()
+                .all(|r| r.to_remote.packets == 1 && r.to_guest.bytes == 2)
+        );
+        let refused = table.flows.iter().find(|r| r.why.is_some()).unwrap();
+        assert!(refused.guest.ends_with(":2000"), "{refused:?}");
+        assert!(refused.why.as_deref().unwrap().contains("--max-udp-flows"));
+        assert_eq!(guest.stack.counters().refusals.over_bound, 1);
         // The conversations go on with their host sockets.
         guest.send(1000, port, b"again");
         echo_one(&echo);
