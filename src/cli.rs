@@ -22,6 +22,7 @@ use crate::config::{
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, Ipv6Network, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::netconf::valid_ifname;
+use crate::observe::capture::CaptureConfig;
 use crate::ports::PortSpec;
 use crate::process::Failure;
 use crate::resolv::parse_upstream;
@@ -52,6 +53,12 @@ pub enum Command {
     Ports(PortsArgs),
     /// Show what a running usernet reports about itself.
     Info(InfoArgs),
+    /// Show the flows a running usernet carries: TCP connections, UDP NAT entries, pings,
+    /// published-port connections, and the last refused or failed flows with why.
+    Flows(FlowsArgs),
+    /// Show a running usernet's counters: frames, drops and refusals by reason, buffer
+    /// memory, DNS, DHCP, capture.
+    Stats(StatsArgs),
     /// List your running usernets: their pid, child_pid and state dir.
     Ps,
     /// Make usernet the slirp4netns, rootlesskit, docker-rootlesskit, rootlesskit-docker-proxy
@@ -106,6 +113,36 @@ pub struct InfoArgs {
     /// As JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which running usernet to ask for flows or counters, and how to print them.
+#[derive(Debug, Args)]
+pub struct ObserveArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Ask the slirp4netns-style API socket at PATH (`usernet attach --api-socket`, or usernet
+    /// run as slirp4netns) instead of a state dir's api.sock.
+    #[arg(long, value_name = "PATH", conflicts_with = "state_dir")]
+    pub socket: Option<PathBuf>,
+    /// As JSON (the API's own answer).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+    /// Print the table again every SECONDS (default 1) until interrupted; with --json, one
+    /// JSON object per line.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true, default_missing_value = "1", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watch: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 /// Which running usernet to talk to.
@@ -346,6 +383,17 @@ pub struct StackArgs {
     /// down rather than memory grow.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub max_buffer_memory: usize,
+
+    /// Capture every frame on the guest link, both directions, to FILE in pcap format (for
+    /// tcpdump -r or Wireshark). FILE must not exist (usernet never overwrites a file); it is
+    /// created mode 0600. $USERNET_PCAP does the same where flags cannot be passed.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
+    /// Stop capturing once the --pcap file holds SIZE bytes (bytes, or with a K, M or G
+    /// suffix; default 1G). The file keeps the first frames; it is never rotated.
+    #[arg(long, value_name = "SIZE", value_parser = parse_pcap_max_bytes)]
+    pub pcap_max_bytes: Option<u64>,
 }
 
 impl From<RunArgs> for RunConfig {
@@ -428,7 +476,7 @@ impl AttachArgs {
 
 /// Flags (by argument id) that only shape the builtin network: nothing uses them with
 /// `--net none` or `--net host`.
-const BUILTIN_NETWORK_FLAGS: [&str; 15] = [
+const BUILTIN_NETWORK_FLAGS: [&str; 17] = [
     "mtu",
     "ifname",
     "cidr",
@@ -444,6 +492,8 @@ const BUILTIN_NETWORK_FLAGS: [&str; 15] = [
     "max_tcp_flows",
     "max_pending_connects",
     "max_udp_flows",
+    "pcap",
+    "pcap_max_bytes",
 ];
 
 /// The flag an argument id is given as.
@@ -517,6 +567,9 @@ impl StackArgs {
                     .into(),
             );
         }
+        if self.pcap_max_bytes.is_some() && self.pcap.is_none() {
+            return Err("--pcap-max-bytes caps the --pcap file; give --pcap FILE too".into());
+        }
         if (self.ipv6 || self.cidr6.is_some()) && self.mtu < crate::net::IPV6_MIN_MTU {
             return Err(UsageError(format!(
                 "--ipv6 needs --mtu {} or more (the smallest link IPv6 works on), not {}",
@@ -544,6 +597,12 @@ impl StackArgs {
         stack.tcp.max_pending_connects = self.max_pending_connects;
         stack.udp.max_entries = self.max_udp_flows;
         stack.tcp.buffer_memory = self.max_buffer_memory;
+        stack.capture = self.pcap.clone().map(|path| CaptureConfig {
+            path,
+            max_bytes: self
+                .pcap_max_bytes
+                .unwrap_or(crate::observe::capture::DEFAULT_MAX_BYTES),
+        });
         stack
     }
 }
@@ -629,6 +688,20 @@ fn parse_bound(s: &str) -> Result<usize, UsageError> {
 /// A memory size: bytes, or a number with a K, M or G suffix (powers of 1024), from 1 MiB to
 /// 1 TiB.
 fn parse_size(s: &str) -> Result<usize, UsageError> {
+    let bytes = parse_bytes(s)?;
+    if !(1 << 20..=1 << 40).contains(&bytes) {
+        return Err(UsageError(format!("{s} is outside 1M..=1024G")));
+    }
+    usize::try_from(bytes)
+        .map_err(|_| UsageError(format!("{s} does not fit this machine's address space")))
+}
+
+fn parse_pcap_max_bytes(s: &str) -> Result<u64, UsageError> {
+    crate::observe::capture::check_max_bytes(parse_bytes(s)?).map_err(UsageError)
+}
+
+/// A size in bytes, or a number with a K, M or G suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (&t[..i], 10),
@@ -639,12 +712,8 @@ fn parse_size(s: &str) -> Result<usize, UsageError> {
     let v: u64 = digits
         .parse()
         .map_err(|_| format!("'{s}' is not a size (bytes, or a number with K, M or G)"))?;
-    let bytes = v
-        .checked_mul(1 << shift)
-        .filter(|b| (1 << 20..=1 << 40).contains(b))
-        .ok_or_else(|| format!("{s} is outside 1M..=1024G"))?;
-    usize::try_from(bytes)
-        .map_err(|_| UsageError(format!("{s} does not fit this machine's address space")))
+    v.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s} is too large"))
 }
 
 fn parse_mtu(s: &str) -> Result<u32, UsageError> {
@@ -968,6 +1037,48 @@ mod tests {
     }
 
     #[test]
+    fn capture_flags_build_the_capture_and_observers_take_a_socket_or_a_state_dir() {
+        let Command::Run(run) = accepted(&["run", "--pcap", "/tmp/c.pcap", "--", "true"]).command
+        else {
+            panic!("not run");
+        };
+        let capture = run.stack.stack_config().capture.unwrap();
+        assert_eq!(
+            (capture.path.to_str(), capture.max_bytes),
+            (
+                Some("/tmp/c.pcap"),
+                crate::observe::capture::DEFAULT_MAX_BYTES
+            )
+        );
+        let Command::Attach(attach) =
+            accepted(&["attach", "--pcap", "/tmp/d", "--pcap-max-bytes", "2M", "1"]).command
+        else {
+            panic!("not attach");
+        };
+        assert_eq!(
+            attach.stack.stack_config().capture.unwrap().max_bytes,
+            2 << 20
+        );
+        for (cap, ok) in [("4095", false), ("4K", true)] {
+            let args = ["run", "--pcap", "/x", "--pcap-max-bytes", cap, "--", "true"];
+            assert_eq!(parse(&args).is_ok(), ok, "{cap}");
+        }
+        let Command::Flows(flows) = accepted(&["flows", "--json", "--watch"]).command else {
+            panic!("not flows");
+        };
+        assert_eq!((flows.observe.json, flows.watch), (true, Some(1)));
+        assert!(parse(&["flows", "--watch=0"]).is_err());
+        assert!(parse(&["stats", "--socket", "/s", "--state-dir", "/d"]).is_err());
+        let Command::Stats(stats) = accepted(&["stats", "--socket", "/s"]).command else {
+            panic!("not stats");
+        };
+        assert_eq!(
+            stats.observe.socket.as_deref(),
+            Some(std::path::Path::new("/s"))
+        );
+    }
+
+    #[test]
     fn meaningless_combinations_are_refused_saying_which_flags() {
         for (args, want) in [
             (
@@ -985,6 +1096,14 @@ mod tests {
             (
                 &["run", "--net", "host", "--disable-host-loopback"],
                 "--disable-host-loopback does nothing with --net host",
+            ),
+            (
+                &["run", "--net", "host", "--pcap", "/tmp/x.pcap"],
+                "--pcap does nothing with --net host",
+            ),
+            (
+                &["run", "--pcap-max-bytes", "1M"],
+                "--pcap-max-bytes caps the --pcap file; give --pcap FILE too",
             ),
             (
                 &["run", "--net", "host", "-p", "8080:80"],

@@ -65,6 +65,16 @@ fn check_server(stream: &UnixStream, socket: &Path) -> Result<()> {
     )
 }
 
+/// Connect to the API server at `socket`, believed only if it runs as us (see
+/// [`check_server`]), with a read timeout; `hint` says what to check if nobody is there.
+pub(crate) fn connect(socket: &Path, hint: &str) -> Result<UnixStream> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {} ({hint})", socket.display()))?;
+    check_server(&stream, socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(stream)
+}
+
 /// A client of one REST API socket (`STATE_DIR/api.sock`), for usernet's own commands and the
 /// personalities that are clients (`rootlessctl`, `rootlesskit-docker-proxy`).
 #[derive(Debug, Clone)]
@@ -87,15 +97,7 @@ impl ApiClient {
 
     /// One request; the status and body of the answer.
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>)> {
-        let socket = &self.socket;
-        let mut stream = UnixStream::connect(socket).with_context(|| {
-            format!(
-                "cannot connect to {} (is usernet running with that state dir?)",
-                socket.display()
-            )
-        })?;
-        check_server(&stream, socket)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut stream = connect(&self.socket, "is usernet running with that state dir?")?;
         let body = body.unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: usernet\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -142,6 +144,18 @@ impl ApiClient {
         serde_json::from_slice(&self.info_json()?).context("bad info answer")
     }
 
+    /// `GET /v1/flows` (usernet's extension).
+    pub fn flows(&self) -> Result<crate::observe::FlowTable> {
+        let body = self.ok_body("GET", "/v1/flows", None, 200)?;
+        serde_json::from_slice(&body).context("bad flow table")
+    }
+
+    /// `GET /v1/stats` (usernet's extension).
+    pub fn stats(&self) -> Result<crate::observe::Stats> {
+        let body = self.ok_body("GET", "/v1/stats", None, 200)?;
+        serde_json::from_slice(&body).context("bad counters")
+    }
+
     /// `GET /v1/ports`.
     pub fn ports(&self) -> Result<Vec<PortStatus>> {
         let body = self.ok_body("GET", "/v1/ports", None, 200)?;
@@ -166,7 +180,7 @@ impl ApiClient {
 
 /// Everything the server sends until it closes; a reset after some data ends it too (the
 /// server closed without reading all we sent).
-fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {

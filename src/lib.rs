@@ -16,6 +16,8 @@
 //!   [`slirp4netns`], the same process behind slirp4netns's command line and API;
 //! - [`rootlesskit`]: rootlesskit's command line in front of the launcher;
 //! - [`harden`]: the sandbox and seccomp filter of the long-lived process;
+//! - [`observe`]: the flow table, counters and packet capture (`usernet flows`, `stats`,
+//!   `--pcap`);
 //! - [`cli`]: the command line.
 
 pub mod api;
@@ -33,6 +35,7 @@ pub mod launcher;
 pub mod links;
 pub mod net;
 pub mod netconf;
+pub mod observe;
 pub mod portdriver;
 pub mod ports;
 pub mod process;

@@ -9,6 +9,7 @@ use clap::error::ErrorKind;
 use usernet::cli::{BadCommandLine, Command, PortsCommand};
 use usernet::client;
 use usernet::launcher;
+use usernet::observe::client::Source;
 use usernet::process::Failure;
 
 /// Non-dumpable before `main`, before even the Rust runtime starts: a constructor the loader
@@ -77,6 +78,20 @@ fn main() -> ExitCode {
             Command::Info(args) => print(
                 client::state_dir(args.target.state_dir).and_then(|d| client::info(&d, args.json)),
             ),
+            Command::Flows(args) => {
+                let o = args.observe;
+                Source::resolve(o.target.state_dir, o.socket).and_then(|source| {
+                    let every = args.watch.map(std::time::Duration::from_secs);
+                    usernet::observe::client::flows(&source, o.json, every)
+                })
+            }
+            Command::Stats(args) => {
+                let o = args.observe;
+                print(
+                    Source::resolve(o.target.state_dir, o.socket)
+                        .and_then(|source| usernet::observe::client::stats(&source, o.json)),
+                )
+            }
             Command::Ps => print(client::ps()),
             Command::InstallLinks(args) => usernet::links::install(args.dir),
         };

@@ -21,6 +21,16 @@ pub trait PortManager {
     fn list(&self) -> Vec<PortStatus>;
     /// Stop publishing port `id`.
     fn remove(&mut self, id: i64) -> Result<(), PortError>;
+    /// The connections of published ports this manager relays itself (not through the
+    /// stack, whose flows already show its own), for the flow table.
+    fn connections(&self) -> Vec<crate::observe::FlowRow> {
+        Vec::new()
+    }
+    /// The stack's flows and counters, where this manager can reach the stack directly (it
+    /// runs on the stack's thread).
+    fn observer(&mut self) -> Option<&mut dyn crate::observe::Observer> {
+        None
+    }
 }
 
 /// Why a port could not be published or removed: the one line an API client is told.

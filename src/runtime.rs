@@ -25,12 +25,17 @@ use mio::Token;
 use nix::sys::signal::SigSet;
 
 use crate::harden::{self, Hardening, Keep, Sandbox};
+use crate::observe::capture::CaptureConfig;
+use crate::observe::probe::{self, Answer, Probe, ProbeEnd, Query};
 use crate::process::signals::{self, Signals};
 use crate::process::tune_malloc;
 use crate::stack::{Stack, StackConfig};
 
 /// Token of the signalfd on the stack's poller.
 pub const SIGNALS_TOKEN: Token = Token(1);
+/// Token of the [probe](crate::observe::probe) waker on the stack's poller: another thread
+/// asks for the flow table or the counters.
+pub const PROBE_TOKEN: Token = Token(4);
 
 /// Step 1: block `handled`, to be read from a signalfd.
 pub fn prepare(handled: &SigSet) -> Result<()> {
@@ -38,10 +43,28 @@ pub fn prepare(handled: &SigSet) -> Result<()> {
     Ok(())
 }
 
-/// Step 2's end: the stack on the TAP the handshake produced.
-pub fn start_stack(tap: OwnedFd, config: StackConfig) -> Result<Stack> {
+/// Step 2's end: the stack on the TAP the handshake produced. Its capture file (`--pcap`, or
+/// `USERNET_PCAP` for every personality) is created here, before confinement.
+pub fn start_stack(tap: OwnedFd, mut config: StackConfig) -> Result<Stack> {
     tune_malloc();
+    if config.capture.is_none() {
+        config.capture = CaptureConfig::from_env().map_err(|e| anyhow::anyhow!(e))?;
+    }
     Stack::new(tap, config).context("cannot start the network stack")
+}
+
+/// A probe other threads ask the stack with, waking it on [`PROBE_TOKEN`]; the runtime's
+/// callback hands that token to [`answer_probe`].
+pub fn probe(stack: &Stack) -> Result<(Probe, ProbeEnd)> {
+    probe::channel(stack.registry(), PROBE_TOKEN).context("cannot create the stack's waker")
+}
+
+/// Answer the queries waiting on `end` from `stack` (on the stack's thread).
+pub fn answer_probe(end: &ProbeEnd, stack: &Stack) {
+    end.answer(|query| match query {
+        Query::Flows => Answer::Flows(stack.flow_table()),
+        Query::Stats => Answer::Stats(Box::new(stack.counters())),
+    });
 }
 
 /// Step 3: the sandbox (keeping `keep` reachable), then the seccomp filter.

@@ -84,6 +84,8 @@ done <<'REQUESTS'
 {"execute": "remove_hostfwd", "arguments": {"id": 99}}
 {"execute": "add_hostfwd", "arguments": {"proto": "sctp", "host_port": 1, "guest_port": 1}}
 {"execute": "bogus"}
+{"execute":"list_flows"}
+{"execute": "get_stats", "arguments": {}}
 REQUESTS
 # slirp4netns does not exit with its target (neither does ours, as slirp4netns): stop it.
 pkill -f "$out/slirp4netns -c" || true

@@ -162,6 +162,8 @@ sh("curl", "-s", "-X", "PUT", "--unix-socket", api, "http://rootlesskit/v1/ports
 sh("curl", "-s", "-X", "POST", "-H", "Transfer-Encoding: chunked", "-d", "{}", "--unix-socket", api,
    "http://rootlesskit/v1/ports")
 sh("curl", "-s", "-X", "DELETE", "--unix-socket", api, "http://rootlesskit/v1/ports/abc")
+sh("usernet", "flows", "--json")
+sh("usernet", "stats", "--json")
 # IPv6. The kernel's own traffic on link-up (duplicate address detection, multicast listener
 # reports) is in the capture already; solicit our neighbours and the router explicitly.
 def router_solicit():

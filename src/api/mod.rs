@@ -7,7 +7,9 @@
 //! buffering; a protocol only turns request bytes into answers. Both act on published ports
 //! through [`crate::ports::PortManager`], whoever serves them (the builtin port driver, the
 //! stack's slirp-style forwards, a fake in tests), so neither knows the other or the
-//! datapath. [`http`] is the small HTTP/1.1 codec the REST API needs.
+//! datapath. [`http`] is the small HTTP/1.1 codec the REST API needs. Both also answer
+//! usernet's extensions, the flow table and the counters, from a [`crate::observe::Observer`]
+//! (a probe to the stack's thread, or the stack itself where the API runs on its thread).
 
 pub mod http;
 pub mod rest;

@@ -3,6 +3,11 @@
 //! quirks (an empty port list is `null`; error bodies are `{"message":...}` followed by a
 //! newline and typed `text/plain`), so the real `rootlessctl` and Docker's client work.
 //!
+//! usernet's extensions: `GET /v1/flows` (the live flow table, see
+//! [`crate::observe::report::FlowTable`]) and `GET /v1/stats` (the counters), asked of the
+//! stack through a [`Probe`] (the API runs on another thread than the stack), with the
+//! published-port connections the port driver relays itself added to the flows.
+//!
 //! This module is the protocol ([`RestApi`], a [`Protocol`] of the shared
 //! [server](super::server)): HTTP/1.1 with keep-alive, bounded requests ([`Limits`]), routed
 //! to `GET /v1/info` and to a [`PortManager`] (the port driver, or a fake in tests). The
@@ -15,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{self, Parsed, Response};
 use super::server::{Next, Protocol, Refusal, Settings, Timeout};
+use crate::observe::probe::Probe;
+use crate::observe::{ObserveError, Observer};
 use crate::ports::{PROTOS, PortManager, PortSpec};
 
 /// Version of the REST API we speak (rootlesskit's).
@@ -112,11 +119,23 @@ impl Default for Limits {
 pub struct RestApi {
     info: Info,
     limits: Limits,
+    /// Where flows and counters come from (none without a stack).
+    probe: Option<Probe>,
 }
 
 impl RestApi {
     pub fn new(info: Info, limits: Limits) -> Self {
-        RestApi { info, limits }
+        RestApi {
+            info,
+            limits,
+            probe: None,
+        }
+    }
+
+    /// Answer `/v1/flows` and `/v1/stats` from the stack `probe` reaches.
+    pub fn with_probe(mut self, probe: Option<Probe>) -> Self {
+        self.probe = probe;
+        self
     }
 
     /// Where the API sits on the control thread's poller, and its bounds.
@@ -162,6 +181,7 @@ impl Protocol for RestApi {
                     let response = handle(
                         &request,
                         &self.info,
+                        self.probe.as_mut().map(|p| p as &mut dyn Observer),
                         ports.as_mut().map(|p| &mut **p as &mut dyn PortManager),
                     );
                     output.extend_from_slice(&response.encode(request.close));
@@ -194,6 +214,14 @@ fn error(status: u16, message: &str) -> Response {
     )
 }
 
+/// The stack could not be asked: 404 without one, 503 when it did not answer in time.
+fn observe_error(e: &ObserveError) -> Response {
+    match e {
+        ObserveError::NoStack => error(404, &e.to_string()),
+        ObserveError::Busy => error(503, &e.to_string()),
+    }
+}
+
 fn json(status: u16, value: &impl Serialize) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => Response::new(status, Some("application/json"), body),
@@ -202,12 +230,45 @@ fn json(status: u16, value: &impl Serialize) -> Response {
 }
 
 /// Route one request.
-fn handle(request: &http::Request, info: &Info, ports: Option<&mut dyn PortManager>) -> Response {
+fn handle(
+    request: &http::Request,
+    info: &Info,
+    observer: Option<&mut dyn Observer>,
+    ports: Option<&mut dyn PortManager>,
+) -> Response {
     const NO_DRIVER: &str = "no PortDriver is available";
     let method = request.method.as_str();
     match request.path.as_str() {
         "/v1/info" => match method {
             "GET" => json(200, info),
+            _ => Response::new(405, None, Vec::new()),
+        },
+        "/v1/flows" => match method {
+            "GET" => {
+                let mut table = match observer
+                    .ok_or(ObserveError::NoStack)
+                    .and_then(|o| o.flows())
+                {
+                    Ok(t) => t,
+                    // Published ports work without a stack (--net host has none to relay).
+                    Err(ObserveError::NoStack) => Default::default(),
+                    Err(e) => return observe_error(&e),
+                };
+                if let Some(ports) = &ports {
+                    for row in ports.connections() {
+                        table.push(row);
+                    }
+                }
+                json(200, &table)
+            }
+            _ => Response::new(405, None, Vec::new()),
+        },
+        "/v1/stats" => match (method, observer) {
+            ("GET", Some(o)) => match o.stats() {
+                Ok(stats) => json(200, &stats),
+                Err(e) => observe_error(&e),
+            },
+            ("GET", None) => observe_error(&ObserveError::NoStack),
             _ => Response::new(405, None, Vec::new()),
         },
         "/v1/ports" => match (method, ports) {
@@ -286,6 +347,14 @@ mod tests {
         }
     }
 
+    fn route(
+        request: &http::Request,
+        info: &Info,
+        ports: Option<&mut dyn PortManager>,
+    ) -> Response {
+        handle(request, info, None, ports)
+    }
+
     fn request(method: &str, path: &str, body: &str) -> http::Request {
         http::Request {
             method: method.into(),
@@ -330,7 +399,7 @@ mod tests {
 
     #[test]
     fn info_has_rootlesskits_shape() {
-        let r = handle(&request("GET", "/v1/info", ""), &info(), None);
+        let r = route(&request("GET", "/v1/info", ""), &info(), None);
         assert_eq!(r.status, 200);
         assert_eq!(
             String::from_utf8(r.body).unwrap(),
@@ -340,25 +409,25 @@ mod tests {
 
     #[test]
     fn ports_without_a_driver_wrong_methods_and_unknown_paths() {
-        let r = handle(&request("GET", "/v1/ports", ""), &info(), None);
+        let r = route(&request("GET", "/v1/ports", ""), &info(), None);
         assert_eq!(
             (r.status, r.body.as_slice()),
             (400, &b"{\"message\":\"no PortDriver is available\"}\n"[..])
         );
         assert_eq!(
-            handle(&request("PUT", "/v1/ports", ""), &info(), None).status,
+            route(&request("PUT", "/v1/ports", ""), &info(), None).status,
             405
         );
         assert_eq!(
-            handle(&request("GET", "/v1/ports/1", ""), &info(), None).status,
+            route(&request("GET", "/v1/ports/1", ""), &info(), None).status,
             405
         );
         assert_eq!(
-            handle(&request("HEAD", "/v1/info", ""), &info(), None).status,
+            route(&request("HEAD", "/v1/info", ""), &info(), None).status,
             405
         );
         for path in ["/v1/nonexistent", "/v2/info", "/v1/info/", "/v1/ports/1/x"] {
-            let r = handle(&request("GET", path, ""), &info(), None);
+            let r = route(&request("GET", path, ""), &info(), None);
             assert_eq!(
                 (r.status, r.body.as_slice()),
                 (404, &b"404 page not found\n"[..]),
@@ -371,7 +440,7 @@ mod tests {
     fn port_requests_validate_and_report_like_rootlesskit() {
         let mut ports = FakePorts::default();
         let mut call =
-            |m: &str, p: &str, b: &str| handle(&request(m, p, b), &info(), Some(&mut ports));
+            |m: &str, p: &str, b: &str| route(&request(m, p, b), &info(), Some(&mut ports));
         let r = call("GET", "/v1/ports", "");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"null"[..]));
         assert_eq!(

@@ -19,6 +19,10 @@
 //!   a missing `host_addr` means 0.0.0.0 and a missing `guest_addr` the guest's address;
 //!   `list_hostfwd` answers `{"entries":[...]}` without the `return` wrapper its manual shows
 //!   (the released binary never had it, and clients read it that way); error texts verbatim.
+//! - added (usernet's extensions, which slirp4netns answers with "unknown execute"):
+//!   `list_flows` answers `{"return":FLOWS}` and `get_stats` `{"return":STATS}`, the bodies
+//!   of the REST API's `GET /v1/flows` and `GET /v1/stats` (`usernet flows --socket PATH`
+//!   and `usernet stats --socket PATH` speak them);
 //! - fixed: a missing or non-string `proto` is `bad arguments.proto`, not a crash; ports
 //!   outside 1..65535 are rejected instead of wrapping; a request is answered once it is
 //!   complete even if it came in several writes; a silent client never stalls anything.
@@ -32,6 +36,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::server::{Next, Protocol, Refusal, Settings, Timeout};
+use crate::observe::{ObserveError, Observer};
 use crate::ports::{PortManager, PortSpec};
 
 /// A request of this many bytes or more is "too large" (slirp4netns reads 4096 at most).
@@ -174,6 +179,8 @@ fn execute(v: &Value, table: &mut dyn PortManager, guest: Ipv4Addr) -> Vec<u8> {
         "add_hostfwd" => add(args, table, guest),
         "list_hostfwd" => list(table),
         "remove_hostfwd" => remove(args, table),
+        "list_flows" => observe(table, |o| o.flows().map(|t| json(&Return { r#return: t }))),
+        "get_stats" => observe(table, |o| o.stats().map(|s| json(&Return { r#return: s }))),
         _ => error("bad request: unknown execute"),
     }
 }
@@ -250,6 +257,22 @@ fn list(table: &dyn PortManager) -> Vec<u8> {
         })
         .collect();
     json(&Entries { entries })
+}
+
+#[derive(Serialize)]
+struct Return<T> {
+    r#return: T,
+}
+
+/// `list_flows` or `get_stats`: `ask` the stack the table reaches.
+fn observe(
+    table: &mut dyn PortManager,
+    ask: impl FnOnce(&mut dyn Observer) -> Result<Vec<u8>, ObserveError>,
+) -> Vec<u8> {
+    match table.observer().ok_or(ObserveError::NoStack).and_then(ask) {
+        Ok(answer) => answer,
+        Err(e) => error(&format!("bad request: {e}")),
+    }
 }
 
 fn remove(args: Option<&Map<String, Value>>, table: &mut dyn PortManager) -> Vec<u8> {
@@ -413,6 +436,60 @@ mod tests {
     }
 
     const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
+    /// A table that reaches a stack with one flow and a counter set.
+    struct Observed(Table);
+
+    impl PortManager for Observed {
+        fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
+            self.0.add(spec)
+        }
+        fn remove(&mut self, id: i64) -> Result<(), PortError> {
+            self.0.remove(id)
+        }
+        fn list(&self) -> Vec<PortStatus> {
+            self.0.list()
+        }
+        fn observer(&mut self) -> Option<&mut dyn Observer> {
+            Some(self)
+        }
+    }
+
+    impl Observer for Observed {
+        fn flows(&mut self) -> Result<crate::observe::FlowTable, ObserveError> {
+            Ok(crate::observe::FlowTable {
+                flows: Vec::new(),
+                omitted: 3,
+            })
+        }
+        fn stats(&mut self) -> Result<crate::observe::Stats, ObserveError> {
+            let mut stats = crate::observe::Stats::default();
+            stats.dns.queries = 9;
+            Ok(stats)
+        }
+    }
+
+    #[test]
+    fn flows_and_stats_are_usernets_extensions() {
+        let mut plain = Table::default();
+        assert_eq!(
+            call(&mut plain, r#"{"execute":"list_flows"}"#),
+            r#"{"error":{"desc":"bad request: this usernet has no network stack (--net host or none)"}}"#
+        );
+        let mut observed = Observed(Table::default());
+        let answer = |t: &mut Observed, req: &str| match respond(req.as_bytes(), true, t, GUEST) {
+            Request::Answer(a) => serde_json::from_slice::<Value>(&a).unwrap(),
+            Request::Incomplete => panic!("incomplete with eof"),
+        };
+        let flows = answer(&mut observed, r#"{"execute":"list_flows"}"#);
+        assert_eq!(flows["return"]["omitted"], 3, "{flows}");
+        assert_eq!(flows["return"]["flows"], serde_json::json!([]));
+        let stats = answer(
+            &mut observed,
+            "{\"execute\":\"get_stats\",\"arguments\":{}}\n",
+        );
+        assert_eq!(stats["return"]["dns"]["queries"], 9, "{stats}");
+    }
 
     fn call(t: &mut Table, req: &str) -> String {
         match respond(req.as_bytes(), true, t, GUEST) {

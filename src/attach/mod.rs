@@ -253,6 +253,10 @@ impl PortManager for StackForwards<'_> {
         }
     }
 
+    fn observer(&mut self) -> Option<&mut dyn crate::observe::Observer> {
+        Some(&mut *self.0)
+    }
+
     fn list(&self) -> Vec<PortStatus> {
         self.0
             .forwards()

@@ -13,6 +13,7 @@ use mio::{Events, Poll, Registry};
 
 use crate::api::rest::{self, RestApi};
 use crate::api::{self, Info, Server};
+use crate::observe::probe::Probe;
 use crate::portdriver::parent::{self as forwarder, Forwarder, Ports};
 use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::slab::Id;
@@ -27,15 +28,17 @@ pub struct Control {
 }
 
 impl Control {
-    /// Listen on `api_sock`, serving `info`, and forwarding through `forwarder` if given.
+    /// Listen on `api_sock`, serving `info`, the stack's flows and counters through `probe`,
+    /// and forwarding through `forwarder` if given.
     pub fn new(
         api_sock: &Path,
         info: Info,
         limits: api::Limits,
+        probe: Option<Probe>,
         forwarder: Option<Forwarder>,
     ) -> io::Result<Control> {
         let poll = Poll::new()?;
-        let protocol = RestApi::new(info, limits);
+        let protocol = RestApi::new(info, limits).with_probe(probe);
         let settings = protocol.settings();
         let mut api = Server::bind(api_sock, protocol, settings)?;
         api.register(poll.registry())?;

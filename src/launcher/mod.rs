@@ -233,10 +233,18 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
     };
     let info = api_info(&cfg, state.path(), guard.signal_to);
     state.write_child_pid(guard.signal_to.as_raw())?;
+    let (probe, probe_end) = match &stack {
+        Some(stack) => {
+            let (probe, end) = runtime::probe(stack)?;
+            (Some(probe), Some(end))
+        }
+        None => (None, None),
+    };
     let mut control = Control::new(
         &state.path().join("api.sock"),
         info,
         cfg.api_limits,
+        probe,
         forwarder,
     )
     .context("cannot listen on api.sock")?;
@@ -266,7 +274,13 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
 
     let child_exit = match &mut stack {
         Some(stack) => {
-            match runtime::serve(stack, &mut signals, |_, signals, token| {
+            match runtime::serve(stack, &mut signals, |stack, signals, token| {
+                if token == runtime::PROBE_TOKEN {
+                    if let Some(end) = &probe_end {
+                        runtime::answer_probe(end, stack);
+                    }
+                    return ControlFlow::Continue(());
+                }
                 debug_assert_eq!(token, runtime::SIGNALS_TOKEN);
                 on_signals(signals, &mut guard)
             }) {

@@ -30,8 +30,9 @@ use mio::{Interest, Registry};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::msg::{self, FD_PAYLOAD, Reply, Request, TYPE_CONNECT, TYPE_INIT};
-use super::splice::{Relay, RelayState};
+use super::splice::{Relay, RelayProgress, RelayState};
 use crate::fdpass;
+use crate::observe::report::{FlowRow, FlowState, Protocol, Traffic};
 use crate::ports::{Family, PortError, PortManager, PortSpec, PortStatus, Transport};
 use crate::slab::{Id, Slab};
 
@@ -111,7 +112,13 @@ enum TcpConn {
         peer: SocketAddr,
         request: UnixStream,
     },
-    Relaying(Relay),
+    Relaying {
+        relay: Relay,
+        /// The host client, and the namespace's address it was relayed to (for the flow
+        /// table).
+        peer: SocketAddr,
+        child: String,
+    },
 }
 
 struct UdpClient {
@@ -119,6 +126,10 @@ struct UdpClient {
     peer: SocketAddr,
     last_used: Instant,
     state: UdpState,
+    /// For the flow table: when it began, and datagrams each way.
+    created: Instant,
+    to_guest: Traffic,
+    to_client: Traffic,
 }
 
 enum UdpState {
@@ -414,8 +425,13 @@ impl Forwarder {
                 return;
             }
         };
-        let new = self.tcp.insert(TcpConn::Relaying(relay));
-        let Some(TcpConn::Relaying(relay)) = self.tcp.get(new) else {
+        let child = self
+            .ports
+            .get(port)
+            .map(|p| child_address(&p.status.spec))
+            .unwrap_or_default();
+        let new = self.tcp.insert(TcpConn::Relaying { relay, peer, child });
+        let Some(TcpConn::Relaying { relay, .. }) = self.tcp.get(new) else {
             return;
         };
         let both = Interest::READABLE | Interest::WRITABLE;
@@ -460,7 +476,7 @@ impl Forwarder {
     }
 
     fn pump(&mut self, id: Id, registry: &Registry) {
-        let Some(TcpConn::Relaying(relay)) = self.tcp.get_mut(id) else {
+        let Some(TcpConn::Relaying { relay, .. }) = self.tcp.get_mut(id) else {
             return;
         };
         match relay.pump() {
@@ -491,7 +507,7 @@ impl Forwarder {
                     reset(client.as_raw_fd());
                 }
             }
-            Some(TcpConn::Relaying(relay)) => {
+            Some(TcpConn::Relaying { relay, .. }) => {
                 let _ = registry.deregister(&mut SourceFd(&relay.client.as_raw_fd()));
                 let _ = registry.deregister(&mut SourceFd(&relay.backend.as_raw_fd()));
                 if abort {
@@ -539,6 +555,7 @@ impl Forwarder {
                 continue;
             };
             client.last_used = now;
+            client.to_guest.count(n);
             match &mut client.state {
                 UdpState::Ready(backend) => {
                     if backend.send(data).is_err() {
@@ -578,6 +595,9 @@ impl Forwarder {
             port: port_id,
             peer,
             last_used: Instant::now(),
+            created: Instant::now(),
+            to_guest: Traffic::default(),
+            to_client: Traffic::default(),
             state: UdpState::Requesting {
                 request,
                 queue: VecDeque::new(),
@@ -659,6 +679,7 @@ impl Forwarder {
             match backend.recv(&mut self.buf) {
                 Ok(n) => {
                     client.last_used = Instant::now();
+                    client.to_client.count(n);
                     let _ = listener.send_to(&self.buf[..n], client.peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -685,6 +706,91 @@ impl Forwarder {
         }
     }
 
+    /// One row per connection and UDP client of the published ports, for the flow table.
+    pub fn connections(&self) -> Vec<FlowRow> {
+        let now = Instant::now();
+        let ms = |t: Instant| now.saturating_duration_since(t).as_millis() as u64;
+        let mut rows = Vec::new();
+        for (_, conn) in self.tcp.iter() {
+            // A connection still waiting for the child's answer is a moment old.
+            let (state, peer, child, p, started, last) = match conn {
+                TcpConn::Requesting { peer, port, .. } => {
+                    let child = self.ports.get(*port).map(|p| child_address(&p.status.spec));
+                    let p = RelayProgress::default();
+                    (
+                        FlowState::Connecting,
+                        peer,
+                        child.unwrap_or_default(),
+                        p,
+                        now,
+                        now,
+                    )
+                }
+                TcpConn::Relaying { relay, peer, child } => {
+                    let p = relay.progress();
+                    let state = match (p.up_done, p.down_done) {
+                        (false, false) => FlowState::Open,
+                        (true, true) => FlowState::Closing,
+                        _ => FlowState::HalfClosed,
+                    };
+                    (
+                        state,
+                        peer,
+                        child.clone(),
+                        p,
+                        relay.started,
+                        relay.last_moved,
+                    )
+                }
+            };
+            rows.push(FlowRow {
+                proto: Protocol::Tcp,
+                inbound: true,
+                guest: child,
+                remote: peer.to_string(),
+                state,
+                age_ms: ms(started),
+                idle_ms: ms(last),
+                to_remote: Traffic {
+                    bytes: p.down,
+                    packets: 0,
+                },
+                to_guest: Traffic {
+                    bytes: p.up,
+                    packets: 0,
+                },
+                buffered_to_remote: p.down_queued,
+                buffered_to_guest: p.up_queued,
+                why: None,
+            });
+        }
+        for (_, c) in self.udp.iter() {
+            let state = match c.state {
+                UdpState::Requesting { .. } => FlowState::Connecting,
+                UdpState::Ready(_) => FlowState::Open,
+            };
+            let child = self
+                .ports
+                .get(c.port)
+                .map(|p| child_address(&p.status.spec));
+            rows.push(FlowRow {
+                proto: Protocol::Udp,
+                inbound: true,
+                guest: child.unwrap_or_default(),
+                remote: c.peer.to_string(),
+                state,
+                age_ms: ms(c.created),
+                idle_ms: ms(c.last_used),
+                to_remote: c.to_client,
+                to_guest: c.to_guest,
+                buffered_to_remote: 0,
+                buffered_to_guest: 0,
+                why: None,
+            });
+        }
+        rows
+    }
+
     /// Forget UDP clients idle for longer than the timeout.
     pub fn expire(&mut self, registry: &Registry) {
         let now = Instant::now();
@@ -706,6 +812,19 @@ impl Forwarder {
 }
 
 /// The request for one connection or UDP client of `spec`, from `peer`.
+/// The address inside the namespace a published port leads to, as the flow table shows it.
+fn child_address(spec: &PortSpec) -> String {
+    let ip = if spec.child_ip.is_empty() {
+        "127.0.0.1"
+    } else {
+        spec.child_ip.as_str()
+    };
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => SocketAddr::from((v6, spec.child_port as u16)).to_string(),
+        _ => format!("{ip}:{}", spec.child_port),
+    }
+}
+
 fn connect_request(spec: &PortSpec, peer: Option<SocketAddr>) -> Request {
     Request {
         kind: TYPE_CONNECT.into(),
@@ -874,5 +993,9 @@ impl PortManager for Ports<'_> {
 
     fn remove(&mut self, id: i64) -> Result<(), PortError> {
         self.forwarder.remove(id, self.registry)
+    }
+
+    fn connections(&self) -> Vec<FlowRow> {
+        self.forwarder.connections()
     }
 }

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::socket::{Shutdown, shutdown};
@@ -23,6 +24,8 @@ struct Pipe {
     queued: usize,
     eof: bool,
     shut: bool,
+    /// Bytes taken from the source so far.
+    moved: u64,
 }
 
 impl Pipe {
@@ -39,6 +42,7 @@ impl Pipe {
             queued: 0,
             eof: false,
             shut: false,
+            moved: 0,
         })
     }
 
@@ -62,6 +66,7 @@ impl Pipe {
                     }
                     Ok(n) => {
                         self.queued += n;
+                        self.moved += n as u64;
                         progressed = true;
                     }
                     Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
@@ -104,6 +109,23 @@ pub struct Relay {
     pub backend: OwnedFd,
     up: Pipe,
     down: Pipe,
+    /// When the relay began, and when it last moved anything (for the flow table).
+    pub started: Instant,
+    pub last_moved: Instant,
+}
+
+/// What a relay has moved, for the flow table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayProgress {
+    /// Bytes from the host client towards the namespace, and back.
+    pub up: u64,
+    pub down: u64,
+    /// Bytes held in each direction's pipe.
+    pub up_queued: u64,
+    pub down_queued: u64,
+    /// Each direction ended (EOF passed on).
+    pub up_done: bool,
+    pub down_done: bool,
 }
 
 impl Relay {
@@ -113,13 +135,30 @@ impl Relay {
             backend,
             up: Pipe::new()?,
             down: Pipe::new()?,
+            started: Instant::now(),
+            last_moved: Instant::now(),
         })
+    }
+
+    pub fn progress(&self) -> RelayProgress {
+        RelayProgress {
+            up: self.up.moved,
+            down: self.down.moved,
+            up_queued: self.up.queued as u64,
+            down_queued: self.down.queued as u64,
+            up_done: self.up.shut,
+            down_done: self.down.shut,
+        }
     }
 
     /// Move data both ways. An error means the connection is broken on one side.
     pub fn pump(&mut self) -> io::Result<RelayState> {
+        let before = self.up.moved + self.down.moved;
         self.up.pump(self.client.as_fd(), self.backend.as_fd())?;
         self.down.pump(self.backend.as_fd(), self.client.as_fd())?;
+        if self.up.moved + self.down.moved != before {
+            self.last_moved = Instant::now();
+        }
         Ok(if self.up.shut && self.down.shut {
             RelayState::Done
         } else {

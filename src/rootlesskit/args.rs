@@ -306,6 +306,20 @@ pub const FLAGS: &[Flag] = &[
         "evacuate processes into the specified subgroup. Requires --pidns and --cgroupns",
         None,
     ),
+    flag(
+        &["pcap"],
+        K::String,
+        C::Network,
+        "(usernet) capture every frame on the guest link to this pcap file (created, never overwritten)",
+        None,
+    ),
+    flag(
+        &["pcap-max-bytes"],
+        K::String,
+        C::Network,
+        "(usernet) stop capturing once the --pcap file holds this many bytes (K, M, G suffixes)",
+        Some("\"1G\""),
+    ),
     flag(&["state-dir"], K::String, C::State, "state directory", None),
     flag(
         &["subid-source"],
@@ -344,6 +358,9 @@ pub struct Options {
     pub evacuate_cgroup2: String,
     pub state_dir: String,
     pub subid_source: String,
+    /// usernet's own: `--pcap FILE` and its cap, as `usernet run` takes them.
+    pub pcap: String,
+    pub pcap_max_bytes: String,
     /// `--slirp4netns-sandbox`, `--slirp4netns-seccomp`, when given.
     pub sandbox: Option<String>,
     pub seccomp: Option<String>,
@@ -380,6 +397,8 @@ impl Default for Options {
             evacuate_cgroup2: String::new(),
             state_dir: String::new(),
             subid_source: "auto".into(),
+            pcap: String::new(),
+            pcap_max_bytes: String::new(),
             sandbox: None,
             seccomp: None,
             unused: Vec::new(),
@@ -432,6 +451,8 @@ impl Options {
             "evacuate-cgroup2" => self.evacuate_cgroup2 = text,
             "state-dir" => self.state_dir = text,
             "subid-source" => self.subid_source = text,
+            "pcap" => self.pcap = text,
+            "pcap-max-bytes" => self.pcap_max_bytes = text,
             // The helper programs' paths and options: kept to say they go unused.
             other => {
                 self.unused.retain(|(n, _)| *n != other);

@@ -36,6 +36,7 @@ use crate::api::PortDriverInfo;
 use crate::config::{ApiNames, ExtraNamespaces, NetMode, Propagation, RunConfig, SubidSource};
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, HostNumbers, IPV6_MIN_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
+use crate::observe::capture::{CaptureConfig, DEFAULT_MAX_BYTES, check_max_bytes};
 use crate::ports::PortSpec;
 use crate::stack::StackConfig;
 
@@ -132,6 +133,7 @@ pub fn run_config(o: &Options, command: Vec<OsString>) -> Result<RunConfig, Stri
         return Err(format!("mtu must be <= 65521, got {}", o.mtu));
     }
     let cidr = parse_cidr(&o.cidr)?;
+    let capture = capture(o)?;
     if o.ifname.contains('/') {
         return Err("ifname must not contain \"/\"".into());
     }
@@ -177,6 +179,12 @@ pub fn run_config(o: &Options, command: Vec<OsString>) -> Result<RunConfig, Stri
             }
             if !o.ifname.is_empty() {
                 return Err(format!("ifname cannot be specified for --net={}", o.net));
+            }
+            if !o.pcap.is_empty() {
+                return Err(format!(
+                    "--pcap captures usernet's network, and --net={} has none",
+                    o.net
+                ));
             }
             if network == Network::None && !matches!(o.port_driver.as_str(), "none" | "builtin") {
                 return Err(
@@ -248,7 +256,11 @@ pub fn run_config(o: &Options, command: Vec<OsString>) -> Result<RunConfig, Stri
             NetMode::None,
             StackConfig::new(VirtualNetwork::default(), DEFAULT_MTU),
         ),
-        Network::Stack(driver) => (NetMode::Builtin, stack_config(o, driver, cidr, ipv6)?),
+        Network::Stack(driver) => {
+            let mut stack = stack_config(o, driver, cidr, ipv6)?;
+            stack.capture = capture;
+            (NetMode::Builtin, stack)
+        }
     };
     if let Network::Stack(driver) = network {
         let net = stack.policy.net;
@@ -419,6 +431,27 @@ fn stack_config(
     let mut stack = StackConfig::new(net, mtu);
     stack.policy.disable_host_loopback = o.disable_host_loopback;
     Ok(stack)
+}
+
+/// `--pcap FILE` and `--pcap-max-bytes SIZE` (usernet's, as `usernet run` takes them).
+fn capture(o: &Options) -> Result<Option<CaptureConfig>, String> {
+    if o.pcap.is_empty() {
+        if !o.pcap_max_bytes.is_empty() {
+            return Err("--pcap-max-bytes caps the --pcap file; give --pcap FILE too".into());
+        }
+        return Ok(None);
+    }
+    let max_bytes = if o.pcap_max_bytes.is_empty() {
+        DEFAULT_MAX_BYTES
+    } else {
+        crate::cli::parse_bytes(&o.pcap_max_bytes)
+            .and_then(check_max_bytes)
+            .map_err(|e| format!("--pcap-max-bytes: {e}"))?
+    };
+    Ok(Some(CaptureConfig {
+        path: PathBuf::from(&o.pcap),
+        max_bytes,
+    }))
 }
 
 /// rootlesskit's warning: a slave or shared `/` inside needs a shared `/` outside to receive
@@ -617,6 +650,32 @@ mod tests {
         );
         assert_eq!(c.sandbox, Hardening::Auto);
         assert_eq!(c.api_names.version, VERSION);
+    }
+
+    #[test]
+    fn pcap_and_its_cap_reach_the_stack() {
+        let capture = |args: &[&str]| config(args).map(|c| c.stack.capture);
+        assert_eq!(capture(&["--net=builtin"]).unwrap(), None);
+        let c = capture(&["--net=builtin", "--pcap=/tmp/x.pcap", "--pcap-max-bytes=2M"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.path, PathBuf::from("/tmp/x.pcap"));
+        assert_eq!(c.max_bytes, 2 << 20);
+        let c = capture(&["--net=slirp4netns", "--pcap", "/tmp/y"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.max_bytes, DEFAULT_MAX_BYTES);
+        for (args, line) in [
+            (&["--pcap-max-bytes=2M"][..], "give --pcap FILE too"),
+            (
+                &["--net=builtin", "--pcap=/x", "--pcap-max-bytes=lots"],
+                "--pcap-max-bytes: ",
+            ),
+            (&["--net=host", "--pcap=/x"], "--net=host has none"),
+        ] {
+            let e = capture(args).unwrap_err();
+            assert!(e.contains(line), "{args:?}: {e}");
+        }
     }
 
     #[test]

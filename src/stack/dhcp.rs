@@ -51,6 +51,11 @@ pub struct DhcpServer {
 }
 
 impl DhcpServer {
+    /// Addresses leased now (one per client MAC).
+    pub fn leases(&self) -> usize {
+        self.leases.len()
+    }
+
     /// `start`: the first address leased; `dns`: the DNS server to offer (None with
     /// `--disable-dns`); `search`: domains to offer.
     pub fn new(start: Ipv4Addr, dns: Option<Ipv4Addr>, search: Vec<String>) -> Self {

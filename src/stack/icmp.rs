@@ -29,8 +29,10 @@ use super::emit;
 use super::errqueue;
 use super::frame::GuestEcho;
 use super::policy::{Unreachable, unreachable_reason};
+use super::snapshot::{Failures, row};
 use super::token::Kind;
 use super::udp::{connect_dgram, error_source};
+use crate::observe::report::{FlowState, FlowTable, Protocol as FlowProtocol, Traffic};
 use crate::slab::{Id, Slab};
 
 /// A ping flow idle this long is forgotten.
@@ -65,6 +67,10 @@ struct Entry {
     guest_mac: EthernetAddress,
     socket: Socket,
     last_used: Instant,
+    /// For the flow table: when it was opened, what went each way.
+    created: Instant,
+    to_remote: Traffic,
+    to_guest: Traffic,
 }
 
 #[derive(Default)]
@@ -75,9 +81,23 @@ pub struct Pinger {
     /// Ping sockets were refused once; we said so.
     warned: bool,
     pub stats: IcmpStats,
+    /// Recent pings that could not be relayed, for the flow table.
+    pub failures: Failures,
 }
 
 impl Pinger {
+    /// One row per ping mapping (guest identifier and destination), for the flow table.
+    pub fn snapshot(&self, now: Instant, table: &mut FlowTable) {
+        let rows = self.entries.iter().map(|(_, e)| {
+            let guest = format!("{} id {}", e.key.guest, e.key.ident);
+            let ends = (guest, e.key.dst.to_string());
+            let times = (e.created, e.last_used, now);
+            let traffic = (e.to_remote, e.to_guest);
+            row(FlowProtocol::Icmp, ends, FlowState::Open, times, traffic)
+        });
+        table.extend(self.entries.len(), rows);
+    }
+
     /// Host ping sockets open (one per guest identifier and destination).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -136,7 +156,10 @@ impl Pinger {
         msg.extend_from_slice(&e.seq_no.to_be_bytes());
         msg.extend_from_slice(e.data);
         match entry.socket.send(&msg) {
-            Ok(_) => self.stats.forwarded += 1,
+            Ok(_) => {
+                self.stats.forwarded += 1;
+                entry.to_remote.count(msg.len());
+            }
             Err(err) => log::debug!("ping {dst}: {err}"),
         }
     }
@@ -163,6 +186,9 @@ impl Pinger {
             guest_mac,
             socket,
             last_used: cx.now,
+            created: cx.now,
+            to_remote: Traffic::default(),
+            to_guest: Traffic::default(),
         });
         let fd = self
             .entries
@@ -186,6 +212,10 @@ impl Pinger {
     /// relay pings), and the user, once, when ping sockets are not allowed.
     fn refuse(&mut self, e: &GuestEcho<'_>, err: &io::Error, cx: &mut Ctx<'_>) {
         self.stats.refused += 1;
+        let guest = format!("{} id {}", e.src, e.ident);
+        let why = format!("no ping socket: {err}");
+        self.failures
+            .note(FlowProtocol::Icmp, (guest, e.dst), (cx.now, cx.now), why);
         if matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
             if !self.warned {
                 self.warned = true;
@@ -212,6 +242,7 @@ impl Pinger {
         let key = entry.key;
         let mac = entry.guest_mac;
         let fd = entry.socket.as_raw_fd();
+        let mut replies = Traffic::default();
         loop {
             let n = match recv(fd, buf, MsgFlags::empty()) {
                 Ok(n) => n,
@@ -229,6 +260,7 @@ impl Pinger {
                 continue;
             }
             self.stats.replies += 1;
+            replies.count(msg.len());
             let seq_no = u16::from_be_bytes([msg[6], msg[7]]);
             emit::icmp_echo_reply(
                 cx.tap,
@@ -241,6 +273,10 @@ impl Pinger {
                 &msg[8..],
                 64,
             );
+        }
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.to_guest.bytes += replies.bytes;
+            entry.to_guest.packets += replies.packets;
         }
         self.relay_errors(id, cx);
     }

@@ -18,6 +18,7 @@
 //!   replies and the neighbour table);
 //! - [`hostfwd`]: inbound forwarding, host ports whose connections and datagrams enter the
 //!   guest through the stack (slirp4netns's `add_hostfwd`);
+//! - [`snapshot`]: the flow table and counters, built on request (`usernet flows`, `stats`);
 //! - [`policy`]: where guest traffic may go; [`emit`]: the frames we build ourselves;
 //!   [`tx`]: the TAP writer and its back-pressure; [`errqueue`]: ICMP errors the host's
 //!   sockets report.
@@ -60,6 +61,7 @@ pub mod hostfwd;
 pub mod icmp;
 pub mod neigh;
 pub mod policy;
+pub mod snapshot;
 pub mod tcp;
 pub mod token;
 pub mod tx;
@@ -77,6 +79,8 @@ use smoltcp::wire::EthernetAddress;
 
 use crate::footprint::Pages;
 use crate::net::VirtualNetwork;
+use crate::observe::capture::{Capture, CaptureConfig};
+use crate::observe::report::Protocol;
 use crate::tap;
 use dhcp::DhcpServer;
 use dns::{DnsForwarder, Upstreams};
@@ -130,6 +134,8 @@ pub struct StackConfig {
     /// The first address the DHCP server leases: the guest address (10.0.2.100) for usernet,
     /// [`VirtualNetwork::slirp_dhcp_start`] (10.0.2.15) as slirp4netns.
     pub dhcp_start: std::net::Ipv4Addr,
+    /// Capture the guest link to a pcap file (`--pcap`).
+    pub capture: Option<CaptureConfig>,
 }
 
 impl StackConfig {
@@ -142,6 +148,7 @@ impl StackConfig {
             dns_upstreams: Vec::new(),
             search_domains: Vec::new(),
             dhcp_start: net.guest,
+            capture: None,
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct StackStats {
     pub bytes_in: u64,
     pub arp_replies: u64,
     pub drops: [u64; DropReason::COUNT],
+    /// UDP datagrams and pings the policy refused (TCP's are `TcpStats::refused_by_policy`).
+    pub policy_refusals: u64,
 }
 
 /// Why [`Stack::run`] stopped without the callback asking it to.
@@ -203,6 +212,8 @@ pub struct Stack {
     wakeup: Option<StdInstant>,
     heap: HeapTrim,
     pub stats: StackStats,
+    /// Recent UDP and ping flows the policy refused, for the flow table.
+    failures: snapshot::Failures,
 }
 
 /// Gives the heap a burst of flows used back to the system once the burst is over. A flow's
@@ -255,9 +266,15 @@ impl Stack {
             Upstreams::fixed(config.dns_upstreams.clone())
         };
         let dns_for_dhcp = (!config.policy.disable_dns).then_some(net.dns);
+        let mut tx = TapWriter::new(tap)?;
+        // Last, so that a stack that fails to start leaves no capture file behind.
+        tx.capture = match &config.capture {
+            Some(c) => Some(Capture::start(c).map_err(io::Error::other)?),
+            None => None,
+        };
         Ok(Stack {
             poll,
-            tx: TapWriter::new(tap)?,
+            tx,
             rx_buf: Pages::new(FRAME_BUF)?,
             recv_buf: Pages::new(RECV_BUF)?,
             forward_buf: Pages::new(RECV_BUF)?,
@@ -284,6 +301,7 @@ impl Stack {
             wakeup: None,
             heap: HeapTrim::default(),
             stats: StackStats::default(),
+            failures: snapshot::Failures::default(),
         })
     }
 
@@ -531,6 +549,9 @@ impl Stack {
     fn handle_frame(&mut self, frame: &[u8], now: Instant) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
+        if let Some(capture) = &mut self.tx.capture {
+            capture.record(frame);
+        }
         let classified = frame::classify(frame, &self.policy.net);
         self.learn_neighbor(&classified, now);
         match classified {
@@ -574,19 +595,23 @@ impl Stack {
         if self.udp.relay_existing(d, &mut cx) {
             return;
         }
-        match self.policy.transport(d.dst) {
-            Verdict::Connect(target) => self.udp.on_guest_datagram(d, target, &mut cx),
-            Verdict::Dns => self.dns.on_guest_query(d, &mut self.upstreams, &mut cx),
+        let refused = match self.policy.transport(d.dst) {
+            Verdict::Connect(target) => return self.udp.on_guest_datagram(d, target, &mut cx),
+            Verdict::Dns => return self.dns.on_guest_query(d, &mut self.upstreams, &mut cx),
             Verdict::Refuse => {
                 let net = self.policy.net;
                 let (from, reason) = (Some(d.dst.ip()), Unreachable::Port);
                 emit::icmp_unreachable(cx.tap, &net, d.src_mac, from, reason, d.ip_packet);
+                Unreachable::Port
             }
             Verdict::Unreachable(reason) => {
                 let net = self.policy.net;
                 emit::icmp_unreachable(cx.tap, &net, d.src_mac, None, reason, d.ip_packet);
+                reason
             }
-        }
+        };
+        let why = format!("{refused:?} unreachable");
+        self.note_policy_refusal(Protocol::Udp, (d.src, d.dst), now, &why);
     }
 
     fn handle_echo(&mut self, e: &GuestEcho<'_>, now: Instant) {
@@ -597,37 +622,11 @@ impl Stack {
             EchoVerdict::Unreachable(reason) => {
                 let net = self.policy.net;
                 emit::icmp_unreachable(cx.tap, &net, e.src_mac, None, reason, e.ip_packet);
+                let why = format!("{reason:?} unreachable");
+                let guest = format!("{} id {}", e.src, e.ident);
+                self.note_policy_refusal(Protocol::Icmp, (guest, e.dst), now, &why);
             }
         }
-    }
-}
-
-impl Stack {
-    /// A one-line summary of counters, for debug logs.
-    pub fn summary(&self) -> String {
-        let drops: Vec<String> = DropReason::ALL
-            .iter()
-            .filter(|r| self.stats.drops[**r as usize] > 0)
-            .map(|r| format!("{r:?}={}", self.stats.drops[*r as usize]))
-            .collect();
-        format!(
-            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], tcp {:?}, udp {:?}, dns {:?}, icmp {:?}, dhcp {:?}, neighbors {:?}, forwards {:?}",
-            self.stats.frames_in,
-            self.stats.bytes_in,
-            self.tx.stats.frames,
-            self.tx.stats.bytes,
-            self.tx.stats.deferred,
-            self.tx.stats.dropped,
-            self.stats.arp_replies,
-            drops.join(" "),
-            self.tcp.stats,
-            self.udp.stats,
-            self.dns.stats,
-            self.pinger.stats,
-            self.dhcp.stats,
-            self.neighbors.stats,
-            self.forwards.stats,
-        )
     }
 }
 

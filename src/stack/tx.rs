@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::footprint::Pages;
+use crate::observe::capture::Capture;
 use crate::tap;
 
 /// Room for the largest frame: MTU 65520 plus the Ethernet header, with slack.
@@ -36,6 +37,8 @@ pub struct TapWriter {
     scratch: Pages,
     backlog: VecDeque<Vec<u8>>,
     pub stats: TxStats,
+    /// `--pcap`: every frame sent (and, from the stack, every frame received) is recorded.
+    pub capture: Option<Capture>,
 }
 
 impl TapWriter {
@@ -45,6 +48,7 @@ impl TapWriter {
             scratch: Pages::new(FRAME_BUF)?,
             backlog: VecDeque::new(),
             stats: TxStats::default(),
+            capture: None,
         })
     }
 
@@ -72,6 +76,9 @@ impl TapWriter {
         let len = len.min(self.scratch.len());
         let frame = &mut self.scratch[..len];
         let r = fill(frame);
+        if let Some(capture) = &mut self.capture {
+            capture.record(frame);
+        }
         if !self.backlog.is_empty() {
             self.defer(len);
             return r;

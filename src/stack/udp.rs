@@ -33,7 +33,9 @@ use super::errqueue;
 use super::frame::GuestUdp;
 use super::hostfwd;
 use super::policy::{Unreachable, unreachable_reason};
+use super::snapshot::{Failures, row};
 use super::token::Kind;
+use crate::observe::report::{FlowRow, FlowState, FlowTable, Protocol, Traffic};
 use crate::slab::{Id, Slab};
 
 /// How long an idle entry is kept, unless `--udp-timeout` says otherwise.
@@ -112,6 +114,9 @@ struct Entry {
     created: Instant,
     /// Traffic went both ways (a reply from the host, or from the guest for a forward).
     answered: bool,
+    /// What went each way, for the flow table.
+    to_remote: Traffic,
+    to_guest: Traffic,
 }
 
 impl Entry {
@@ -141,6 +146,8 @@ pub struct UdpNat {
     /// Entries whose socket reported readable and has not been drained yet.
     ready: Vec<Id>,
     pub stats: UdpStats,
+    /// Recent flows refused for lack of room, for the flow table.
+    pub failures: Failures,
 }
 
 impl UdpNat {
@@ -154,6 +161,7 @@ impl UdpNat {
             unanswered: BTreeSet::new(),
             ready: Vec::new(),
             stats: UdpStats::default(),
+            failures: Failures::default(),
         }
     }
 
@@ -190,6 +198,9 @@ impl UdpNat {
             Some(id) => id,
             None if !self.make_room(cx) => {
                 self.stats.refused_full += 1;
+                let why = "refused: the flow table is full (--max-udp-flows)";
+                self.failures
+                    .note(Protocol::Udp, (d.src, d.dst), (cx.now, cx.now), why);
                 log::debug!("udp {} -> {target}: refused, the flow table is full", d.src);
                 let net = cx.policy.net;
                 let reason = Unreachable::Prohibited;
@@ -231,6 +242,7 @@ impl UdpNat {
             match sent {
                 Ok(_) => {
                     self.stats.to_host += 1;
+                    entry.to_remote.count(d.payload.len());
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -302,6 +314,8 @@ impl UdpNat {
                     error_seen: false,
                     created: cx.now,
                     answered: false,
+                    to_remote: Traffic::default(),
+                    to_guest: Traffic::default(),
                 });
                 self.by_key.insert(key, id);
                 self.by_client.insert((forward, client), id);
@@ -322,8 +336,25 @@ impl UdpNat {
         entry.last_used = cx.now;
         entry.guest_mac = guest_mac;
         self.stats.to_guest += 1;
+        entry.to_guest.count(payload.len());
         entry.emit_to_guest(cx, payload);
         self.refile(id, cx.now);
+    }
+
+    /// One row per NAT entry, for the flow table.
+    pub fn snapshot(&self, now: Instant, table: &mut FlowTable) {
+        let rows = self.entries.iter().map(|(_, e)| {
+            let (inbound, remote) = match &e.host {
+                HostEnd::Connected(_) => (false, e.key.remote),
+                HostEnd::Forwarded { client, .. } => (true, *client),
+            };
+            let ends = (e.key.guest.to_string(), remote.to_string());
+            let times = (e.created, e.last_used, now);
+            let traffic = (e.to_remote, e.to_guest);
+            let row = row(Protocol::Udp, ends, FlowState::Open, times, traffic);
+            FlowRow { inbound, ..row }
+        });
+        table.extend(self.entries.len(), rows);
     }
 
     /// Drop the entries of a forward that was removed, closing its socket with the last one.
@@ -357,6 +388,8 @@ impl UdpNat {
             error_seen: false,
             created: cx.now,
             answered: false,
+            to_remote: Traffic::default(),
+            to_guest: Traffic::default(),
         });
         let entry = self.entries.get_mut(id).expect("just inserted");
         let registered = match &mut entry.host {
@@ -430,6 +463,7 @@ impl UdpNat {
                 Ok(n) => {
                     got_any = true;
                     self.stats.to_guest += 1;
+                    entry.to_guest.count(n);
                     entry.emit_to_guest(cx, &buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -742,6 +776,19 @@ mod tests {
         assert_eq!(icmp, vec![13]);
         assert_eq!(guest.stack.table_sizes().udp_flows, 4);
         assert_eq!(guest.stack.udp().stats.refused_full, 1);
+        // The flow table has the four entries, each with its datagram each way, and the
+        // refusal with why.
+        let table = guest.stack.flow_table();
+        let live: Vec<_> = table.flows.iter().filter(|r| r.why.is_none()).collect();
+        assert_eq!(live.len(), 4, "{table:?}");
+        assert!(
+            live.iter()
+                .all(|r| r.to_remote.packets == 1 && r.to_guest.bytes == 2)
+        );
+        let refused = table.flows.iter().find(|r| r.why.is_some()).unwrap();
+        assert!(refused.guest.ends_with(":2000"), "{refused:?}");
+        assert!(refused.why.as_deref().unwrap().contains("--max-udp-flows"));
+        assert_eq!(guest.stack.counters().refusals.over_bound, 1);
         // The conversations go on with their host sockets.
         guest.send(1000, port, b"again");
         echo_one(&echo);

@@ -21,12 +21,12 @@ const MIB: u64 = 1 << 20;
 
 /// A network namespace made with `unshare --user --map-root-user --net`, held by a sleeping
 /// process.
-struct Guest {
+pub(crate) struct Guest {
     holder: Server,
 }
 
 impl Guest {
-    fn new(world: &World) -> Guest {
+    pub(crate) fn new(world: &World) -> Guest {
         let child = world
             .command("unshare")
             .args(["--user", "--map-root-user", "--net", "--", "sleep", "600"])
@@ -50,7 +50,7 @@ impl Guest {
         Guest { holder }
     }
 
-    fn pid(&self) -> String {
+    pub(crate) fn pid(&self) -> String {
         self.holder.pid().to_string()
     }
 
@@ -70,7 +70,7 @@ impl Guest {
     }
 
     /// A test tool inside the guest's namespaces.
-    fn tool(&self, world: &World, args: &[&str]) -> Command {
+    pub(crate) fn tool(&self, world: &World, args: &[&str]) -> Command {
         let mut c = self.command(world, self_exe());
         c.arg("__tool").args(args);
         c
@@ -82,7 +82,7 @@ impl Guest {
 }
 
 /// A symlink named `slirp4netns` to usernet, in `dir`.
-fn slirp4netns(dir: &Path) -> PathBuf {
+pub(crate) fn slirp4netns(dir: &Path) -> PathBuf {
     let link = dir.join("slirp4netns");
     std::os::unix::fs::symlink(usernet_bin(), &link).unwrap();
     link

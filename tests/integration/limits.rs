@@ -82,7 +82,7 @@ pub fn pending_connect_bound_evicts_the_least_recent_and_keeps_the_open_ones() {
     // The --debug summary at exit counts it.
     let evicted: u64 = out
         .stderr
-        .split("evicted: ")
+        .split("evicted ")
         .nth(1)
         .and_then(|rest| {
             rest.split(|c: char| !c.is_ascii_digit())

@@ -18,6 +18,7 @@ mod ipv6;
 mod lifecycle;
 mod limits;
 mod needs;
+mod observe;
 mod rootlesskit;
 mod security;
 mod services;
@@ -180,6 +181,14 @@ fn main() {
         rootlesskit::rootlesskit_exports_the_state_dir_and_the_callers_ids,
         engines::dockerd_rootless_runs_on_usernet_as_rootlesskit,
         engines::podman_runs_on_usernet_as_slirp4netns,
+        observe::flows_show_a_live_transfer_a_half_closed_flow_a_udp_entry_and_a_ping,
+        observe::flows_show_a_published_port_connection,
+        observe::counters_move_for_a_malformed_frame_a_policy_refusal_and_a_bound_hit,
+        observe::pcap_holds_a_known_exchange_frame_by_frame,
+        observe::pcap_stops_at_its_cap_and_never_overwrites_a_file,
+        observe::slirp4netns_personality_serves_flows_stats_and_usernet_pcap,
+        observe::other_users_cannot_read_the_capture_the_flows_or_the_counters,
+        observe::rootlesskit_personality_captures_with_its_pcap_flag,
     ];
     let trials = tests
         .into_iter()

@@ -313,7 +313,7 @@ pub fn dns_answer_too_big_for_the_link_is_truncated_and_retried_over_tcp() {
     out.assert_ok();
     assert_eq!(out.stdout.trim(), "40", "{out:#?}");
     assert!(
-        out.stderr.contains("truncated: 1"),
+        out.stderr.contains("truncated 1,"),
         "the forwarder truncated: {}",
         out.stderr
     );

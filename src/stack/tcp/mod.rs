@@ -61,6 +61,7 @@
 mod budget;
 mod device;
 mod gate;
+mod observe;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -76,6 +77,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListe
 
 use budget::{Budget, FlowMemory, SocketView};
 use device::FlowDevice;
+use observe::Activity;
 
 pub use budget::{BudgetStats, DEFAULT_BUFFER_MEMORY};
 
@@ -142,8 +144,12 @@ pub struct TcpStats {
     pub opened: u64,
     /// Connections from forwarded host ports into the guest.
     pub inbound: u64,
+    /// Host connects refused by the host (`ECONNREFUSED`).
     pub refused: u64,
+    /// Host connects that found no route or no answer.
     pub unreachable: u64,
+    /// SYNs the policy refused (answered with a reset or an ICMP error).
+    pub refused_by_policy: u64,
     pub reset_unknown: u64,
     pub refused_over_limit: u64,
     /// Pending connects dropped because the guest gave up on them (stopped retransmitting
@@ -224,6 +230,8 @@ struct Flow {
     /// A forwarded connection whose SYN to the guest is not answered yet (its smoltcp
     /// timeout is the connect timeout until then).
     connecting_to_guest: bool,
+    /// What the flow table shows: age, idle time, traffic each way.
+    activity: Activity,
 }
 
 enum Outcome {
@@ -255,6 +263,8 @@ pub struct TcpFlows {
     budget: Budget,
     seeds: SplitMix64,
     pub stats: TcpStats,
+    /// Recent refused and failed connects, for the flow table.
+    pub failures: crate::stack::snapshot::Failures,
 }
 
 impl TcpFlows {
@@ -270,6 +280,7 @@ impl TcpFlows {
             budget: Budget::new(config.buffer_memory),
             seeds: SplitMix64::from_entropy(),
             stats: TcpStats::default(),
+            failures: Default::default(),
         }
     }
 
@@ -310,6 +321,7 @@ impl TcpFlows {
             let Some(flow) = self.flows.get_mut(id) else {
                 return;
             };
+            flow.activity.guest_sent(cx.now);
             match &mut flow.phase {
                 Phase::Connecting { .. } => {
                     if seg.flags.rst {
@@ -371,6 +383,11 @@ impl TcpFlows {
             && !self.evict_pending(cx)
         {
             self.stats.refused_over_limit += 1;
+            self.failures.note_tcp(
+                key,
+                (cx.now, cx.now),
+                "refused: the flow table is full (--max-tcp-flows or --max-pending-connects)",
+            );
             log::debug!("refusing {} -> {}: flow limit reached", seg.src, seg.dst);
             emit::tcp_reset(cx.tap, &cx.policy.net, seg);
             return;
@@ -381,12 +398,19 @@ impl TcpFlows {
             // fallbacks for when a connect fails.
             Verdict::Dns => upstreams.ordered(),
             Verdict::Refuse => {
-                self.stats.refused += 1;
+                self.stats.refused_by_policy += 1;
+                self.failures
+                    .note_tcp(key, (cx.now, cx.now), "refused by policy: reset");
                 emit::tcp_reset(cx.tap, &cx.policy.net, seg);
                 return;
             }
             Verdict::Unreachable(reason) => {
-                self.stats.unreachable += 1;
+                self.stats.refused_by_policy += 1;
+                self.failures.note_tcp(
+                    key,
+                    (cx.now, cx.now),
+                    format!("refused by policy: {reason:?} unreachable"),
+                );
                 let net = cx.policy.net;
                 emit::icmp_unreachable(cx.tap, &net, seg.src_mac, None, reason, seg.ip_packet);
                 return;
@@ -397,6 +421,8 @@ impl TcpFlows {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("connect {} -> {} failed at once: {e}", seg.src, seg.dst);
+                self.failures
+                    .note_tcp(key, (cx.now, cx.now), format!("connect failed: {e}"));
                 self.answer_failed_connect(&e, seg.src_mac, key, seg.ip_packet, syn_end, cx);
                 return;
             }
@@ -426,6 +452,7 @@ impl TcpFlows {
             queued: false,
             waiting_tap: false,
             connecting_to_guest: false,
+            activity: Activity::new(cx.now, false),
         });
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
@@ -552,6 +579,7 @@ impl TcpFlows {
             queued: false,
             waiting_tap: false,
             connecting_to_guest: true,
+            activity: Activity::new(cx.now, true),
         });
         let flow = self.flows.get_mut(id).expect("just inserted");
         if let Err(e) = cx.registry.register(
@@ -754,6 +782,9 @@ impl TcpFlows {
         if let Phase::Connecting { syn, syn_end, .. } = &flow.phase {
             let (syn, syn_end) = (syn.clone(), *syn_end);
             log::debug!("connect for {} -> {} failed: {err}", key.guest, key.remote);
+            let started = flow.activity.started;
+            let why = format!("connect failed: {err}");
+            self.failures.note_tcp(key, (started, cx.now), why);
             self.answer_failed_connect(err, mac, key, &syn, syn_end, cx);
         }
         self.remove(id, cx, true);
@@ -978,6 +1009,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
         guest_mac,
         guest_fin,
         connecting_to_guest,
+        activity,
         ..
     } = flow;
     let Phase::Open(conn) = phase else {
@@ -996,7 +1028,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
         sock.set_timeout(None);
     }
 
-    guest_to_host(sock, host, memory);
+    activity.to_remote.bytes += guest_to_host(sock, host, memory);
     // Room in the budget for the window and for host data, given what just left.
     memory.plan(budget, SocketView::of(sock));
     if !host.write_shut
@@ -1007,7 +1039,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
         let _ = host.stream.shutdown(Shutdown::Write);
         host.write_shut = true;
     }
-    host_to_guest(sock, host, memory);
+    activity.host_sent(host_to_guest(sock, host, memory), cx.now);
     // A reset from the host reaches the guest once what came before it was delivered.
     if host.reset && host.eof && sock.send_queue() == 0 {
         host.failed = true;
@@ -1048,6 +1080,7 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
                 PollResult::SocketStateChanged => sent += 1,
             }
         }
+        activity.to_guest.packets += sent as u64;
     }
     // smoltcp does not know the gate held its window back, so it sends no update when room
     // comes back: we do.
@@ -1088,7 +1121,9 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
 }
 
 /// Move what the guest sent from smoltcp's rx ring into the host socket.
-fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) {
+/// Returns the bytes written to the host.
+fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) -> u64 {
+    let mut moved = 0;
     while host.writable && !host.failed && !host.reset && sock.can_recv() {
         let r = sock.recv(|buf| {
             let written = match (&host.stream).write(buf) {
@@ -1098,6 +1133,9 @@ fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut F
             memory.on_recv(buf.as_ptr(), written.0);
             written
         });
+        if let Ok(Ok((n, _))) = &r {
+            moved += *n as u64;
+        }
         match r {
             Ok(Ok((0, _))) | Err(_) => break,
             // A short write filled the socket's buffer: waiting for writability saves the
@@ -1136,6 +1174,7 @@ fn guest_to_host(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut F
             .is_ok_and(|n| n > 0)
         {}
     }
+    moved
 }
 
 enum HostRead {
@@ -1152,7 +1191,9 @@ enum HostRead {
 
 /// Read from the host socket straight into smoltcp's tx ring, until the socket is empty (a
 /// short read or EAGAIN) or the ring is full.
-fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) {
+/// Returns the bytes read from the host.
+fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut FlowMemory) -> u64 {
+    let mut moved = 0;
     while host.readable && !host.eof && !host.failed && sock.can_send() {
         let r = sock.send(|buf| {
             if buf.is_empty() {
@@ -1171,6 +1212,7 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut F
                 Err(e) => (0, HostRead::Error(e)),
             };
             memory.on_send(buf.as_ptr(), read.0);
+            moved += read.0 as u64;
             read
         });
         match r {
@@ -1201,6 +1243,7 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut F
             },
         }
     }
+    moved
 }
 
 enum ConnectState {

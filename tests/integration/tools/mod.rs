@@ -10,6 +10,7 @@
 //!   pending, stalled and unread connections against usernet's bounds;
 //! - [`udp`]: UDP clients, servers, floods and sinks; [`dns`]: DNS query bursts;
 //! - [`raw`]: hand-made frames and segments from inside the guest;
+//! - [`observe`]: guests that ask usernet for their own flows and counters;
 //! - [`unix`]: Unix-socket requests and servers for the API tests;
 //! - [`activation`]: the command a service manager starts through usernet (socket
 //!   activation);
@@ -20,6 +21,7 @@
 mod activation;
 mod attacker;
 mod dns;
+mod observe;
 mod pattern;
 mod pressure;
 mod proxy;
@@ -58,6 +60,11 @@ pub fn main(args: &[String]) -> i32 {
         ["tcp-echo", listen] => tcp::tcp_echo(listen),
         ["watch-any", port] => world::watch_any(parse(port) as u16),
         ["raw-probe", ifname, port, dsts @ ..] => raw::raw_probe(ifname, parse(port) as u16, dsts),
+        ["raw-bad-checksum", ifname, count] => raw::raw_bad_checksum(ifname, parse(count) as u32),
+        ["observe-flows", echo, hello, udp, ping] => observe::observe_flows(echo, hello, udp, ping),
+        ["observe-counters", echo, refused] => observe::observe_counters(echo, refused),
+        ["observe-inbound", addr, state] => observe::observe_inbound(addr, state),
+        ["tcp-exchange", addr, bytes] => observe::tcp_exchange(addr, parse(bytes)),
         ["attack-host-side", target, seconds, rest @ ..] => {
             attacker::attack_host_side(target, parse(seconds), rest.first().copied())
         }

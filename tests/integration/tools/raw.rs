@@ -11,23 +11,64 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sendto, socket,
 };
 
+/// A packet socket on `ifname` that sends frames to the gateway, and the interface's MAC.
+struct Link {
+    fd: std::os::fd::OwnedFd,
+    index: u32,
+    mac: smoltcp::wire::EthernetAddress,
+}
+
+impl Link {
+    fn open(ifname: &str) -> io::Result<Link> {
+        let mac_text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
+        let mac = smoltcp::wire::EthernetAddress::from_bytes(
+            &usernet::cli::parse_mac(mac_text.trim()).map_err(io::Error::other)?,
+        );
+        let index = nix::net::if_::if_nametoindex(ifname)?;
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::empty(),
+            None,
+        )?;
+        Ok(Link { fd, index, mac })
+    }
+
+    /// Send `frame` (a whole Ethernet frame of `ethertype`) to the gateway's MAC.
+    fn send(&self, ethertype: smoltcp::wire::EthernetProtocol, frame: &[u8]) -> io::Result<()> {
+        let gateway = usernet::net::VirtualNetwork::default().gateway_mac();
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = u16::from(ethertype).to_be();
+        addr.sll_ifindex = self.index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(gateway.as_bytes());
+        // SAFETY: frame and addr are live for the call; the lengths are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// From inside the guest, write hand-made frames on `ifname` (bypassing the guest kernel's
 /// routing): a TCP SYN and a UDP datagram to `port` at each destination, IPv4 or IPv6.
 pub(super) fn raw_probe(ifname: &str, port: u16, dsts: &[&str]) -> io::Result<()> {
-    use smoltcp::wire::{EthernetAddress, EthernetProtocol, IpProtocol};
+    use smoltcp::wire::{EthernetProtocol, IpProtocol};
     use usernet::testkit::{self, Segment, flags, syn_options};
     let net = usernet::net::VirtualNetwork::default();
-    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
-    let our_mac = EthernetAddress::from_bytes(
-        &usernet::cli::parse_mac(mac_text.trim()).map_err(io::Error::other)?,
-    );
-    let index = nix::net::if_::if_nametoindex(ifname)?;
-    let fd = socket(
-        AddressFamily::Packet,
-        SockType::Raw,
-        SockFlag::empty(),
-        None,
-    )?;
+    let link = Link::open(ifname)?;
     let mss = syn_options(Some(1460), None, false);
     let mut sport = 40000u16;
     for dst in dsts {
@@ -55,31 +96,32 @@ pub(super) fn raw_probe(ifname: &str, port: u16, dsts: &[&str]) -> io::Result<()
                 testkit::udp(from, to, b"probe")
             };
             let packet = testkit::ip_packet(src, dst, proto, &l4);
-            let buf = testkit::ethernet(our_mac, net.gateway_mac(), ethertype, &packet);
-            // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter are set below.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = u16::from(ethertype).to_be();
-            addr.sll_ifindex = index as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(net.gateway_mac().as_bytes());
-            // SAFETY: buf and addr are live for the call; the lengths are theirs.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let buf = testkit::ethernet(link.mac, net.gateway_mac(), ethertype, &packet);
+            link.send(ethertype, &buf)?;
         }
     }
     println!("probed {}", dsts.len());
+    Ok(())
+}
+
+/// From inside the guest, write `count` IPv4 frames on `ifname` whose header checksum is
+/// wrong (a UDP datagram to 198.18.0.1:9, one bit of its checksum flipped).
+pub(super) fn raw_bad_checksum(ifname: &str, count: u32) -> io::Result<()> {
+    use smoltcp::wire::{EthernetProtocol, IpProtocol};
+    use usernet::testkit;
+    let net = usernet::net::VirtualNetwork::default();
+    let link = Link::open(ifname)?;
+    let (src, dst): (std::net::IpAddr, std::net::IpAddr) =
+        (net.guest.into(), [198, 18, 0, 1].into());
+    let l4 = testkit::udp((src, 4000).into(), (dst, 9).into(), b"bad checksum");
+    let mut packet = testkit::ip_packet(src, dst, IpProtocol::Udp, &l4);
+    // The IPv4 header checksum is bytes 10 and 11.
+    packet[11] ^= 1;
+    let frame = testkit::ethernet(link.mac, net.gateway_mac(), EthernetProtocol::Ipv4, &packet);
+    for _ in 0..count {
+        link.send(EthernetProtocol::Ipv4, &frame)?;
+    }
+    println!("sent {count}");
     Ok(())
 }
 

@@ -1,0 +1,130 @@
+//! How the control thread (the REST API of `usernet run`) asks the stack's thread for the flow
+//! table and the counters, without sharing the stack's tables or locking them.
+//!
+//! A [`Probe`] sends a [`Query`] over a bounded channel and wakes the stack's poller (a
+//! `mio::Waker` on the stack's registry). The stack's thread, on that token, answers every
+//! query waiting ([`ProbeEnd::answer`]) between two events, and goes on. The datapath never
+//! waits for a reader: the channel is bounded ([`QUEUE`]) and a full one is the reader's
+//! "busy"; a reader waits at most [`ANSWER_TIMEOUT`], normally one turn of the stack's loop.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::Duration;
+
+use mio::{Registry, Token, Waker};
+
+use super::{FlowTable, ObserveError, Observer, Stats};
+
+/// Queries waiting for the stack at once; more are answered "busy".
+const QUEUE: usize = 8;
+/// How long a reader waits for the stack's answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a reader wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    Flows,
+    Stats,
+}
+
+/// The stack's answer.
+#[derive(Debug)]
+pub enum Answer {
+    Flows(FlowTable),
+    Stats(Box<Stats>),
+}
+
+type Request = (Query, SyncSender<Answer>);
+
+/// The reader's end: cloneable, used from any thread.
+#[derive(Clone)]
+pub struct Probe {
+    requests: SyncSender<Request>,
+    waker: Arc<Waker>,
+}
+
+/// The stack's end: answers on the stack's thread.
+pub struct ProbeEnd {
+    requests: Receiver<Request>,
+}
+
+/// A probe whose queries wake `token` on `registry` (the stack's poller).
+pub fn channel(registry: &Registry, token: Token) -> io::Result<(Probe, ProbeEnd)> {
+    let waker = Arc::new(Waker::new(registry, token)?);
+    let (requests, receiver) = mpsc::sync_channel(QUEUE);
+    Ok((Probe { requests, waker }, ProbeEnd { requests: receiver }))
+}
+
+impl Probe {
+    /// Ask the stack, and wait for its answer.
+    pub fn ask(&self, query: Query) -> Result<Answer, ObserveError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        match self.requests.try_send((query, reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ObserveError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(ObserveError::NoStack),
+        }
+        self.waker.wake().map_err(|_| ObserveError::Busy)?;
+        match answer.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(a) => Ok(a),
+            Err(RecvTimeoutError::Timeout) => Err(ObserveError::Busy),
+            Err(RecvTimeoutError::Disconnected) => Err(ObserveError::NoStack),
+        }
+    }
+}
+
+impl Observer for Probe {
+    fn flows(&mut self) -> Result<FlowTable, ObserveError> {
+        match self.ask(Query::Flows)? {
+            Answer::Flows(table) => Ok(table),
+            Answer::Stats(_) => Err(ObserveError::Busy),
+        }
+    }
+
+    fn stats(&mut self) -> Result<Stats, ObserveError> {
+        match self.ask(Query::Stats)? {
+            Answer::Stats(stats) => Ok(*stats),
+            Answer::Flows(_) => Err(ObserveError::Busy),
+        }
+    }
+}
+
+impl ProbeEnd {
+    /// Answer every query waiting with `observe` (on the stack's thread). A reader that gave
+    /// up is skipped.
+    pub fn answer(&self, mut observe: impl FnMut(Query) -> Answer) {
+        while let Ok((query, reply)) = self.requests.try_recv() {
+            let _ = reply.try_send(observe(query));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    #[test]
+    fn a_query_wakes_the_poller_and_gets_the_answer_made_on_its_thread() {
+        let mut poll = Poll::new().unwrap();
+        let (mut probe, end) = channel(poll.registry(), Token(5)).unwrap();
+        let stack = std::thread::spawn(move || {
+            let mut events = Events::with_capacity(4);
+            poll.poll(&mut events, Some(Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(events.iter().next().map(|e| e.token()), Some(Token(5)));
+            end.answer(|q| match q {
+                Query::Flows => Answer::Flows(FlowTable {
+                    flows: Vec::new(),
+                    omitted: 7,
+                }),
+                Query::Stats => Answer::Stats(Box::default()),
+            });
+        });
+        assert_eq!(probe.flows().unwrap().omitted, 7);
+        stack.join().unwrap();
+        // The stack is gone: the reader is told so rather than left waiting.
+        assert_eq!(probe.stats(), Err(ObserveError::NoStack));
+    }
+}
