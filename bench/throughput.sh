@@ -13,8 +13,9 @@
 # its own, the client in that namespace, at the same MTU. "guest->host" is the iperf3 client
 # in the guest sending; "host->guest" is the same connection with -R (the server sends).
 # No packet leaves the world. One table: each result as a ratio to veth and to slirp4netns at
-# the same MTU and direction; then usernet with 1,000 idle connections open, and usernet
-# without its sandbox and seccomp filter (the cost of the default hardening).
+# the same MTU and direction; then usernet with 1,000 idle connections open, usernet
+# without its sandbox and seccomp filter (the cost of the default hardening), with --pcap
+# capturing every frame, and with `usernet flows --watch=1` reading its flow table.
 set -euo pipefail
 
 source "$(dirname "$0")/lib.sh"
@@ -120,6 +121,16 @@ if [[ " $tools " == *" usernet "* ]]; then
     result[usernet-idle,65520,up]=$(run_usernet 65520 "" "$idle" || echo "failed")
     echo "measuring usernet at MTU 65520 without sandbox and seccomp..." >&2
     result[usernet-unhardened,65520,up]=$(USERNET_FLAGS="--sandbox=false --seccomp=false" run_usernet 65520 "" || echo "failed")
+    # The capture's cost while it captures: a cap the run cannot reach (BENCH_PCAP_MAX,
+    # 16G; the file goes to $TMPDIR and is removed after).
+    echo "measuring usernet at MTU 65520 with --pcap..." >&2
+    pcap=$tmp/bench.pcap
+    result[usernet-pcap,65520,up]=$(USERNET_FLAGS="--pcap $pcap --pcap-max-bytes ${BENCH_PCAP_MAX:-16G}" run_usernet 65520 "" || echo "failed")
+    pcap_bytes=$(stat -c %s "$pcap" 2>/dev/null || echo 0)
+    rm -f "$pcap"
+    echo "measuring usernet at MTU 65520 with usernet flows --watch=1 reading the flow table..." >&2
+    watch="$USERNET_BIN flows --watch=1 >/dev/null 2>&1 &"
+    result[usernet-watch,65520,up]=$(run_usernet 65520 "" "$watch" || echo "failed")
 fi
 
 declare -A label=(
@@ -131,6 +142,8 @@ declare -A label=(
     [usernet]="usernet run"
     [usernet-idle]="usernet, 1000 idle connections"
     [usernet-unhardened]="usernet, --sandbox/--seccomp=false"
+    [usernet-pcap]="usernet, --pcap (every frame)"
+    [usernet-watch]="usernet, usernet flows --watch=1"
 )
 row() { # tool mtu
     local line
@@ -158,6 +171,10 @@ done
 if [ -n "${result[usernet-idle,65520,up]:-}" ]; then
     row usernet-idle 65520
     row usernet-unhardened 65520
+    row usernet-pcap 65520
+    row usernet-watch 65520
     echo "usernet with 1000 idle connections / without: $(ratio "${result[usernet-idle,65520,up]}" "${result[usernet,65520,up]:-}")"
     echo "usernet with sandbox and seccomp (the default) / without: $(ratio "${result[usernet,65520,up]:-}" "${result[usernet-unhardened,65520,up]}")"
+    echo "usernet with --pcap / without: $(ratio "${result[usernet-pcap,65520,up]}" "${result[usernet,65520,up]:-}") ($((pcap_bytes >> 20)) MiB captured)"
+    echo "usernet with usernet flows --watch=1 / without: $(ratio "${result[usernet-watch,65520,up]}" "${result[usernet,65520,up]:-}")"
 fi
