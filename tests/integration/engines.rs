@@ -70,6 +70,12 @@ struct Setup {
     _tmp: TempDir,
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.runtime);
+    }
+}
+
 impl Setup {
     /// The world and the user for an engine test, if this machine has what it needs:
     /// real root (to make the user), a TAP for everyone, and the engine's `programs`
@@ -90,7 +96,11 @@ impl Setup {
             .unwrap();
         let dir = tmp.to_path_buf();
         let home = dir.join("home");
-        let runtime = dir.join("xdg");
+        // XDG_RUNTIME_DIR is short and under /tmp whatever $TMPDIR is: Podman puts the
+        // slirp4netns API socket at RUNTIME/libpod/tmp/<64 hex digits>.net, which a Unix
+        // socket address must hold in 108 bytes (slirp4netns refuses a longer one, as usernet
+        // does).
+        let runtime = PathBuf::from(format!("/tmp/ur-{}-{uid}", std::process::id()));
         let links = dir.join("bin");
         for d in [&home, &runtime, &links] {
             std::fs::create_dir(d).unwrap();
