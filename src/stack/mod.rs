@@ -20,7 +20,9 @@
 //!   guest through the stack (slirp4netns's `add_hostfwd`);
 //! - [`policy`]: where guest traffic may go; [`emit`]: the frames we build ourselves;
 //!   [`tx`]: the TAP writer and its back-pressure; [`errqueue`]: ICMP errors the host's
-//!   sockets report.
+//!   sockets report;
+//! - [`vnet`]: the virtio-net header of a TAP with offloads (checked on every frame read,
+//!   written on every frame sent) and the TCP segmentation and checksum offloads.
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
 //!
@@ -64,6 +66,7 @@ pub mod tcp;
 pub mod token;
 pub mod tx;
 pub mod udp;
+pub mod vnet;
 
 use std::io;
 use std::ops::ControlFlow;
@@ -77,7 +80,7 @@ use smoltcp::wire::EthernetAddress;
 
 use crate::footprint::Pages;
 use crate::net::VirtualNetwork;
-use crate::tap;
+use crate::tap::{self, Framing};
 use dhcp::DhcpServer;
 use dns::{DnsForwarder, Upstreams};
 use frame::{Classified, DropReason, GuestEcho, GuestUdp};
@@ -104,6 +107,9 @@ pub struct Link {
     pub our_mac: EthernetAddress,
     /// IP MTU of tap0.
     pub mtu: usize,
+    /// The TAP carries vnet headers: TCP segments to the guest may be up to 64 KiB with their
+    /// checksum left to the guest kernel (see [`vnet`]).
+    pub offload: bool,
 }
 
 /// What a handler needs from the rest of the stack while it works on one event.
@@ -167,6 +173,8 @@ pub struct StackStats {
     pub bytes_in: u64,
     pub arp_replies: u64,
     pub drops: [u64; DropReason::COUNT],
+    /// Frames whose vnet header lied about them (see [`vnet::accept`]), dropped unread.
+    pub drops_bad_vnet_header: u64,
 }
 
 /// Why [`Stack::run`] stopped without the callback asking it to.
@@ -182,6 +190,8 @@ pub enum StackError {
 pub struct Stack {
     poll: Poll,
     tx: TapWriter,
+    /// How frames are laid out on the TAP (with a vnet header or not).
+    framing: Framing,
     rx_buf: Pages,
     /// Where datagrams from host sockets are read.
     recv_buf: Pages,
@@ -229,10 +239,23 @@ impl HeapTrim {
 }
 
 impl Stack {
-    /// A stack serving the guest behind the TAP `tap`.
+    /// A stack serving the guest behind the TAP `tap`, with offloads if `tap` carries vnet
+    /// headers ([`tap::framing`]).
+    pub fn new(tap: OwnedFd, config: StackConfig) -> io::Result<Self> {
+        let framing = tap::framing(std::os::fd::AsFd::as_fd(&tap));
+        log::debug!("TAP framing: {framing:?}");
+        Self::with_framing(tap, config, framing)
+    }
+
+    /// A stack on `tap` whose frames are laid out as `framing` says (for tests and fuzzing,
+    /// whose stand-in TAPs are socketpairs).
     /// IPv6 needs a link MTU of at least 1280 (every ICMPv6 error may be that long); below
     /// it the stack is IPv4 only, as the guest kernel's link would be.
-    pub fn new(tap: OwnedFd, mut config: StackConfig) -> io::Result<Self> {
+    pub fn with_framing(
+        tap: OwnedFd,
+        mut config: StackConfig,
+        framing: Framing,
+    ) -> io::Result<Self> {
         if config.policy.net.v6.is_some() && config.mtu < crate::net::IPV6_MIN_MTU {
             log::warn!(
                 "IPv6 is off: the link MTU {} is below IPv6's minimum of {}",
@@ -257,8 +280,9 @@ impl Stack {
         let dns_for_dhcp = (!config.policy.disable_dns).then_some(net.dns);
         Ok(Stack {
             poll,
-            tx: TapWriter::new(tap)?,
-            rx_buf: Pages::new(FRAME_BUF)?,
+            tx: TapWriter::new(tap, framing)?,
+            framing,
+            rx_buf: Pages::new(framing.header_len() + FRAME_BUF)?,
             recv_buf: Pages::new(RECV_BUF)?,
             forward_buf: Pages::new(RECV_BUF)?,
             // Frames may already be queued (the kernel's own traffic on link-up).
@@ -279,6 +303,7 @@ impl Stack {
             link: Link {
                 our_mac: net.gateway_mac(),
                 mtu: config.mtu as usize,
+                offload: framing != Framing::Plain,
             },
             epoch: StdInstant::now(),
             wakeup: None,
@@ -341,6 +366,13 @@ impl Stack {
     pub fn inject_frame(&mut self, frame: &[u8]) {
         let now = self.now();
         self.handle_frame(frame, now);
+    }
+
+    /// Handle `bytes` as if read from the TAP: with a vnet header first if the stack's
+    /// [`Framing`] has one.
+    pub fn inject_read(&mut self, bytes: &[u8]) {
+        let now = self.now();
+        self.handle_read(bytes, now);
     }
 
     /// Move the stack's clock `by` ahead of the real one: timers (UDP idle, connect and
@@ -511,7 +543,7 @@ impl Stack {
                     self.tap_readable = false;
                     break;
                 }
-                Ok(n) => self.handle_frame(&buf[..n], now),
+                Ok(n) => self.handle_read(&buf[..n], now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.tap_readable = false;
                     break;
@@ -526,6 +558,21 @@ impl Stack {
         }
         self.rx_buf = buf;
         result
+    }
+
+    /// One read from the TAP: the vnet header checked and stripped, if there is one, then
+    /// the frame.
+    fn handle_read(&mut self, bytes: &[u8], now: Instant) {
+        match self.framing {
+            Framing::Plain => self.handle_frame(bytes, now),
+            Framing::Vnet { header_len } => match vnet::accept(bytes, header_len) {
+                Ok((frame, _)) => self.handle_frame(frame, now),
+                Err(e) => {
+                    self.stats.drops_bad_vnet_header += 1;
+                    log::debug!("dropped a guest frame: its vnet header lies: {e}");
+                }
+            },
+        }
     }
 
     fn handle_frame(&mut self, frame: &[u8], now: Instant) {
@@ -611,7 +658,7 @@ impl Stack {
             .map(|r| format!("{r:?}={}", self.stats.drops[*r as usize]))
             .collect();
         format!(
-            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], tcp {:?}, udp {:?}, dns {:?}, icmp {:?}, dhcp {:?}, neighbors {:?}, forwards {:?}",
+            "frames in {} ({} bytes), out {} ({} bytes, {} deferred, {} dropped), arp replies {}, drops [{}], bad vnet headers {}, tcp {:?}, udp {:?}, dns {:?}, icmp {:?}, dhcp {:?}, neighbors {:?}, forwards {:?}",
             self.stats.frames_in,
             self.stats.bytes_in,
             self.tx.stats.frames,
@@ -620,6 +667,7 @@ impl Stack {
             self.tx.stats.dropped,
             self.stats.arp_replies,
             drops.join(" "),
+            self.stats.drops_bad_vnet_header,
             self.tcp.stats,
             self.udp.stats,
             self.dns.stats,
@@ -664,5 +712,55 @@ mod tests {
                 }
             }
         }
+    }
+    /// On a TAP with vnet headers every read starts with one: a frame whose header lies is
+    /// dropped and counted, never handled; an honest one is handled, and what we send back
+    /// starts with a header too (empty: an ARP reply needs no offload).
+    #[test]
+    fn frames_behind_a_lying_vnet_header_are_dropped_and_counted() {
+        use smoltcp::wire::ArpOperation;
+        let net = VirtualNetwork::default();
+        let (ours, theirs) = crate::testkit::tap_pair();
+        let framing = Framing::Vnet { header_len: 12 };
+        let mut stack = Stack::with_framing(ours, StackConfig::new(net, 1500), framing).unwrap();
+        let request = crate::testkit::arp_frame(
+            ArpOperation::Request,
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+            net.guest,
+            net.gateway,
+        );
+        let with_header = |header: vnet::VnetHeader| {
+            let mut read = vec![0u8; 12];
+            header.emit(&mut read);
+            read.extend_from_slice(&request);
+            read
+        };
+        let mut buf = vec![0u8; 2048];
+        // GSO on an ARP frame, then a checksum position past its end.
+        let lies = [
+            vnet::VnetHeader {
+                gso_type: vnet::GSO_TCPV4,
+                gso_size: 1448,
+                ..Default::default()
+            },
+            vnet::VnetHeader {
+                flags: vnet::F_NEEDS_CSUM,
+                csum_start: 40,
+                csum_offset: 16,
+                ..Default::default()
+            },
+        ];
+        for (n, lie) in lies.into_iter().enumerate() {
+            stack.inject_read(&with_header(lie));
+            assert_eq!(stack.stats.drops_bad_vnet_header, n as u64 + 1);
+            assert!(crate::tap::read_frame(theirs.as_fd(), &mut buf).is_err());
+        }
+        assert_eq!(stack.stats.frames_in, 0, "nothing behind a lie was handled");
+        stack.inject_read(&with_header(vnet::VnetHeader::default()));
+        let n = crate::tap::read_frame(theirs.as_fd(), &mut buf).expect("an ARP reply");
+        assert_eq!(buf[..12], [0; 12], "an empty vnet header first");
+        let reply = smoltcp::wire::EthernetFrame::new_checked(&buf[12..n]).unwrap();
+        assert_eq!(reply.ethertype(), smoltcp::wire::EthernetProtocol::Arp);
+        assert_eq!(stack.stats.drops_bad_vnet_header, 2);
     }
 }

@@ -17,6 +17,7 @@ mod ipv6;
 mod lifecycle;
 mod limits;
 mod needs;
+mod offload;
 mod rootlesskit;
 mod security;
 mod services;
@@ -74,6 +75,10 @@ fn main() {
         tcp::host_reset_reaches_the_guest_as_connection_reset,
         tcp::guest_reset_reaches_the_host_as_connection_reset,
         tcp::reused_source_port_connects_at_once,
+        offload::offloaded_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
+        offload::without_offloads_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
+        offload::offloaded_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
+        offload::without_offloads_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
         lifecycle::exit_code_of_command_is_propagated,
         lifecycle::command_killed_by_signal_gives_128_plus_signal,
         lifecycle::sigint_sigterm_sighup_are_forwarded_to_the_command,

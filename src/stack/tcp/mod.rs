@@ -330,14 +330,15 @@ impl TcpFlows {
                     }
                     let data = seg.seq_len - u32::from(seg.flags.syn) - u32::from(seg.flags.fin);
                     if conn.memory.gate.admit(seg.seq, data) {
+                        let raised = seg
+                            .flags
+                            .syn
+                            .then(|| syn_for_smoltcp(seg.ip_packet, cx))
+                            .flatten();
+                        let packet = raised.as_deref().unwrap_or(seg.ip_packet);
                         let gate = Some(&mut conn.memory.gate);
-                        let mut dev = FlowDevice::new(
-                            Some(seg.ip_packet),
-                            cx.tap,
-                            cx.link,
-                            flow.guest_mac,
-                            gate,
-                        );
+                        let mut dev =
+                            FlowDevice::new(Some(packet), cx.tap, cx.link, flow.guest_mac, gate);
                         conn.iface
                             .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
                     } else {
@@ -890,6 +891,8 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     let mut sockets = SocketSet::new(Vec::with_capacity(1));
     let handle = sockets.add(socket);
 
+    let raised = syn_for_smoltcp(syn, cx);
+    let syn = raised.as_deref().unwrap_or(syn);
     let gate = Some(&mut memory.gate);
     let mut dev = FlowDevice::new(Some(syn), cx.tap, cx.link, flow.guest_mac, gate);
     iface.poll_ingress_single(cx.now, &mut dev, &mut sockets);
@@ -903,6 +906,20 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
     flow.host.writable = true;
     flow.host.readable = true;
     Ok(())
+}
+
+/// The guest's SYN (or SYN-ACK) `ip_packet` as smoltcp should see it: with offloads, a copy
+/// whose MSS option is raised to the most there is, so that smoltcp sends segments as large as
+/// its device allows and the device splits them at the guest's real MSS (see [`device`] and
+/// [`super::vnet`]). None when the packet goes in as it is.
+fn syn_for_smoltcp(ip_packet: &[u8], cx: &Ctx<'_>) -> Option<Vec<u8>> {
+    if !cx.link.offload {
+        return None;
+    }
+    let mut copy = ip_packet.to_vec();
+    let offset = gate::tcp_offset(&copy)?;
+    super::vnet::rewrite_mss(copy.get_mut(offset..)?, u16::MAX)?;
+    Some(copy)
 }
 
 /// A flow's private smoltcp interface: it owns the gateway's addresses and accepts packets for
@@ -1336,7 +1353,7 @@ mod tests {
             let (a, b) = crate::testkit::tap_pair();
             Harness {
                 flows: TcpFlows::new(config),
-                tap: TapWriter::new(a).unwrap(),
+                tap: TapWriter::new(a, crate::tap::Framing::Plain).unwrap(),
                 guest: b,
                 poll: Poll::new().unwrap(),
                 policy: HostPolicy::new(VirtualNetwork::default()),
@@ -1369,6 +1386,7 @@ mod tests {
                 link: Link {
                     our_mac: self.policy.net.gateway_mac(),
                     mtu: 65520,
+                    offload: false,
                 },
             }
         }
