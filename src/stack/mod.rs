@@ -362,6 +362,18 @@ impl Stack {
             .map(|_| ())
     }
 
+    /// One last pass before the embedding program stops serving: what the guest sent before
+    /// it went (frames still queued on the TAP: data, a FIN, a reset written just before its
+    /// command exited) is read and relayed to the host sockets, instead of being lost to the
+    /// race between the command's exit and the TAP's readiness.
+    pub fn finish(&mut self) {
+        let now = self.now();
+        if let Err(e) = self.drain_tap(now) {
+            log::debug!("last read of the TAP: {e}");
+        }
+        self.tcp.service_dirty(&mut ctx!(self, now));
+    }
+
     /// Handle `frame` as if the guest had just sent it on the TAP.
     pub fn inject_frame(&mut self, frame: &[u8]) {
         let now = self.now();
@@ -729,12 +741,7 @@ mod tests {
             net.guest,
             net.gateway,
         );
-        let with_header = |header: vnet::VnetHeader| {
-            let mut read = vec![0u8; 12];
-            header.emit(&mut read);
-            read.extend_from_slice(&request);
-            read
-        };
+        let with_header = |header| crate::testkit::vnet_read(header, 12, &request);
         let mut buf = vec![0u8; 2048];
         // GSO on an ARP frame, then a checksum position past its end.
         let lies = [

@@ -120,16 +120,16 @@ pub enum VnetError {
 /// Where the transport header of an IPv4 or IPv6 packet in an Ethernet frame is (no IPv6
 /// extension headers: the classifier drops those anyway).
 #[derive(Debug, Clone, Copy)]
-struct Transport {
-    v6: bool,
-    proto: IpProtocol,
+pub(crate) struct Transport {
+    pub v6: bool,
+    pub proto: IpProtocol,
     /// From the start of the Ethernet frame.
-    offset: usize,
+    pub offset: usize,
     /// Transport header and payload, as the IP header counts them.
-    len: usize,
+    pub len: usize,
 }
 
-fn transport(frame: &[u8]) -> Option<Transport> {
+pub(crate) fn transport(frame: &[u8]) -> Option<Transport> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let ip = frame.get(ETH_LEN..)?;
     let (v6, proto, header, total) = match eth.ethertype() {
@@ -256,33 +256,37 @@ pub fn offload_tcp(frame: &mut [u8], guest_mss: u16, link_mtu: usize) -> VnetHea
     header
 }
 
-/// Set the MSS option of the TCP header at the start of `tcp` to `mss`; the value it had, or
-/// None if it has none (or its options do not parse). The checksum is left as it was: the
-/// segments this is used on are either not verified (the guest's SYN, on its way into
-/// smoltcp) or checksummed after (ours, by [`offload_tcp`]).
+/// Set the MSS options of the TCP header at the start of `tcp` to `mss`; the value the last
+/// one had (the one smoltcp's parser goes by), or None if there is none (or the options stop
+/// parsing before one). The checksum is left as it was: the segments this is used on are
+/// either not verified (the guest's SYN, on its way into smoltcp) or checksummed after (ours,
+/// by [`offload_tcp`]).
 pub fn rewrite_mss(tcp: &mut [u8], mss: u16) -> Option<u16> {
     let header_len = TcpPacket::new_checked(&*tcp).ok()?.header_len();
     let options = tcp.get_mut(TCP_HEADER_LEN..usize::from(header_len))?;
+    let mut old = None;
     let mut i = 0;
     while i < options.len() {
         match options[i] {
-            0 => return None,
+            0 => break,
             1 => i += 1,
             kind => {
-                let len = usize::from(*options.get(i + 1)?);
+                let Some(&len) = options.get(i + 1) else {
+                    break;
+                };
+                let len = usize::from(len);
                 if len < 2 || i + len > options.len() {
-                    return None;
+                    break;
                 }
                 if kind == 2 && len == 4 {
-                    let old = u16::from_be_bytes([options[i + 2], options[i + 3]]);
+                    old = Some(u16::from_be_bytes([options[i + 2], options[i + 3]]));
                     options[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
-                    return Some(old);
                 }
                 i += len;
             }
         }
     }
-    None
+    old
 }
 
 #[cfg(test)]
@@ -292,7 +296,10 @@ mod tests {
     use smoltcp::wire::IpAddress;
 
     use super::*;
-    use crate::testkit::{Segment, flags, ip_frame, syn_options, udp_frame};
+    use crate::testkit::{
+        Segment, complete_vnet_checksum, flags, guest_vnet_header, ip_frame, syn_options,
+        udp_frame, vnet_read,
+    };
 
     const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
     const HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -311,28 +318,6 @@ mod tests {
             payload,
         }
         .frame()
-    }
-
-    /// A read from the TAP: `header` (on 10 bytes, or `len` with zeroes after) then `frame`.
-    fn read(header: VnetHeader, len: usize, frame: &[u8]) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        header.emit(&mut out);
-        out.extend_from_slice(frame);
-        out
-    }
-
-    /// What the guest kernel writes for a TSO super-segment in `frame` (IPv4 or IPv6, no TCP
-    /// options).
-    fn tso(frame: &[u8], gso_size: u16) -> VnetHeader {
-        let t = transport(frame).unwrap();
-        VnetHeader {
-            flags: F_NEEDS_CSUM,
-            gso_type: if t.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
-            hdr_len: (t.offset + 20) as u16,
-            gso_size,
-            csum_start: t.offset as u16,
-            csum_offset: 16,
-        }
     }
 
     #[test]
@@ -358,16 +343,16 @@ mod tests {
         for (src, dst) in [(GUEST.into(), HOST.into()), (GUEST6.into(), HOST6.into())] {
             let frame = tcp_frame(src, dst, &data, vec![]);
             for len in [10, 12] {
-                let bytes = read(tso(&frame, 1448), len, &frame);
+                let bytes = vnet_read(guest_vnet_header(&frame, 1448), len, &frame);
                 let (got, header) = accept(&bytes, len).unwrap();
                 assert_eq!(got, &frame[..]);
                 assert_eq!(header.gso_size, 1448);
                 // With ECN's CWR bit too.
-                let mut h = tso(&frame, 1448);
+                let mut h = guest_vnet_header(&frame, 1448);
                 h.gso_type |= GSO_ECN;
-                assert!(accept(&read(h, len, &frame), len).is_ok());
+                assert!(accept(&vnet_read(h, len, &frame), len).is_ok());
             }
-            let plain = read(VnetHeader::default(), 10, &frame);
+            let plain = vnet_read(VnetHeader::default(), 10, &frame);
             assert_eq!(accept(&plain, 10).unwrap().0, &frame[..]);
         }
         // A UDP datagram with its checksum left to us; anything at all without flags.
@@ -382,8 +367,8 @@ mod tests {
             csum_offset: 6,
             ..Default::default()
         };
-        assert!(accept(&read(h, 10, &udp), 10).is_ok());
-        assert!(accept(&read(VnetHeader::default(), 10, b"junk"), 10).is_ok());
+        assert!(accept(&vnet_read(h, 10, &udp), 10).is_ok());
+        assert!(accept(&vnet_read(VnetHeader::default(), 10, b"junk"), 10).is_ok());
     }
 
     #[test]
@@ -395,7 +380,7 @@ mod tests {
             SocketAddr::new(HOST.into(), 53),
             &[2u8; 5000],
         );
-        let good = tso(&frame, 1448);
+        let good = guest_vnet_header(&frame, 1448);
         let cases: Vec<(&str, VnetHeader, &[u8], VnetError)> = vec![
             (
                 "gso_size 0",
@@ -505,19 +490,14 @@ mod tests {
             ),
         ];
         for (what, header, frame, error) in cases {
-            assert_eq!(accept(&read(header, 10, frame), 10), Err(error), "{what}");
+            assert_eq!(
+                accept(&vnet_read(header, 10, frame), 10),
+                Err(error),
+                "{what}"
+            );
         }
         assert_eq!(accept(&[0u8; 9], 10), Err(VnetError::Short));
         assert_eq!(accept(&[0u8; 11], 12), Err(VnetError::Short));
-    }
-
-    /// The guest kernel's side of `NEEDS_CSUM`: sum from `csum_start` to the end, store the
-    /// complement at `csum_offset`.
-    fn complete_checksum(frame: &mut [u8], h: &VnetHeader) {
-        let start = usize::from(h.csum_start);
-        let sum = !checksum::data(&frame[start..]);
-        let at = start + usize::from(h.csum_offset);
-        frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     }
 
     #[test]
@@ -537,7 +517,7 @@ mod tests {
             assert_eq!(h.gso_size, link_mss - 12);
             assert_eq!(usize::from(h.csum_start), 14 + ip_len);
             assert_eq!(h.hdr_len as usize, 14 + ip_len + 32);
-            complete_checksum(&mut frame, &h);
+            complete_vnet_checksum(&mut frame, &h);
             let t = transport(&frame).unwrap();
             let (s, d) = (IpAddress::from(src), IpAddress::from(dst));
             let tcp = TcpPacket::new_checked(&frame[t.offset..]).unwrap();
@@ -552,7 +532,7 @@ mod tests {
                 (h.flags, h.gso_type, h.gso_size),
                 (F_NEEDS_CSUM, GSO_NONE, 0)
             );
-            complete_checksum(&mut frame, &h);
+            complete_vnet_checksum(&mut frame, &h);
             let tcp = TcpPacket::new_checked(&frame[t.offset..]).unwrap();
             assert!(tcp.verify_checksum(&s, &d));
         }
@@ -587,6 +567,12 @@ mod tests {
             syn_options(None, Some(7), true),
         );
         assert_eq!(rewrite_mss(&mut frame[t.offset..], 65535), None);
+        // Two MSS options: both raised, the last one's value (smoltcp's) reported.
+        let two = vec![2, 4, 0, 100, 2, 4, 5, 0xb4];
+        let mut frame = tcp_frame(GUEST.into(), HOST.into(), &[], two);
+        assert_eq!(rewrite_mss(&mut frame[t.offset..], 65535), Some(1460));
+        let tcp = TcpPacket::new_checked(&frame[t.offset..]).unwrap();
+        assert_eq!(tcp.options(), [2, 4, 0xff, 0xff, 2, 4, 0xff, 0xff]);
         // An option whose length runs past the header.
         let mut frame = tcp_frame(GUEST.into(), HOST.into(), &[], vec![3, 40, 0, 0]);
         assert_eq!(rewrite_mss(&mut frame[t.offset..], 65535), None);

@@ -158,6 +158,7 @@ fn main() {
         attach::slirp4netns_sandbox_and_seccomp,
         attach::slirp4netns_netns_by_path_with_its_userns_path,
         attach::slirp4netns_help_version_and_errors_keep_the_contract,
+        attach::slirp4netns_tapfd_plain_or_with_vnet_headers_carries_tcp,
         attach::usernet_attach_connects_a_namespace_made_with_unshare,
         attach::usernet_attach_by_path_exits_when_the_namespace_file_is_removed,
         attach::real_rootlesskit_uses_usernet_as_its_slirp4netns,
