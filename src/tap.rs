@@ -8,7 +8,8 @@
 //! # Offloads
 //!
 //! usernet's own TAPs are opened with `IFF_VNET_HDR` and `TUNSETOFFLOAD` (checksum, TCP
-//! segmentation for IPv4 and IPv6, ECN): every frame then starts with a `virtio_net_hdr`
+//! segmentation for IPv4 and IPv6, ECN, and UDP segmentation where the kernel has it): every
+//! frame then starts with a `virtio_net_hdr`
 //! ([`crate::stack::vnet`]), the guest kernel hands over TCP super-segments of up to 64 KiB
 //! whose checksum is left to us (we need none: the payload goes to a host socket), and it
 //! takes the same from us, at any MTU. Without it, each 1500-byte frame costs one syscall each
@@ -41,10 +42,12 @@ const MAX_VNET_HDR_LEN: usize = 64;
 pub const OFFLOAD_ENV: &str = "USERNET_OFFLOAD";
 
 /// What the guest may hand us, and we it: checksums left to the receiver, TCP super-segments
-/// over IPv4 and IPv6, with or without ECN's CWR. No UDP segmentation (`TUN_F_USO4/6`): the
-/// UDP relay does not split datagrams yet.
+/// over IPv4 and IPv6, with or without ECN's CWR.
 const OFFLOADS: libc::c_uint =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+/// UDP segmentation too (Linux 6.2 and later): a guest socket's `UDP_SEGMENT` send reaches
+/// us as one frame, which the UDP relay splits into its datagrams.
+const UDP_OFFLOADS: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 /// Why the TAP device could not be created, phrased for the user.
 #[derive(Debug, thiserror::Error)]
@@ -176,9 +179,14 @@ fn enable_offloads(fd: i32) -> io::Result<()> {
     let mut size = VNET_HDR_LEN as libc::c_int;
     ioctl_int(fd, libc::TUNSETVNETHDRSZ, &mut size)?;
     set_little_endian(fd)?;
+    // With UDP segmentation if the kernel has it, else without.
+    set_offloads(fd, OFFLOADS | UDP_OFFLOADS).or_else(|_| set_offloads(fd, OFFLOADS))
+}
+
+fn set_offloads(fd: i32, offloads: libc::c_uint) -> io::Result<()> {
     // TUNSETOFFLOAD takes its argument by value.
     // SAFETY: no pointer is passed; the kernel reads the flags from the argument itself.
-    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, OFFLOADS as libc::c_ulong) } < 0 {
+    if unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -4,7 +4,8 @@
 //! Input: byte 0 picks the header length (bit 0: 10 or 12 bytes) and the MTU (bits 1-2: 1500,
 //! 576, 65520, 9000); the rest is the read. Each run:
 //! - checks the read with `vnet::accept` (twice: it must be pure); an accepted read's frame is
-//!   the bytes after the header, and a GSO header is only accepted on TCP of its family;
+//!   the bytes after the header, and a GSO header is only accepted on TCP of its family or,
+//!   for UDP segmentation, on UDP (whose datagrams the stack then relays one by one);
 //! - treats the frame as one of our own TCP segments: `offload_tcp` must give a header our
 //!   own `accept` takes, whose checksum completes (as the guest kernel would) to a valid one,
 //!   and whose GSO segments fit the link; `rewrite_mss` must find the MSS smoltcp's option
@@ -26,8 +27,14 @@ use usernet::tap::Framing;
 use usernet_fuzz::harness::{Harness, small_config};
 use usernet_fuzz::{guest, host, world};
 
-/// The transport of `frame`: (IPv6, protocol, TCP header offset, source, destination).
+/// The transport of a TCP segment in `frame`: (IPv6, TCP header offset, source, destination).
 fn tcp_of(frame: &[u8]) -> Option<(bool, usize, IpAddress, IpAddress)> {
+    let (proto, v6, offset, src, dst) = transport(frame)?;
+    (proto == IpProtocol::Tcp).then_some((v6, offset, src, dst))
+}
+
+/// The transport of `frame`: (protocol, IPv6, its header offset, source, destination).
+fn transport(frame: &[u8]) -> Option<(IpProtocol, bool, usize, IpAddress, IpAddress)> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let (v6, proto, offset, src, dst) = match eth.ethertype() {
         EthernetProtocol::Ipv4 => {
@@ -53,7 +60,7 @@ fn tcp_of(frame: &[u8]) -> Option<(bool, usize, IpAddress, IpAddress)> {
         }
         _ => return None,
     };
-    (proto == IpProtocol::Tcp).then_some((v6, offset, src, dst))
+    Some((proto, v6, offset, src, dst))
 }
 
 fuzz_target!(
@@ -72,10 +79,16 @@ fuzz_target!(
         assert_eq!(verdict, vnet::accept(read, header_len), "accept is pure");
         if let Ok((frame, header)) = verdict {
             assert_eq!(frame, &read[header_len..]);
-            if header.gso_type & !vnet::GSO_ECN != vnet::GSO_NONE {
-                let (v6, ..) = tcp_of(frame).expect("GSO accepted on something not TCP");
+            let gso = header.gso_type & !vnet::GSO_ECN;
+            if gso == vnet::GSO_UDP_L4 {
+                assert_eq!(transport(frame).map(|t| t.0), Some(IpProtocol::Udp));
+                assert_eq!(vnet::udp_segment_size(&header), Some(header.gso_size.into()));
+            } else if gso != vnet::GSO_NONE {
+                let (v6, ..) = tcp_of(frame).expect("TCP GSO accepted on something not TCP");
                 let want = if v6 { vnet::GSO_TCPV6 } else { vnet::GSO_TCPV4 };
-                assert_eq!(header.gso_type & !vnet::GSO_ECN, want);
+                assert_eq!(gso, want);
+            }
+            if gso != vnet::GSO_NONE {
                 assert!(header.gso_size > 0 && usize::from(header.gso_size) <= frame.len());
             }
         }

@@ -106,3 +106,13 @@ for name in sorted(os.listdir(stateful))[:12]:
     data = open(os.path.join(stateful, name), "rb").read()
     if data and not data[0] & 0x20:
         write("stateful", bytes([data[0] | 0x20]) + data[1:])
+
+# UDP segmentation (a UDP_SEGMENT send): three DNS-sized datagrams to the DNS forwarder and
+# three to the host's UDP echo, over IPv4 and IPv6.
+USO = 5
+query = bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001")
+uso_dns = frame(ipv4("10.0.2.100", "10.0.2.3", 17, udp(5353, 53, query * 3)))
+uso_echo6 = frame(ipv6("fd00::100", "2001:2::1", 17, udp(5354, 7, bytes(range(200)) * 3)))
+seed(0, header(NEEDS_CSUM, USO, 42, len(query), 34, 6), uso_dns)
+seed(0, header(NEEDS_CSUM, USO, 62, 200, 54, 6), uso_echo6)
+seed(0, header(NEEDS_CSUM, USO, 42, 0, 34, 6), uso_dns)

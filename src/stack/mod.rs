@@ -377,7 +377,7 @@ impl Stack {
     /// Handle `frame` as if the guest had just sent it on the TAP.
     pub fn inject_frame(&mut self, frame: &[u8]) {
         let now = self.now();
-        self.handle_frame(frame, now);
+        self.handle_frame(frame, now, None);
     }
 
     /// Handle `bytes` as if read from the TAP: with a vnet header first if the stack's
@@ -576,9 +576,11 @@ impl Stack {
     /// the frame.
     fn handle_read(&mut self, bytes: &[u8], now: Instant) {
         match self.framing {
-            Framing::Plain => self.handle_frame(bytes, now),
+            Framing::Plain => self.handle_frame(bytes, now, None),
             Framing::Vnet { header_len } => match vnet::accept(bytes, header_len) {
-                Ok((frame, _)) => self.handle_frame(frame, now),
+                Ok((frame, header)) => {
+                    self.handle_frame(frame, now, vnet::udp_segment_size(&header))
+                }
                 Err(e) => {
                     self.stats.drops_bad_vnet_header += 1;
                     log::debug!("dropped a guest frame: its vnet header lies: {e}");
@@ -587,7 +589,9 @@ impl Stack {
         }
     }
 
-    fn handle_frame(&mut self, frame: &[u8], now: Instant) {
+    /// One frame from the guest; `udp_segment`: it is a UDP super-datagram of datagrams of
+    /// that size (see [`vnet::udp_segment_size`]).
+    fn handle_frame(&mut self, frame: &[u8], now: Instant, udp_segment: Option<usize>) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         let classified = frame::classify(frame, &self.policy.net);
@@ -610,7 +614,21 @@ impl Stack {
                 self.tcp
                     .on_guest_segment(&segment, &mut ctx!(self, now), &self.upstreams);
             }
-            Classified::Udp(datagram) => self.handle_udp(&datagram, now),
+            Classified::Udp(datagram) => match udp_segment {
+                // Each datagram of a UDP_SEGMENT send on its own, as the guest's socket meant.
+                Some(size) if size > 0 && datagram.payload.len() > size => {
+                    for payload in datagram.payload.chunks(size) {
+                        self.handle_udp(
+                            &GuestUdp {
+                                payload,
+                                ..datagram
+                            },
+                            now,
+                        );
+                    }
+                }
+                _ => self.handle_udp(&datagram, now),
+            },
             Classified::Echo(echo) => self.handle_echo(&echo, now),
             Classified::Dhcp(message) => self.dhcp.on_guest_message(&message, &mut ctx!(self, now)),
             Classified::Drop(reason) => self.stats.drops[reason as usize] += 1,

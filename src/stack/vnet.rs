@@ -3,7 +3,9 @@
 //!
 //! Guest → us: [`accept`] checks the header the guest kernel wrote and returns the frame
 //! behind it. With offloads the guest hands over TCP super-segments (`gso_type` TCPV4/TCPV6,
-//! up to 64 KiB whatever the MTU) and leaves their checksum to the receiver (`NEEDS_CSUM`).
+//! up to 64 KiB whatever the MTU) and leaves their checksum to the receiver (`NEEDS_CSUM`);
+//! a `UDP_SEGMENT` send arrives as one UDP super-datagram (`GSO_UDP_L4`), which the UDP relay
+//! splits at `gso_size` ([`udp_segment_size`]).
 //! Both are fine as they are: smoltcp takes a segment larger than the MSS as long as it fits
 //! the window, and usernet never verifies a TCP or UDP payload checksum from the guest (the
 //! payload goes to a host socket, whose kernel checksums what it sends; a guest that corrupts
@@ -39,6 +41,8 @@ pub const F_DATA_VALID: u8 = 2;
 pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_TCPV6: u8 = 4;
+/// UDP segmentation (USO): the payload is datagrams of `gso_size` bytes, the last shorter.
+pub const GSO_UDP_L4: u8 = 5;
 /// `gso_type` bit: the super-segment carries ECN's CWR.
 pub const GSO_ECN: u8 = 0x80;
 
@@ -193,16 +197,33 @@ pub fn accept(read: &[u8], header_len: usize) -> Result<(&[u8], VnetHeader), Vne
             if tcp.is_none() {
                 return Err(VnetError::GsoMismatch);
             }
-            if header.gso_size == 0 {
-                return Err(VnetError::GsoSizeZero);
+            check_gso_size(&header, frame)?;
+        }
+        GSO_UDP_L4 => {
+            if l4.is_none_or(|t| t.proto != IpProtocol::Udp) {
+                return Err(VnetError::GsoMismatch);
             }
-            if usize::from(header.gso_size) > frame.len() {
-                return Err(VnetError::GsoSizeTooLarge);
-            }
+            check_gso_size(&header, frame)?;
         }
         _ => return Err(VnetError::GsoType),
     }
     Ok((frame, header))
+}
+
+fn check_gso_size(header: &VnetHeader, frame: &[u8]) -> Result<(), VnetError> {
+    if header.gso_size == 0 {
+        return Err(VnetError::GsoSizeZero);
+    }
+    if usize::from(header.gso_size) > frame.len() {
+        return Err(VnetError::GsoSizeTooLarge);
+    }
+    Ok(())
+}
+
+/// The size of the datagrams a guest's UDP super-datagram with this (accepted) header is made
+/// of, if it is one.
+pub fn udp_segment_size(header: &VnetHeader) -> Option<usize> {
+    (header.gso_type & !GSO_ECN == GSO_UDP_L4).then_some(usize::from(header.gso_size))
 }
 
 /// Make the TCP segment in `frame` (an Ethernet frame smoltcp filled, TCP checksum zero) one
@@ -368,7 +389,24 @@ mod tests {
             ..Default::default()
         };
         assert!(accept(&vnet_read(h, 10, &udp), 10).is_ok());
+        assert_eq!(udp_segment_size(&h), None);
         assert!(accept(&vnet_read(VnetHeader::default(), 10, b"junk"), 10).is_ok());
+        // Three datagrams' worth from one UDP_SEGMENT send.
+        let udp = udp_frame(
+            SocketAddr::new(GUEST6.into(), 5000),
+            SocketAddr::new(HOST6.into(), 7),
+            &[3u8; 3000],
+        );
+        let h = VnetHeader {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: 62,
+            gso_size: 1200,
+            csum_start: 54,
+            csum_offset: 6,
+        };
+        let (_, header) = accept(&vnet_read(h, 10, &udp), 10).unwrap();
+        assert_eq!(udp_segment_size(&header), Some(1200));
     }
 
     #[test]
@@ -471,13 +509,26 @@ mod tests {
                 VnetError::GsoType,
             ),
             (
-                "UDP segmentation, not offered",
+                "UDP segmentation on TCP",
                 VnetHeader {
-                    gso_type: 5,
+                    gso_type: GSO_UDP_L4,
                     ..good
                 },
                 &frame,
-                VnetError::GsoType,
+                VnetError::GsoMismatch,
+            ),
+            (
+                "UDP segmentation of size 0",
+                VnetHeader {
+                    flags: F_NEEDS_CSUM,
+                    gso_type: GSO_UDP_L4,
+                    hdr_len: 42,
+                    gso_size: 0,
+                    csum_start: 34,
+                    csum_offset: 6,
+                },
+                &udp,
+                VnetError::GsoSizeZero,
             ),
             (
                 "unknown flags",

@@ -79,6 +79,7 @@ fn main() {
         offload::without_offloads_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
         offload::offloaded_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
         offload::without_offloads_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
+        offload::udp_segmentation_offload_splits_into_the_guests_datagrams_over_ipv4_and_ipv6,
         lifecycle::exit_code_of_command_is_propagated,
         lifecycle::command_killed_by_signal_gives_128_plus_signal,
         lifecycle::sigint_sigterm_sighup_are_forwarded_to_the_command,

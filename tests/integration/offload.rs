@@ -185,3 +185,37 @@ pub fn without_offloads_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6()
     resets_mid_transfer(false, 7331);
     Ok(())
 }
+
+/// A guest socket's `UDP_SEGMENT` send of 40 datagrams to echo servers at MTU 1500, over
+/// IPv4 and IPv6: every datagram comes back, by content; with offloads the 40 cross tap0 as
+/// one frame (so usernet read few frames in all), without as 40.
+pub fn udp_segmentation_offload_splits_into_the_guests_datagrams_over_ipv4_and_ipv6()
+-> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
+    let world = World::new();
+    for (i, host) in ["198.18.0.1", "[2001:2::1]"].into_iter().enumerate() {
+        let addr = format!("{host}:{}", 7341 + i);
+        let _echo = world.server(&["udp-echo", &addr]);
+        for offload in [true, false] {
+            let flags = ["--mtu", "1500", "--ipv6", "--debug"];
+            let tool = ["udp-gso-echo", &addr, "1000", "40"];
+            let out = run(&mut usernet_tool(&world, offload, &flags, &tool), LIMIT);
+            out.assert_ok();
+            assert_eq!(
+                out.stdout.trim(),
+                "OK 40",
+                "{addr}, offload {offload}: {out:#?}"
+            );
+            let t = Traffic::of(&out);
+            if offload {
+                assert!(
+                    t.frames_in < 20,
+                    "{addr}: one frame for 40 datagrams: {t:?}"
+                );
+            } else {
+                assert!(t.frames_in >= 40, "{addr}: a frame each: {t:?}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -15,7 +15,7 @@
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
+use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, TcpPacket};
 
 use super::gate::{self, WindowGate};
 use crate::stack::tx::TapWriter;
@@ -160,7 +160,7 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
             let ip_header = if ipv6 { 40 } else { 20 };
             let link_mss = link.mtu.saturating_sub(ip_header + 20);
             if let Some(tcp) = gate::tcp_of_mut(&mut frame[ETH_LEN..])
-                && tcp.get(13).is_some_and(|flags| flags & 0x02 != 0)
+                && TcpPacket::new_checked(&*tcp).is_ok_and(|p| p.syn())
             {
                 // Our SYN or SYN-ACK: the MSS of the link, not of OFFLOAD_MTU.
                 vnet::rewrite_mss(tcp, u16::try_from(link_mss).unwrap_or(u16::MAX));

@@ -75,6 +75,9 @@ pub fn main(args: &[String]) -> i32 {
         }
         ["udp-conversations", addr, n] => udp::udp_conversations(addr, parse(n) as usize),
         ["udp-echo", listen] => udp::udp_echo(listen),
+        ["udp-gso-echo", addr, segment, count] => {
+            udp::udp_gso_echo(addr, parse(segment) as usize, parse(count) as usize)
+        }
         ["udp-whoami", listen] => udp::udp_whoami(listen),
         ["udp-blackhole", listen] => udp::udp_blackhole(listen),
         ["udp-client", addr, count, max] => {
