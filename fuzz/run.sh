@@ -17,7 +17,7 @@
 set -euo pipefail
 fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 cd "$fuzz_dir"
-all_targets=(frame stateful services bp_request api)
+all_targets=(frame vnet stateful services bp_request api)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 bin_dir=$fuzz_dir/target/x86_64-unknown-linux-gnu/release

@@ -88,6 +88,9 @@ pub fn serve<B>(
         .context("cannot watch signals")?;
     crate::footprint::shed_startup();
     let result = stack.run(|stack, token| on_event(stack, signals, token));
+    if result.is_ok() {
+        stack.finish();
+    }
     log::debug!("stack: {}", stack.summary());
     Ok(result?)
 }

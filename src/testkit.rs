@@ -364,6 +364,70 @@ pub fn arp_frame(
     ethernet(sender_mac, dst, EthernetProtocol::Arp, &body)
 }
 
+/// The vnet header a Linux guest's kernel writes before `frame` on a TAP with offloads: the
+/// checksum of TCP and UDP left to the receiver, and a TCP segment with more than `gso_size`
+/// bytes of payload marked as a super-segment of that many per segment.
+pub fn guest_vnet_header(frame: &[u8], gso_size: u16) -> crate::stack::vnet::VnetHeader {
+    use crate::stack::vnet::{self, VnetHeader};
+    let Some(t) = vnet::transport(frame) else {
+        return VnetHeader::default();
+    };
+    let csum_offset = match t.proto {
+        IpProtocol::Tcp => 16,
+        IpProtocol::Udp => 6,
+        _ => return VnetHeader::default(),
+    };
+    let mut header = VnetHeader {
+        flags: vnet::F_NEEDS_CSUM,
+        csum_start: t.offset as u16,
+        csum_offset,
+        ..VnetHeader::default()
+    };
+    if t.proto == IpProtocol::Tcp
+        && let Ok(tcp) = TcpPacket::new_checked(&frame[t.offset..t.offset + t.len])
+    {
+        let headers = t.offset + usize::from(tcp.header_len());
+        let payload = t.offset + t.len - headers;
+        if gso_size > 0 && payload > usize::from(gso_size) {
+            header.gso_type = if t.v6 {
+                vnet::GSO_TCPV6
+            } else {
+                vnet::GSO_TCPV4
+            };
+            header.gso_size = gso_size;
+            header.hdr_len = headers as u16;
+        }
+    }
+    header
+}
+
+/// One read from a TAP whose vnet header is `header_len` bytes: `header`, then `frame`.
+pub fn vnet_read(
+    header: crate::stack::vnet::VnetHeader,
+    header_len: usize,
+    frame: &[u8],
+) -> Vec<u8> {
+    let mut read = vec![0u8; header_len];
+    header.emit(&mut read);
+    read.extend_from_slice(frame);
+    read
+}
+
+/// What the guest kernel does with a frame whose vnet header says `NEEDS_CSUM`: sum from
+/// `csum_start` to the end and store the complement at `csum_offset`. Nothing otherwise.
+pub fn complete_vnet_checksum(frame: &mut [u8], header: &crate::stack::vnet::VnetHeader) {
+    if header.flags & crate::stack::vnet::F_NEEDS_CSUM == 0 {
+        return;
+    }
+    let start = usize::from(header.csum_start);
+    let at = start + usize::from(header.csum_offset);
+    if at + 2 > frame.len() {
+        return;
+    }
+    let sum = !smoltcp::wire::checksum::data(&frame[start..]);
+    frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

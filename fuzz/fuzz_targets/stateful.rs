@@ -10,12 +10,17 @@
 //! - byte 0, the configuration: bits 0-1 the MTU (1500, 576, 65520, 9000), bit 2
 //!   `--disable-host-loopback`, bit 3 `--disable-dns`, bit 4 IPv6: the guest's TCP, UDP and
 //!   ping operations go to the IPv6 destinations (`TCP_DESTS6`...) from fd00::100, and the
-//!   ARP operation becomes neighbour discovery (the stack has IPv6 either way);
+//!   ARP operation becomes neighbour discovery (the stack has IPv6 either way); bit 5 a TAP
+//!   with vnet headers (10 bytes, 12 with bit 6 set): the guest's frames get the header a
+//!   Linux guest with offloads writes (TCP payloads above 1448 bytes as super-segments),
+//!   except the raw operation's, whose bytes are the whole read, header included, so lying
+//!   headers reach the stack; the stack's frames must carry honest headers and complete to
+//!   valid checksums;
 //! - then operations, each an opcode byte (modulo the number of operations) and its fields:
 //!
 //! | op | fields | what |
 //! |---|---|---|
-//! | 0 raw | len u16, bytes | any frame, as is |
+//! | 0 raw | len u16, bytes | any frame, as is (with vnet headers: any read, header first) |
 //! | 1 tcp | flow u8, sport u8, flags u8, [optlen u8, options], window u16, len u16, payload | a segment with the guest's numbers for that flow. flow: bit 7 picks a connection the harness already knows (also ones the stack opened into the guest); else `TCP_DESTS[flow % len]` from port 40000+sport. flags: TCP flags (FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32), bit 6 shifts seq by `sport` (out of window), bit 7 says options follow |
 //! | 2 udp | dest u8, sport u8, len u16, payload | a datagram to `UDP_DESTS[dest % len]` from port 50000+sport |
 //! | 3 ping | dest u8, ident u16, seq u16, len u16, data | an echo request to `PING_DESTS[dest % len]` |
@@ -42,6 +47,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use smoltcp::wire::{ArpOperation, EthernetAddress, NdiscRepr};
 use usernet::stack::hostfwd::{ForwardSpec, Proto};
+use usernet::tap::Framing;
 use usernet_fuzz::Input;
 use usernet_fuzz::guest::{self, GUEST_MAC, OTHER_MAC, Segment, flags};
 use usernet_fuzz::harness::{GUEST_ISN, GuestFlow, Harness, small_config};
@@ -183,8 +189,13 @@ fuzz_target!(
         let mut config = small_config(mtu);
         config.policy.disable_host_loopback = conf & 4 != 0;
         config.policy.disable_dns = conf & 8 != 0;
+        let framing = match conf & 0x60 {
+            0x20 => Framing::Vnet { header_len: 10 },
+            0x60 => Framing::Vnet { header_len: 12 },
+            _ => Framing::Plain,
+        };
         let mut run = Run {
-            h: Harness::new(config),
+            h: Harness::with_framing(config, framing),
             ipv6: conf & 16 != 0,
             paused_us: 0,
             forwards: [None; 4],
@@ -215,8 +226,8 @@ impl Run {
     fn op(&mut self, input: &mut Input<'_>) {
         match input.u8() % 13 {
             0 => {
-                let frame = input.chunk();
-                self.h.inject(frame);
+                let read = input.chunk();
+                self.h.inject_read(read);
             }
             1 => self.tcp(input),
             2 => {

@@ -5,6 +5,13 @@
 //! know about each TCP connection (the next sequence numbers both ways), so the targets can
 //! answer the stack's segments meaningfully even though its initial sequence numbers are
 //! random.
+//!
+//! With [`Framing::Vnet`] the harness plays a guest kernel with offloads: every frame it sends
+//! gets the vnet header Linux would write ([`guest::guest_vnet_header`]: checksums left to
+//! the receiver, TCP payloads above [`GUEST_GSO_SIZE`] as super-segments), and every frame
+//! the stack sends must carry an honest header (it passes the stack's own
+//! [`vnet::accept`]); its checksum is completed as the kernel would before the frame is
+//! checked, and a super-segment may exceed the MTU only as far as GSO allows.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +22,15 @@ use smoltcp::wire::{
     ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv6Packet, IpProtocol,
     Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
+use usernet::stack::vnet::{self, VnetHeader};
 use usernet::stack::{Stack, StackConfig, TableSizes};
+use usernet::tap::Framing;
+
+use crate::guest;
+
+/// The segment size of the harness's guest super-segments (a Linux guest's at MTU 1500 with
+/// timestamps).
+pub const GUEST_GSO_SIZE: u16 = 1448;
 
 /// The guest's side of one TCP connection.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +53,7 @@ pub struct Harness {
     pub stack: Stack,
     peer: OwnedFd,
     config: StackConfig,
+    framing: Framing,
     buf: Vec<u8>,
     /// TCP connections, as the guest sees them.
     pub flows: BTreeMap<FlowKey, GuestFlow>,
@@ -62,17 +78,23 @@ pub fn small_config(mtu: u32) -> StackConfig {
 impl Harness {
     /// A stack with `config`, in the fuzz namespace ([`crate::world::enter`] must have run).
     pub fn new(config: StackConfig) -> Self {
+        Self::with_framing(config, Framing::Plain)
+    }
+
+    /// [`Harness::new`] on a TAP laid out as `framing`.
+    pub fn with_framing(config: StackConfig, framing: Framing) -> Self {
         assert!(
             !config.dns_upstreams.is_empty()
                 && config.dns_upstreams.iter().all(|a| a.ip().is_loopback()),
             "DNS upstreams must be on loopback, never the machine's resolver"
         );
         let (ours, peer) = usernet::testkit::tap_pair();
-        let stack = Stack::new(ours, config.clone()).expect("Stack::new");
+        let stack = Stack::with_framing(ours, config.clone(), framing).expect("Stack::new");
         Harness {
             stack,
             peer,
             config,
+            framing,
             buf: vec![0u8; 70_000],
             flows: BTreeMap::new(),
             frames_out: 0,
@@ -83,15 +105,38 @@ impl Harness {
         self.config.mtu as usize
     }
 
-    /// Hand the stack a frame as if the guest sent it, then take what it answered.
+    /// Hand the stack a frame as if the guest sent it (with the header a guest kernel would
+    /// write, on a TAP with vnet headers), then take what it answered.
     pub fn inject(&mut self, frame: &[u8]) {
-        self.stack.inject_frame(frame);
+        match self.framing {
+            Framing::Plain => self.stack.inject_frame(frame),
+            Framing::Vnet { header_len } => {
+                let header = guest::guest_vnet_header(frame, GUEST_GSO_SIZE);
+                self.stack
+                    .inject_read(&guest::vnet_read(header, header_len, frame));
+            }
+        }
         self.drain();
     }
 
-    /// Send a frame through the TAP (read by the stack on its next turn).
+    /// Hand the stack one read from the TAP as it is (its vnet header, if any, included),
+    /// then take what it answered.
+    pub fn inject_read(&mut self, read: &[u8]) {
+        self.stack.inject_read(read);
+        self.drain();
+    }
+
+    /// Send a frame through the TAP (read by the stack on its next turn), with a guest's
+    /// vnet header if the TAP has them.
     pub fn send(&mut self, frame: &[u8]) {
-        let _ = nix::unistd::write(self.peer.as_fd(), frame);
+        let read = match self.framing {
+            Framing::Plain => frame.to_vec(),
+            Framing::Vnet { header_len } => {
+                let header = guest::guest_vnet_header(frame, GUEST_GSO_SIZE);
+                guest::vnet_read(header, header_len, frame)
+            }
+        };
+        let _ = nix::unistd::write(self.peer.as_fd(), &read);
     }
 
     /// Run `n` turns of the event loop, each waiting at most `wait`, draining after each.
@@ -114,6 +159,20 @@ impl Harness {
         }
     }
 
+    /// After one injected frame: a turn of the loop, then let a host connect finish, an echo
+    /// come back, a DNS answer arrive, waiting for the simulated host only when the frame
+    /// gave it something to answer.
+    pub fn answer_one_frame(&mut self) {
+        self.turns(1, Duration::ZERO);
+        for _ in 0..3 {
+            let t = self.sizes();
+            if t.tcp_flows + t.udp_flows + t.dns_queries + t.pings == 0 {
+                break;
+            }
+            self.settle(1, Duration::from_micros(200));
+        }
+    }
+
     /// Read every frame the stack sent, check it, and note TCP sequence numbers.
     pub fn drain(&mut self) {
         loop {
@@ -121,9 +180,18 @@ impl Harness {
                 Ok(0) => return,
                 Ok(n) => {
                     self.frames_out += 1;
-                    let frame = std::mem::take(&mut self.buf);
-                    self.check_frame(&frame[..n]);
-                    self.buf = frame;
+                    let buf = std::mem::take(&mut self.buf);
+                    match self.framing {
+                        Framing::Plain => self.check_frame(&buf[..n], VnetHeader::default()),
+                        Framing::Vnet { header_len } => {
+                            let (frame, header) = vnet::accept(&buf[..n], header_len)
+                                .unwrap_or_else(|e| panic!("the stack's vnet header lies: {e}"));
+                            let mut frame = frame.to_vec();
+                            guest::complete_vnet_checksum(&mut frame, &header);
+                            self.check_frame(&frame, header);
+                        }
+                    }
+                    self.buf = buf;
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => return,
@@ -131,9 +199,23 @@ impl Harness {
         }
     }
 
-    fn check_frame(&mut self, frame: &[u8]) {
+    /// Check one frame the stack sent, which came with `header` (its checksum completed).
+    fn check_frame(&mut self, frame: &[u8], header: VnetHeader) {
         let eth = EthernetFrame::new_checked(frame).expect("the stack sent a runt frame");
-        if frame.len() > 14 + self.mtu() {
+        if header.gso_type != vnet::GSO_NONE {
+            // A super-segment: each of its segments must fit the link.
+            let segment = usize::from(header.hdr_len) - 14 + usize::from(header.gso_size);
+            assert!(
+                segment <= self.mtu(),
+                "the stack's super-segment splits into {segment}-byte packets at MTU {}: {header:?}",
+                self.mtu()
+            );
+            assert!(
+                usize::from(header.hdr_len) < frame.len(),
+                "{header:?} on {} bytes",
+                frame.len()
+            );
+        } else if frame.len() > 14 + self.mtu() {
             let what = match Ipv4Packet::new_checked(eth.payload()) {
                 Ok(ip) if ip.version() == 4 => format!(
                     "{} {} -> {}",
@@ -160,7 +242,14 @@ impl Harness {
                 match ip.next_header() {
                     IpProtocol::Tcp => {
                         let tcp = TcpPacket::new_checked(l4).expect("malformed TCP sent");
-                        self.note_tcp(ip.src_addr().into(), ip.dst_addr().into(), &tcp);
+                        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+                        if header.flags & vnet::F_NEEDS_CSUM != 0 {
+                            assert!(
+                                tcp.verify_checksum(&src.into(), &dst.into()),
+                                "bad TCP checksum"
+                            );
+                        }
+                        self.note_tcp(src.into(), dst.into(), &tcp);
                     }
                     IpProtocol::Udp => {
                         let udp = UdpPacket::new_checked(l4).expect("malformed UDP sent");

@@ -429,7 +429,11 @@ pub(super) mod tests {
     pub(in crate::stack) fn setup() -> (TapWriter, std::os::fd::OwnedFd, VirtualNetwork) {
         let (ours, theirs) = crate::testkit::tap_pair();
         let net = VirtualNetwork::default().with_ipv6(Ipv6Network::default());
-        (TapWriter::new(ours).unwrap(), theirs, net)
+        (
+            TapWriter::new(ours, crate::tap::Framing::Plain).unwrap(),
+            theirs,
+            net,
+        )
     }
 
     /// The next frame written: its Ethernet destination, IPv6 header and ICMPv6 bytes, the

@@ -21,7 +21,9 @@
 //! - [`snapshot`]: the flow table and counters, built on request (`usernet flows`, `stats`);
 //! - [`policy`]: where guest traffic may go; [`emit`]: the frames we build ourselves;
 //!   [`tx`]: the TAP writer and its back-pressure; [`errqueue`]: ICMP errors the host's
-//!   sockets report.
+//!   sockets report;
+//! - [`vnet`]: the virtio-net header of a TAP with offloads (checked on every frame read,
+//!   written on every frame sent) and the TCP segmentation and checksum offloads.
 //!
 //! This is the hot path. Setup code (namespaces, mounts, the CLI) lives in `launcher`.
 //!
@@ -66,6 +68,7 @@ pub mod tcp;
 pub mod token;
 pub mod tx;
 pub mod udp;
+pub mod vnet;
 
 use std::io;
 use std::ops::ControlFlow;
@@ -81,7 +84,7 @@ use crate::footprint::Pages;
 use crate::net::VirtualNetwork;
 use crate::observe::capture::{Capture, CaptureConfig};
 use crate::observe::report::Protocol;
-use crate::tap;
+use crate::tap::{self, Framing};
 use dhcp::DhcpServer;
 use dns::{DnsForwarder, Upstreams};
 use frame::{Classified, DropReason, GuestEcho, GuestUdp};
@@ -108,6 +111,9 @@ pub struct Link {
     pub our_mac: EthernetAddress,
     /// IP MTU of tap0.
     pub mtu: usize,
+    /// The TAP carries vnet headers: TCP segments to the guest may be up to 64 KiB with their
+    /// checksum left to the guest kernel (see [`vnet`]).
+    pub offload: bool,
 }
 
 /// What a handler needs from the rest of the stack while it works on one event.
@@ -176,6 +182,8 @@ pub struct StackStats {
     pub drops: [u64; DropReason::COUNT],
     /// UDP datagrams and pings the policy refused (TCP's are `TcpStats::refused_by_policy`).
     pub policy_refusals: u64,
+    /// Frames whose vnet header lied about them (see [`vnet::accept`]), dropped unread.
+    pub drops_bad_vnet_header: u64,
 }
 
 /// Why [`Stack::run`] stopped without the callback asking it to.
@@ -191,6 +199,8 @@ pub enum StackError {
 pub struct Stack {
     poll: Poll,
     tx: TapWriter,
+    /// How frames are laid out on the TAP (with a vnet header or not).
+    framing: Framing,
     rx_buf: Pages,
     /// Where datagrams from host sockets are read.
     recv_buf: Pages,
@@ -240,10 +250,23 @@ impl HeapTrim {
 }
 
 impl Stack {
-    /// A stack serving the guest behind the TAP `tap`.
+    /// A stack serving the guest behind the TAP `tap`, with offloads if `tap` carries vnet
+    /// headers ([`tap::framing`]).
+    pub fn new(tap: OwnedFd, config: StackConfig) -> io::Result<Self> {
+        let framing = tap::framing(std::os::fd::AsFd::as_fd(&tap));
+        log::debug!("TAP framing: {framing:?}");
+        Self::with_framing(tap, config, framing)
+    }
+
+    /// A stack on `tap` whose frames are laid out as `framing` says (for tests and fuzzing,
+    /// whose stand-in TAPs are socketpairs).
     /// IPv6 needs a link MTU of at least 1280 (every ICMPv6 error may be that long); below
     /// it the stack is IPv4 only, as the guest kernel's link would be.
-    pub fn new(tap: OwnedFd, mut config: StackConfig) -> io::Result<Self> {
+    pub fn with_framing(
+        tap: OwnedFd,
+        mut config: StackConfig,
+        framing: Framing,
+    ) -> io::Result<Self> {
         if config.policy.net.v6.is_some() && config.mtu < crate::net::IPV6_MIN_MTU {
             log::warn!(
                 "IPv6 is off: the link MTU {} is below IPv6's minimum of {}",
@@ -266,7 +289,7 @@ impl Stack {
             Upstreams::fixed(config.dns_upstreams.clone())
         };
         let dns_for_dhcp = (!config.policy.disable_dns).then_some(net.dns);
-        let mut tx = TapWriter::new(tap)?;
+        let mut tx = TapWriter::new(tap, framing)?;
         // Last, so that a stack that fails to start leaves no capture file behind.
         tx.capture = match &config.capture {
             Some(c) => Some(Capture::start(c).map_err(io::Error::other)?),
@@ -275,7 +298,8 @@ impl Stack {
         Ok(Stack {
             poll,
             tx,
-            rx_buf: Pages::new(FRAME_BUF)?,
+            framing,
+            rx_buf: Pages::new(framing.header_len() + FRAME_BUF)?,
             recv_buf: Pages::new(RECV_BUF)?,
             forward_buf: Pages::new(RECV_BUF)?,
             // Frames may already be queued (the kernel's own traffic on link-up).
@@ -296,6 +320,7 @@ impl Stack {
             link: Link {
                 our_mac: net.gateway_mac(),
                 mtu: config.mtu as usize,
+                offload: framing != Framing::Plain,
             },
             epoch: StdInstant::now(),
             wakeup: None,
@@ -355,10 +380,29 @@ impl Stack {
             .map(|_| ())
     }
 
+    /// One last pass before the embedding program stops serving: what the guest sent before
+    /// it went (frames still queued on the TAP: data, a FIN, a reset written just before its
+    /// command exited) is read and relayed to the host sockets, instead of being lost to the
+    /// race between the command's exit and the TAP's readiness.
+    pub fn finish(&mut self) {
+        let now = self.now();
+        if let Err(e) = self.drain_tap(now) {
+            log::debug!("last read of the TAP: {e}");
+        }
+        self.tcp.service_dirty(&mut ctx!(self, now));
+    }
+
     /// Handle `frame` as if the guest had just sent it on the TAP.
     pub fn inject_frame(&mut self, frame: &[u8]) {
         let now = self.now();
-        self.handle_frame(frame, now);
+        self.handle_frame(frame, now, None);
+    }
+
+    /// Handle `bytes` as if read from the TAP: with a vnet header first if the stack's
+    /// [`Framing`] has one.
+    pub fn inject_read(&mut self, bytes: &[u8]) {
+        let now = self.now();
+        self.handle_read(bytes, now);
     }
 
     /// Move the stack's clock `by` ahead of the real one: timers (UDP idle, connect and
@@ -529,7 +573,7 @@ impl Stack {
                     self.tap_readable = false;
                     break;
                 }
-                Ok(n) => self.handle_frame(&buf[..n], now),
+                Ok(n) => self.handle_read(&buf[..n], now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.tap_readable = false;
                     break;
@@ -546,7 +590,26 @@ impl Stack {
         result
     }
 
-    fn handle_frame(&mut self, frame: &[u8], now: Instant) {
+    /// One read from the TAP: the vnet header checked and stripped, if there is one, then
+    /// the frame.
+    fn handle_read(&mut self, bytes: &[u8], now: Instant) {
+        match self.framing {
+            Framing::Plain => self.handle_frame(bytes, now, None),
+            Framing::Vnet { header_len } => match vnet::accept(bytes, header_len) {
+                Ok((frame, header)) => {
+                    self.handle_frame(frame, now, vnet::udp_segment_size(&header))
+                }
+                Err(e) => {
+                    self.stats.drops_bad_vnet_header += 1;
+                    log::debug!("dropped a guest frame: its vnet header lies: {e}");
+                }
+            },
+        }
+    }
+
+    /// One frame from the guest; `udp_segment`: it is a UDP super-datagram of datagrams of
+    /// that size (see [`vnet::udp_segment_size`]).
+    fn handle_frame(&mut self, frame: &[u8], now: Instant, udp_segment: Option<usize>) {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         if let Some(capture) = &mut self.tx.capture {
@@ -572,7 +635,21 @@ impl Stack {
                 self.tcp
                     .on_guest_segment(&segment, &mut ctx!(self, now), &self.upstreams);
             }
-            Classified::Udp(datagram) => self.handle_udp(&datagram, now),
+            Classified::Udp(datagram) => match udp_segment {
+                // Each datagram of a UDP_SEGMENT send on its own, as the guest's socket meant.
+                Some(size) if size > 0 && datagram.payload.len() > size => {
+                    for payload in datagram.payload.chunks(size) {
+                        self.handle_udp(
+                            &GuestUdp {
+                                payload,
+                                ..datagram
+                            },
+                            now,
+                        );
+                    }
+                }
+                _ => self.handle_udp(&datagram, now),
+            },
             Classified::Echo(echo) => self.handle_echo(&echo, now),
             Classified::Dhcp(message) => self.dhcp.on_guest_message(&message, &mut ctx!(self, now)),
             Classified::Drop(reason) => self.stats.drops[reason as usize] += 1,
@@ -663,5 +740,50 @@ mod tests {
                 }
             }
         }
+    }
+    /// On a TAP with vnet headers every read starts with one: a frame whose header lies is
+    /// dropped and counted, never handled; an honest one is handled, and what we send back
+    /// starts with a header too (empty: an ARP reply needs no offload).
+    #[test]
+    fn frames_behind_a_lying_vnet_header_are_dropped_and_counted() {
+        use smoltcp::wire::ArpOperation;
+        let net = VirtualNetwork::default();
+        let (ours, theirs) = crate::testkit::tap_pair();
+        let framing = Framing::Vnet { header_len: 12 };
+        let mut stack = Stack::with_framing(ours, StackConfig::new(net, 1500), framing).unwrap();
+        let request = crate::testkit::arp_frame(
+            ArpOperation::Request,
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+            net.guest,
+            net.gateway,
+        );
+        let with_header = |header| crate::testkit::vnet_read(header, 12, &request);
+        let mut buf = vec![0u8; 2048];
+        // GSO on an ARP frame, then a checksum position past its end.
+        let lies = [
+            vnet::VnetHeader {
+                gso_type: vnet::GSO_TCPV4,
+                gso_size: 1448,
+                ..Default::default()
+            },
+            vnet::VnetHeader {
+                flags: vnet::F_NEEDS_CSUM,
+                csum_start: 40,
+                csum_offset: 16,
+                ..Default::default()
+            },
+        ];
+        for (n, lie) in lies.into_iter().enumerate() {
+            stack.inject_read(&with_header(lie));
+            assert_eq!(stack.stats.drops_bad_vnet_header, n as u64 + 1);
+            assert!(crate::tap::read_frame(theirs.as_fd(), &mut buf).is_err());
+        }
+        assert_eq!(stack.stats.frames_in, 0, "nothing behind a lie was handled");
+        stack.inject_read(&with_header(vnet::VnetHeader::default()));
+        let n = crate::tap::read_frame(theirs.as_fd(), &mut buf).expect("an ARP reply");
+        assert_eq!(buf[..12], [0; 12], "an empty vnet header first");
+        let reply = smoltcp::wire::EthernetFrame::new_checked(&buf[12..n]).unwrap();
+        assert_eq!(reply.ethertype(), smoltcp::wire::EthernetProtocol::Arp);
+        assert_eq!(stack.stats.drops_bad_vnet_header, 2);
     }
 }

@@ -145,6 +145,13 @@ impl Stack {
             }
             drops.by_reason.insert(format!("{reason:?}"), n);
         }
+        // A frame whose vnet header lied is malformed too (see `vnet::accept`).
+        if self.stats.drops_bad_vnet_header > 0 {
+            drops.malformed += self.stats.drops_bad_vnet_header;
+            drops
+                .by_reason
+                .insert("VnetHeader".into(), self.stats.drops_bad_vnet_header);
+        }
         Stats {
             uptime_ms: self.epoch.elapsed().as_millis() as u64,
             frames: Frames {

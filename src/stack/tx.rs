@@ -6,14 +6,19 @@
 //! and while the backlog is non-empty [`TapWriter::is_blocked`] tells the TCP flows to stop
 //! emitting until the TAP is writable again. Frames are built directly in one reusable buffer,
 //! so a frame costs no allocation unless it has to wait.
+//!
+//! On a TAP with vnet headers ([`Framing::Vnet`]) every write starts with one: empty for the
+//! frames we build ourselves (checksums complete, one frame each), filled in by the TCP flows'
+//! device for their segments ([`TapWriter::send_offloaded`], see [`super::vnet`]).
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use super::vnet::VnetHeader;
 use crate::footprint::Pages;
 use crate::observe::capture::Capture;
-use crate::tap;
+use crate::tap::{self, Framing};
 
 /// Room for the largest frame: MTU 65520 plus the Ethernet header, with slack.
 pub const FRAME_BUF: usize = 65536 + 64;
@@ -34,6 +39,9 @@ pub struct TxStats {
 
 pub struct TapWriter {
     fd: OwnedFd,
+    /// Bytes of vnet header before each frame (0: plain frames).
+    header_len: usize,
+    /// The header, then room for the largest frame.
     scratch: Pages,
     backlog: VecDeque<Vec<u8>>,
     pub stats: TxStats,
@@ -42,10 +50,12 @@ pub struct TapWriter {
 }
 
 impl TapWriter {
-    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+    pub fn new(fd: OwnedFd, framing: Framing) -> io::Result<Self> {
+        let header_len = framing.header_len();
         Ok(TapWriter {
             fd,
-            scratch: Pages::new(FRAME_BUF)?,
+            header_len,
+            scratch: Pages::new(header_len + FRAME_BUF)?,
             backlog: VecDeque::new(),
             stats: TxStats::default(),
             capture: None,
@@ -71,26 +81,42 @@ impl TapWriter {
         self.backlog.len()
     }
 
+    /// Whether writes carry a vnet header (so TCP segments may be offloaded).
+    pub fn offloads(&self) -> bool {
+        self.header_len > 0
+    }
+
     /// Build a frame of `len` bytes with `fill` and send it.
     pub fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
-        let len = len.min(self.scratch.len());
-        let frame = &mut self.scratch[..len];
-        let r = fill(frame);
+        self.send_offloaded(len, |frame| (fill(frame), VnetHeader::default()))
+    }
+
+    /// Build a frame of `len` bytes with `fill`, which also says what its vnet header is
+    /// (ignored on a plain TAP), and send it.
+    pub fn send_offloaded<R>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> (R, VnetHeader),
+    ) -> R {
+        let total = (self.header_len + len).min(self.scratch.len());
+        let (header, frame) = self.scratch[..total].split_at_mut(self.header_len);
+        let (r, vnet) = fill(frame);
+        vnet.emit(header);
         if let Some(capture) = &mut self.capture {
             capture.record(frame);
         }
         if !self.backlog.is_empty() {
-            self.defer(len);
+            self.defer(total);
             return r;
         }
         loop {
-            match tap::write_frame(self.fd.as_fd(), &self.scratch[..len]) {
+            match tap::write_frame(self.fd.as_fd(), &self.scratch[..total]) {
                 Ok(_) => {
                     self.stats.frames += 1;
-                    self.stats.bytes += len as u64;
+                    self.stats.bytes += (total - self.header_len) as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.defer(len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.defer(total),
                 Err(e) => {
                     self.stats.dropped += 1;
                     log::debug!("tap write of {len} bytes failed: {e}");
@@ -115,7 +141,7 @@ impl TapWriter {
             match tap::write_frame(self.fd.as_fd(), frame) {
                 Ok(_) => {
                     self.stats.frames += 1;
-                    self.stats.bytes += frame.len() as u64;
+                    self.stats.bytes += frame.len().saturating_sub(self.header_len) as u64;
                     self.backlog.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -688,6 +688,32 @@ pub fn slirp4netns_help_version_and_errors_keep_the_contract() {
     assert!(out.stderr.contains("/proc/999999999/ns/net"), "{out:#?}");
 }
 
+/// `--netns-type=tapfd`: a TAP someone else opened in the namespace, handed over as fd 3,
+/// plain (as slirp4netns's callers open it) or with vnet headers and offloads set by its
+/// opener: usernet asks the kernel which, and carries TCP by hash either way.
+pub fn slirp4netns_tapfd_plain_or_with_vnet_headers_carries_tcp() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let link = slirp4netns(&tmp);
+    for (mode, port) in [("plain", 9060), ("vnet", 9061)] {
+        let guest = Guest::new(&world);
+        let (ready_r, ready_w) = pipe();
+        let link = link.to_str().unwrap();
+        let mut cmd = world.tool(&["tap-fd-exec", &guest.pid(), "tap0", mode, link]);
+        cmd.args(["--netns-type=tapfd", "-r", "4", "3"]);
+        give_fds(&mut cmd, &[(&ready_w, 4)]);
+        let child = cmd.stderr(Stdio::inherit()).spawn().unwrap();
+        // Killed when dropped: with a TAP fd there is no namespace to watch for the end.
+        let _s4 = Server::from_child(child);
+        drop(ready_w);
+        assert_eq!(read_all(ready_r, LIMIT), "1", "{mode}: ready-fd");
+        let setup = "ip link set tap0 up && ip addr add 10.0.2.100/24 dev tap0 \
+                     && ip route add default via 10.0.2.2";
+        guest.sh(&world, setup).assert_ok();
+        guest_exchanges_with_the_world(&world, &guest, port);
+    }
+}
+
 pub fn usernet_attach_connects_a_namespace_made_with_unshare() {
     let world = World::new();
     let guest = Guest::new(&world);

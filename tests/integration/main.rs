@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod needs;
 mod observe;
+mod offload;
 mod rootlesskit;
 mod security;
 mod services;
@@ -76,6 +77,11 @@ fn main() {
         tcp::host_reset_reaches_the_guest_as_connection_reset,
         tcp::guest_reset_reaches_the_host_as_connection_reset,
         tcp::reused_source_port_connects_at_once,
+        offload::offloaded_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
+        offload::without_offloads_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
+        offload::offloaded_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
+        offload::without_offloads_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
+        offload::udp_segmentation_offload_splits_into_the_guests_datagrams_over_ipv4_and_ipv6,
         lifecycle::exit_code_of_command_is_propagated,
         lifecycle::command_killed_by_signal_gives_128_plus_signal,
         lifecycle::sigint_sigterm_sighup_are_forwarded_to_the_command,
@@ -155,6 +161,7 @@ fn main() {
         attach::slirp4netns_sandbox_and_seccomp,
         attach::slirp4netns_netns_by_path_with_its_userns_path,
         attach::slirp4netns_help_version_and_errors_keep_the_contract,
+        attach::slirp4netns_tapfd_plain_or_with_vnet_headers_carries_tcp,
         attach::usernet_attach_connects_a_namespace_made_with_unshare,
         attach::usernet_attach_by_path_exits_when_the_namespace_file_is_removed,
         attach::real_rootlesskit_uses_usernet_as_its_slirp4netns,

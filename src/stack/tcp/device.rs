@@ -5,16 +5,28 @@
 //! on `Medium::Ip`; this device adds the Ethernet header on the way out, and hands each
 //! segment to the flow's [`WindowGate`] before it leaves. It reports itself exhausted while
 //! the TAP backlog is full, which is how flows are back-pressured.
+//!
+//! On a TAP with offloads ([`Link::offload`]) the device tells smoltcp its MTU is
+//! [`OFFLOAD_MTU`] and that it computes no TCP checksum; the flow raised the MSS smoltcp
+//! believes the guest offered (see [`vnet`]), so smoltcp sends segments of up to 64 KiB. On
+//! the way out each gets its vnet header from [`vnet::offload_tcp`], sized by the guest's
+//! real MSS (from its SYN, kept by the gate), and our SYN's MSS option is put back to what
+//! the link allows, so the guest sees the same handshake as without offloads.
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
+use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, TcpPacket};
 
-use super::gate::WindowGate;
-use crate::stack::Link;
+use super::gate::{self, WindowGate};
 use crate::stack::tx::TapWriter;
+use crate::stack::{Link, vnet};
 
 const ETH_LEN: usize = 14;
+/// The IP MTU smoltcp is told of with offloads: the largest `--mtu`, so segments are as
+/// large as at MTU 65520, whatever the link's.
+pub const OFFLOAD_MTU: usize = 65520;
+/// The MSS a guest that sent none is assumed to take (RFC 9293, 3.7.1).
+const DEFAULT_GUEST_MSS: u16 = 536;
 
 pub struct FlowDevice<'a> {
     rx: Option<&'a [u8]>,
@@ -58,7 +70,7 @@ impl Device for FlowDevice<'_> {
             RxToken { packet },
             TxToken {
                 tx: self.tx,
-                our_mac: self.link.our_mac,
+                link: self.link,
                 guest_mac: self.guest_mac,
                 gate: self.gate.as_deref_mut(),
             },
@@ -71,7 +83,7 @@ impl Device for FlowDevice<'_> {
         }
         Some(TxToken {
             tx: self.tx,
-            our_mac: self.link.our_mac,
+            link: self.link,
             guest_mac: self.guest_mac,
             gate: self.gate.as_deref_mut(),
         })
@@ -80,13 +92,19 @@ impl Device for FlowDevice<'_> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.link.mtu;
         // Verify nothing on the way in: the classifier already checked the IPv4 header, and a
         // corrupt TCP checksum from a local guest only hurts the guest. Compute everything on
-        // the way out, because a plain tap hands our frames to the guest kernel as-is.
+        // the way out, because a plain tap hands our frames to the guest kernel as-is; with
+        // offloads the guest kernel completes the TCP checksum.
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Tx;
-        checksum.tcp = Checksum::Tx;
+        if self.link.offload {
+            caps.max_transmission_unit = OFFLOAD_MTU;
+            checksum.tcp = Checksum::None;
+        } else {
+            caps.max_transmission_unit = self.link.mtu;
+            checksum.tcp = Checksum::Tx;
+        }
         caps.checksum = checksum;
         caps
     }
@@ -107,7 +125,7 @@ impl smoltcp::phy::RxToken for RxToken<'_> {
 
 pub struct TxToken<'a> {
     tx: &'a mut TapWriter,
-    our_mac: EthernetAddress,
+    link: Link,
     guest_mac: EthernetAddress,
     gate: Option<&'a mut WindowGate>,
 }
@@ -117,23 +135,38 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let (our_mac, guest_mac, gate) = (self.our_mac, self.guest_mac, self.gate);
-        self.tx.send(ETH_LEN + len, |frame| {
+        let (link, guest_mac, gate) = (self.link, self.guest_mac, self.gate);
+        self.tx.send_offloaded(ETH_LEN + len, |frame| {
             let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-            eth.set_src_addr(our_mac);
+            eth.set_src_addr(link.our_mac);
             eth.set_dst_addr(guest_mac);
             let ip = &mut frame[ETH_LEN..];
             let f_result = f(ip);
+            let ipv6 = ip.first().is_some_and(|b| b >> 4 == 6);
+            let mut guest_mss = None;
             if let Some(gate) = gate {
                 gate.on_egress(ip);
+                guest_mss = gate.guest_mss();
             }
-            let proto = if ip.first().is_some_and(|b| b >> 4 == 6) {
+            let proto = if ipv6 {
                 EthernetProtocol::Ipv6
             } else {
                 EthernetProtocol::Ipv4
             };
             EthernetFrame::new_unchecked(&mut frame[..]).set_ethertype(proto);
-            f_result
+            if !link.offload {
+                return (f_result, vnet::VnetHeader::default());
+            }
+            let ip_header = if ipv6 { 40 } else { 20 };
+            let link_mss = link.mtu.saturating_sub(ip_header + 20);
+            if let Some(tcp) = gate::tcp_of_mut(&mut frame[ETH_LEN..])
+                && TcpPacket::new_checked(&*tcp).is_ok_and(|p| p.syn())
+            {
+                // Our SYN or SYN-ACK: the MSS of the link, not of OFFLOAD_MTU.
+                vnet::rewrite_mss(tcp, u16::try_from(link_mss).unwrap_or(u16::MAX));
+            }
+            let mss = guest_mss.unwrap_or(DEFAULT_GUEST_MSS);
+            (f_result, vnet::offload_tcp(frame, mss, link.mtu))
         })
     }
 }

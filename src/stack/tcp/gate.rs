@@ -67,6 +67,9 @@ pub struct WindowGate {
     our_shift: Option<u8>,
     /// The guest's SYN or SYN-ACK carried a window scale option (so ours applies).
     guest_scales: bool,
+    /// The MSS option of the guest's SYN or SYN-ACK: the most it takes per segment, which
+    /// sizes the segments of our offloaded super-segments (see `super::device`).
+    guest_mss: Option<u16>,
     /// The guest's initial sequence number is known: the fields below mean something.
     synced: bool,
     /// The furthest right edge of the receive window ever advertised.
@@ -94,6 +97,7 @@ impl WindowGate {
         WindowGate {
             our_shift: None,
             guest_scales: false,
+            guest_mss: None,
             synced: false,
             edge: 0,
             ack: 0,
@@ -112,9 +116,9 @@ impl WindowGate {
         let Ok(packet) = TcpPacket::new_checked(tcp) else {
             return;
         };
-        self.guest_scales = packet
-            .options_summary()
-            .is_ok_and(|o| o.window_scale.is_some());
+        let options = packet.options_summary().ok();
+        self.guest_scales = options.is_some_and(|o| o.window_scale.is_some());
+        self.guest_mss = options.and_then(|o| o.max_segment_size);
         if !self.synced {
             let next = (packet.seq_number().0 as u32).wrapping_add(1);
             self.synced = true;
@@ -128,6 +132,11 @@ impl WindowGate {
     /// SYN was seen.
     pub fn guest_data_start(&self) -> Option<u32> {
         self.synced.then_some(self.edge)
+    }
+
+    /// The MSS the guest's SYN or SYN-ACK offered, if it offered one.
+    pub fn guest_mss(&self) -> Option<u16> {
+        self.guest_mss
     }
 
     /// The shift of the windows we send.
@@ -277,7 +286,7 @@ pub fn tcp_of(ip: &[u8]) -> Option<&[u8]> {
     ip.get(offset..)
 }
 
-fn tcp_offset(ip: &[u8]) -> Option<usize> {
+pub(super) fn tcp_offset(ip: &[u8]) -> Option<usize> {
     let (proto, offset) = match ip.first()? >> 4 {
         4 => {
             let p = Ipv4Packet::new_checked(ip).ok()?;
@@ -293,7 +302,7 @@ fn tcp_offset(ip: &[u8]) -> Option<usize> {
 }
 
 /// [`tcp_of`], writable.
-fn tcp_of_mut(ip: &mut [u8]) -> Option<&mut [u8]> {
+pub(super) fn tcp_of_mut(ip: &mut [u8]) -> Option<&mut [u8]> {
     let offset = tcp_offset(ip)?;
     ip.get_mut(offset..)
 }

@@ -16,6 +16,7 @@
 //!   activation);
 //! - [`attacker`]: the hostile guest of the security tests;
 //! - [`proxy`]: a stand-in for Docker's docker-proxy;
+//! - [`tapfd`]: a TAP opened in another namespace and handed to a program as fd 3;
 //! - [`pattern`]: the seeded data they send and its SHA-256 checks.
 
 mod activation;
@@ -27,6 +28,7 @@ mod pressure;
 mod proxy;
 mod raw;
 mod streams;
+mod tapfd;
 mod tcp;
 mod udp;
 mod unix;
@@ -80,6 +82,9 @@ pub fn main(args: &[String]) -> i32 {
         }
         ["udp-conversations", addr, n] => udp::udp_conversations(addr, parse(n) as usize),
         ["udp-echo", listen] => udp::udp_echo(listen),
+        ["udp-gso-echo", addr, segment, count] => {
+            udp::udp_gso_echo(addr, parse(segment) as usize, parse(count) as usize)
+        }
         ["udp-whoami", listen] => udp::udp_whoami(listen),
         ["udp-blackhole", listen] => udp::udp_blackhole(listen),
         ["udp-client", addr, count, max] => {
@@ -122,6 +127,9 @@ pub fn main(args: &[String]) -> i32 {
         ["tcp-hold-unread", addr, n] => pressure::tcp_hold_unread(addr, parse(n) as usize),
         ["tcp-scan", target, n, hold_ms, rate] => {
             pressure::tcp_scan(target, parse(n) as usize, parse(hold_ms), parse(rate))
+        }
+        ["tap-fd-exec", pid, ifname, mode, program @ ..] if !program.is_empty() => {
+            tapfd::tap_fd_exec(pid, ifname, mode, program)
         }
         _ => Err(io::Error::other(format!("unknown tool invocation {a:?}"))),
     };

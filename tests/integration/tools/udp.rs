@@ -83,11 +83,7 @@ pub(super) fn udp_blackhole(listen: &str) -> io::Result<()> {
 /// from the address it was sent to.
 pub(super) fn udp_client(addr: &str, count: u64, max: usize) -> io::Result<()> {
     let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
-    let socket = std::net::UdpSocket::bind(if target.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    })?;
+    let socket = client_socket(target)?;
     socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
     let mut reply = vec![0u8; 65536];
     let mut sent = vec![0u8; max];
@@ -306,4 +302,64 @@ pub(super) fn udp_watch(listen: &str) -> io::Result<()> {
     }
     println!("gone");
     io::stdout().flush()
+}
+
+/// One `UDP_SEGMENT` send of `count` datagrams of `segment` bytes to an echo server at `addr`
+/// (the guest kernel hands it to tap0 as one super-datagram when tap0 offers UDP
+/// segmentation); every datagram must come back, by content. Prints `OK COUNT`.
+pub(super) fn udp_gso_echo(addr: &str, segment: usize, count: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// `UDP_SEGMENT` from linux/udp.h (not in the libc crate for glibc).
+    const UDP_SEGMENT: libc::c_int = 103;
+    let target: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let socket = client_socket(target)?;
+    socket.connect(target)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    let size = segment as libc::c_int;
+    // SAFETY: setsockopt reads one int from `size`, which lives across the call.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut data = vec![0u8; segment * count];
+    Pattern::new(77).fill(&mut data);
+    socket.send(&data)?;
+    let mut seen = vec![false; count];
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..count {
+        let n = socket.recv(&mut buf).map_err(|e| {
+            io::Error::other(format!(
+                "{} of {count} echoes: {e}",
+                seen.iter().filter(|s| **s).count()
+            ))
+        })?;
+        let which = data
+            .chunks(segment)
+            .position(|chunk| chunk == &buf[..n])
+            .ok_or_else(|| {
+                io::Error::other(format!("an echo of {n} bytes matches no datagram sent"))
+            })?;
+        if std::mem::replace(&mut seen[which], true) {
+            return Err(io::Error::other(format!("datagram #{which} echoed twice")));
+        }
+    }
+    println!("OK {count}");
+    Ok(())
+}
+
+/// A UDP socket on an ephemeral port of `target`'s family.
+fn client_socket(target: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(if target.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    })
 }
