@@ -669,8 +669,7 @@ pub struct AttachArgs {
 /// A boolean flag's value, given as `--flag=VALUE` (bare `--flag` is true), in the
 /// spellings rootlesskit (Go) takes, so a command line moves between the two unchanged.
 fn parse_bool(s: &str) -> Result<bool, UsageError> {
-    crate::rootlesskit::args::parse_bool(s)
-        .ok_or_else(|| UsageError(format!("'{s}' is not true or false")))
+    crate::goflag::parse_bool(s).ok_or_else(|| UsageError(format!("'{s}' is not true or false")))
 }
 
 /// A table bound: 1 to 1,000,000.
@@ -688,7 +687,7 @@ fn parse_bound(s: &str) -> Result<usize, UsageError> {
 /// A memory size: bytes, or a number with a K, M or G suffix (powers of 1024), from 1 MiB to
 /// 1 TiB.
 fn parse_size(s: &str) -> Result<usize, UsageError> {
-    let bytes = parse_bytes(s)?;
+    let bytes = crate::units::parse_bytes(s)?;
     if !(1 << 20..=1 << 40).contains(&bytes) {
         return Err(UsageError(format!("{s} is outside 1M..=1024G")));
     }
@@ -697,23 +696,7 @@ fn parse_size(s: &str) -> Result<usize, UsageError> {
 }
 
 fn parse_pcap_max_bytes(s: &str) -> Result<u64, UsageError> {
-    crate::observe::capture::check_max_bytes(parse_bytes(s)?).map_err(UsageError)
-}
-
-/// A size in bytes, or a number with a K, M or G suffix (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let v: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (bytes, or a number with K, M or G)"))?;
-    v.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s} is too large"))
+    crate::observe::capture::check_max_bytes(crate::units::parse_bytes(s)?).map_err(UsageError)
 }
 
 fn parse_mtu(s: &str) -> Result<u32, UsageError> {

@@ -116,8 +116,9 @@ pub fn parse(defs: &[(&str, Kind)], args: &[OsString]) -> Result<Parsed, FlagErr
     Ok(parsed)
 }
 
-/// Go's `strconv.ParseBool`.
-fn parse_bool(s: &str) -> Option<bool> {
+/// Go's `strconv.ParseBool` (the spellings rootlesskit's boolean flags, and `usernet run`'s,
+/// take after `=`).
+pub fn parse_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),

@@ -49,3 +49,4 @@ pub mod stack;
 pub mod tap;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod units;

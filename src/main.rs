@@ -8,8 +8,8 @@ use clap::error::ErrorKind;
 
 use usernet::cli::{BadCommandLine, Command, PortsCommand};
 use usernet::client;
+use usernet::client::observe::Source;
 use usernet::launcher;
-use usernet::observe::client::Source;
 use usernet::process::Failure;
 
 /// Non-dumpable before `main`, before even the Rust runtime starts: a constructor the loader
@@ -82,14 +82,14 @@ fn main() -> ExitCode {
                 let o = args.observe;
                 Source::resolve(o.target.state_dir, o.socket).and_then(|source| {
                     let every = args.watch.map(std::time::Duration::from_secs);
-                    usernet::observe::client::flows(&source, o.json, every)
+                    usernet::client::observe::flows(&source, o.json, every)
                 })
             }
             Command::Stats(args) => {
                 let o = args.observe;
                 print(
                     Source::resolve(o.target.state_dir, o.socket)
-                        .and_then(|source| usernet::observe::client::stats(&source, o.json)),
+                        .and_then(|source| usernet::client::observe::stats(&source, o.json)),
                 )
             }
             Command::Ps => print(client::ps()),

@@ -62,7 +62,7 @@ impl CaptureConfig {
             return Ok(None);
         };
         let max_bytes = match std::env::var("USERNET_PCAP_MAX_BYTES") {
-            Ok(s) => crate::cli::parse_bytes(&s)
+            Ok(s) => crate::units::parse_bytes(&s)
                 .and_then(check_max_bytes)
                 .map_err(|e| format!("USERNET_PCAP_MAX_BYTES: {e}"))?,
             Err(_) => DEFAULT_MAX_BYTES,

@@ -10,16 +10,16 @@
 //!   answer between two events (a copy of at most [`report::MAX_ROWS`] rows) and sends it
 //!   back. The datapath never waits on a reader; a reader waits at most one turn of the
 //!   stack's loop;
-//! - [`client`]: `usernet flows` and `usernet stats`, which ask a running usernet;
 //! - [`capture`]: `--pcap FILE`, every frame on the guest link in pcap format, written by a
 //!   thread of its own so a slow disk never holds up a frame.
 //!
-//! What it leaves to others: the counters themselves are plain `u64` fields of the tables
+//! What it leaves to others: `usernet flows` and `usernet stats` are clients, a front end's
+//! (`crate::client::observe`), so that this module stays below the stack that uses it; the
+//! counters themselves are plain `u64` fields of the tables
 //! that count (`TcpStats`, `UdpStats`...), incremented on the stack's thread; the API routes
 //! are the API's ([`crate::api::rest`], [`crate::api::slirp`]).
 
 pub mod capture;
-pub mod client;
 pub mod probe;
 pub mod report;
 

@@ -19,6 +19,8 @@
 
 use std::ffi::OsString;
 
+use crate::goflag::parse_bool;
+
 /// What a flag's value is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -535,15 +537,6 @@ pub fn parse(argv: &[OsString]) -> Result<CommandLine, ArgError> {
         options,
         command: argv.get(i..).unwrap_or_default().to_vec(),
     })
-}
-
-/// Go's `strconv.ParseBool`.
-pub fn parse_bool(s: &str) -> Option<bool> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
 }
 
 /// Go's `strconv.ParseInt(s, 0, 64)`, as urfave's int flags use it: decimal, or `0x`, `0o`,

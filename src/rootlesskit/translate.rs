@@ -444,7 +444,7 @@ fn capture(o: &Options) -> Result<Option<CaptureConfig>, String> {
     let max_bytes = if o.pcap_max_bytes.is_empty() {
         DEFAULT_MAX_BYTES
     } else {
-        crate::cli::parse_bytes(&o.pcap_max_bytes)
+        crate::units::parse_bytes(&o.pcap_max_bytes)
             .and_then(check_max_bytes)
             .map_err(|e| format!("--pcap-max-bytes: {e}"))?
     };

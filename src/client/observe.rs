@@ -3,7 +3,7 @@
 //! slirp4netns-style API socket (`--socket PATH`: `list_flows`, `get_stats`).
 //!
 //! Either server is believed only if it runs as us (or we are root), as for every client
-//! command (`crate::client`).
+//! command (see the parent module).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 
-use super::{FlowTable, Stats};
-use crate::client::{ApiClient, connect, read_answer};
+use super::{ApiClient, connect, read_answer};
+use crate::observe::{FlowTable, Stats};
 
 /// Where the flow table and counters are asked.
 pub enum Source {
@@ -29,9 +29,7 @@ impl Source {
     pub fn resolve(state_dir: Option<PathBuf>, socket: Option<PathBuf>) -> Result<Source> {
         Ok(match socket {
             Some(path) => Source::Slirp(path),
-            None => Source::Rest(ApiClient::in_state_dir(&crate::client::state_dir(
-                state_dir,
-            )?)),
+            None => Source::Rest(ApiClient::in_state_dir(&super::state_dir(state_dir)?)),
         })
     }
 

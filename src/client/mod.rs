@@ -1,5 +1,6 @@
 //! `usernet ports list|add|remove`, `usernet info` and `usernet ps`: a client of a running
-//! usernet's (or rootlesskit's) REST API, printing what `rootlessctl` prints.
+//! usernet's (or rootlesskit's) REST API, printing what `rootlessctl` prints; and, in
+//! [`observe`], `usernet flows` and `usernet stats`.
 //!
 //! A server is believed only if it runs as us (`SO_PEERCRED`): where another user could
 //! replace `api.sock`, its answers would otherwise be theirs. Root may ask anyone's.
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
+
+pub mod observe;
 
 use crate::api::Info;
 use crate::ports::{PortSpec, PortStatus};
