@@ -52,6 +52,7 @@ const TCP_CSUM_OFFSET: u16 = 16;
 /// Where the checksum field is in a UDP header.
 const UDP_CSUM_OFFSET: u16 = 6;
 const TCP_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
 
 /// A `virtio_net_hdr`, little-endian on the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,6 +116,8 @@ pub enum VnetError {
     GsoSizeTooLarge,
     #[error("hdr_len is past the end of the frame")]
     HdrLen,
+    #[error("hdr_len of a super-segment does not cover its headers")]
+    HdrLenShort,
     #[error("the checksum position is past the end of the frame")]
     CsumPastEnd,
     #[error("the checksum position is not the packet's TCP or UDP checksum")]
@@ -190,24 +193,38 @@ pub fn accept(read: &[u8], header_len: usize) -> Result<(&[u8], VnetHeader), Vne
     match header.gso_type & !GSO_ECN {
         GSO_NONE => {}
         kind @ (GSO_TCPV4 | GSO_TCPV6) => {
-            let tcp = l4
+            let headers = l4
                 .filter(|t| t.proto == IpProtocol::Tcp && t.v6 == (kind == GSO_TCPV6))
-                .and_then(|t| frame.get(t.offset..t.offset + t.len))
-                .filter(|tcp| TcpPacket::new_checked(tcp).is_ok());
-            if tcp.is_none() {
+                .and_then(|t| Some((t.offset, frame.get(t.offset..t.offset + t.len)?)))
+                .and_then(|(offset, tcp)| {
+                    let tcp = TcpPacket::new_checked(tcp).ok()?;
+                    Some(offset + usize::from(tcp.header_len()))
+                });
+            let Some(headers) = headers else {
                 return Err(VnetError::GsoMismatch);
-            }
+            };
+            check_hdr_len(&header, headers)?;
             check_gso_size(&header, frame)?;
         }
         GSO_UDP_L4 => {
-            if l4.is_none_or(|t| t.proto != IpProtocol::Udp) {
+            let Some(t) = l4.filter(|t| t.proto == IpProtocol::Udp) else {
                 return Err(VnetError::GsoMismatch);
-            }
+            };
+            check_hdr_len(&header, t.offset + UDP_HEADER_LEN)?;
             check_gso_size(&header, frame)?;
         }
         _ => return Err(VnetError::GsoType),
     }
     Ok((frame, header))
+}
+
+/// A super-segment's `hdr_len` covers at least its headers (`headers` bytes, Ethernet to
+/// TCP or UDP): the kernel sets it to the linear part of the packet, which always holds them.
+fn check_hdr_len(header: &VnetHeader, headers: usize) -> Result<(), VnetError> {
+    if usize::from(header.hdr_len) < headers {
+        return Err(VnetError::HdrLenShort);
+    }
+    Ok(())
 }
 
 fn check_gso_size(header: &VnetHeader, frame: &[u8]) -> Result<(), VnetError> {
@@ -473,6 +490,15 @@ mod tests {
                 },
                 &frame,
                 VnetError::HdrLen,
+            ),
+            (
+                "hdr_len short of the headers",
+                VnetHeader {
+                    hdr_len: 20,
+                    ..good
+                },
+                &frame,
+                VnetError::HdrLenShort,
             ),
             (
                 "TCPV4 on an IPv6 packet",
