@@ -567,9 +567,7 @@ impl StackArgs {
                     .into(),
             );
         }
-        if self.pcap_max_bytes.is_some() && self.pcap.is_none() {
-            return Err("--pcap-max-bytes caps the --pcap file; give --pcap FILE too".into());
-        }
+        CaptureConfig::from_flags(self.pcap.clone(), self.pcap_max_bytes)?;
         if (self.ipv6 || self.cidr6.is_some()) && self.mtu < crate::net::IPV6_MIN_MTU {
             return Err(UsageError(format!(
                 "--ipv6 needs --mtu {} or more (the smallest link IPv6 works on), not {}",
@@ -597,12 +595,9 @@ impl StackArgs {
         stack.tcp.max_pending_connects = self.max_pending_connects;
         stack.udp.max_entries = self.max_udp_flows;
         stack.tcp.buffer_memory = self.max_buffer_memory;
-        stack.capture = self.pcap.clone().map(|path| CaptureConfig {
-            path,
-            max_bytes: self
-                .pcap_max_bytes
-                .unwrap_or(crate::observe::capture::DEFAULT_MAX_BYTES),
-        });
+        // Checked with the other flags, so an error here cannot happen.
+        stack.capture =
+            CaptureConfig::from_flags(self.pcap.clone(), self.pcap_max_bytes).unwrap_or(None);
         stack
     }
 }

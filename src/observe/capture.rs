@@ -54,6 +54,24 @@ pub struct CaptureConfig {
 }
 
 impl CaptureConfig {
+    /// `--pcap FILE` and `--pcap-max-bytes` (already checked with [`check_max_bytes`]), as
+    /// every front end takes them: the cap defaults to [`DEFAULT_MAX_BYTES`] and needs a file.
+    pub fn from_flags(
+        path: Option<PathBuf>,
+        max_bytes: Option<u64>,
+    ) -> Result<Option<CaptureConfig>, String> {
+        match (path, max_bytes) {
+            (None, Some(_)) => {
+                Err("--pcap-max-bytes caps the --pcap file; give --pcap FILE too".into())
+            }
+            (None, None) => Ok(None),
+            (Some(path), max_bytes) => Ok(Some(CaptureConfig {
+                path,
+                max_bytes: max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+            })),
+        }
+    }
+
     /// `USERNET_PCAP` (and `USERNET_PCAP_MAX_BYTES`, with the `K`/`M`/`G` suffixes of the
     /// flag), for callers that cannot pass flags (the slirp4netns and rootlesskit
     /// personalities, tools that start usernet).

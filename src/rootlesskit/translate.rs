@@ -36,7 +36,7 @@ use crate::api::PortDriverInfo;
 use crate::config::{ApiNames, ExtraNamespaces, NetMode, Propagation, RunConfig, SubidSource};
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, HostNumbers, IPV6_MIN_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
-use crate::observe::capture::{CaptureConfig, DEFAULT_MAX_BYTES, check_max_bytes};
+use crate::observe::capture::{CaptureConfig, check_max_bytes};
 use crate::ports::PortSpec;
 use crate::stack::StackConfig;
 
@@ -435,23 +435,17 @@ fn stack_config(
 
 /// `--pcap FILE` and `--pcap-max-bytes SIZE` (usernet's, as `usernet run` takes them).
 fn capture(o: &Options) -> Result<Option<CaptureConfig>, String> {
-    if o.pcap.is_empty() {
-        if !o.pcap_max_bytes.is_empty() {
-            return Err("--pcap-max-bytes caps the --pcap file; give --pcap FILE too".into());
-        }
-        return Ok(None);
-    }
-    let max_bytes = if o.pcap_max_bytes.is_empty() {
-        DEFAULT_MAX_BYTES
-    } else {
-        crate::units::parse_bytes(&o.pcap_max_bytes)
-            .and_then(check_max_bytes)
-            .map_err(|e| format!("--pcap-max-bytes: {e}"))?
-    };
-    Ok(Some(CaptureConfig {
-        path: PathBuf::from(&o.pcap),
+    let max_bytes = (!o.pcap_max_bytes.is_empty())
+        .then(|| {
+            crate::units::parse_bytes(&o.pcap_max_bytes)
+                .and_then(check_max_bytes)
+                .map_err(|e| format!("--pcap-max-bytes: {e}"))
+        })
+        .transpose()?;
+    CaptureConfig::from_flags(
+        (!o.pcap.is_empty()).then(|| PathBuf::from(&o.pcap)),
         max_bytes,
-    }))
+    )
 }
 
 /// rootlesskit's warning: a slave or shared `/` inside needs a shared `/` outside to receive
@@ -664,7 +658,7 @@ mod tests {
         let c = capture(&["--net=slirp4netns", "--pcap", "/tmp/y"])
             .unwrap()
             .unwrap();
-        assert_eq!(c.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!(c.max_bytes, crate::observe::capture::DEFAULT_MAX_BYTES);
         for (args, line) in [
             (&["--pcap-max-bytes=2M"][..], "give --pcap FILE too"),
             (
