@@ -22,7 +22,7 @@ source "$(dirname "$0")/lib.sh"
 here=$bench_dir
 seconds=${BENCH_SECONDS:-10}
 mtus=${BENCH_MTUS:-"65520 1500"}
-tools=${BENCH_TOOLS:-"veth slirp4netns pasta rootlesskit usernet_rootlesskit usernet"}
+tools=${BENCH_TOOLS:-"veth slirp4netns pasta rootlesskit usernet_rootlesskit usernet usernet_rings"}
 
 need_packages iperf3:iperf3 slirp4netns:slirp4netns pasta:passt rootlesskit:rootlesskit python3:python3 ip:iproute2
 enter_world "$0" "$@"
@@ -72,6 +72,10 @@ run_veth() { # mtu direction
 run_usernet() { # mtu direction [extra shell before iperf3]
     # shellcheck disable=SC2086 # USERNET_FLAGS is a list of flags
     "$USERNET_BIN" run ${USERNET_FLAGS:-} --mtu "$1" -- sh -c "${3:-} $(iperf_client 10.0.2.2 "$2")" | gbits
+}
+
+run_usernet_rings() { # mtu direction: every byte through smoltcp's rings (three copies)
+    USERNET_DIRECT=0 run_usernet "$@"
 }
 
 run_usernet_rootlesskit() { # mtu direction
@@ -140,6 +144,7 @@ declare -A label=(
     [rootlesskit]="rootlesskit 1.1 --net=slirp4netns"
     [usernet_rootlesskit]="usernet as rootlesskit --net=builtin"
     [usernet]="usernet run"
+    [usernet_rings]="usernet run, USERNET_DIRECT=0 (rings)"
     [usernet-idle]="usernet, 1000 idle connections"
     [usernet-unhardened]="usernet, --sandbox/--seccomp=false"
     [usernet-pcap]="usernet, --pcap (every frame)"

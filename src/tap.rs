@@ -93,13 +93,7 @@ impl Framing {
 
 /// Whether `USERNET_OFFLOAD` allows offloads (anything but `0`, `off`, `false`, `no`).
 pub fn offload_wanted() -> bool {
-    match std::env::var(OFFLOAD_ENV) {
-        Ok(v) => !matches!(
-            v.to_ascii_lowercase().as_str(),
-            "0" | "off" | "false" | "no"
-        ),
-        Err(_) => true,
-    }
+    crate::units::env_switch(OFFLOAD_ENV)
 }
 
 /// Create (or attach to a persistent, unattached) TAP device `name` in the current network

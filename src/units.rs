@@ -1,6 +1,18 @@
 //! Sizes as users write them on command lines and in the environment (`64M`, `1G`), shared
-//! by every front end and by the capture's environment variable. A leaf: it imports nothing
-//! of the crate.
+//! by every front end and by the capture's environment variable, and the datapath's on/off
+//! environment switches. A leaf: it imports nothing of the crate.
+
+/// Whether the environment switch `var` is on: it is unless set to `0`, `off`, `false` or
+/// `no` (any case).
+pub fn env_switch(var: &str) -> bool {
+    match std::env::var(var) {
+        Ok(v) => !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        ),
+        Err(_) => true,
+    }
+}
 
 /// A size in bytes, or a number with a K, M or G suffix (powers of 1024).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {

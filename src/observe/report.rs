@@ -260,6 +260,14 @@ pub struct Buffers {
     pub limit: u64,
     /// Times a flow was refused room it wanted (it slowed down; nothing was dropped).
     pub starved: u64,
+    /// Guest TCP payload bytes that went from the frame straight to the host socket, never
+    /// through a ring (two copies per byte; see `stack::tcp::direct`).
+    #[serde(default)]
+    pub direct_to_host: u64,
+    /// Host TCP bytes sent to the guest from the host socket's own queue, never through a
+    /// ring.
+    #[serde(default)]
+    pub direct_to_guest: u64,
 }
 
 /// Flows now and since the start.
@@ -374,11 +382,14 @@ impl Stats {
         );
         let _ = writeln!(
             out,
-            "buffers: {} used, {} peak, of {} ({} times a flow waited for room)",
+            "buffers: {} used, {} peak, of {} ({} times a flow waited for room); \
+             past the rings: {} to hosts, {} to the guest",
             bytes(b.used),
             bytes(b.peak),
             bytes(b.limit),
-            b.starved
+            b.starved,
+            bytes(b.direct_to_host),
+            bytes(b.direct_to_guest)
         );
         let _ = writeln!(
             out,

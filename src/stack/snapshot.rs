@@ -180,6 +180,8 @@ impl Stack {
                 peak: tcp.buffers.peak as u64,
                 limit: self.tcp.buffer_limit() as u64,
                 starved: tcp.buffers.starved,
+                direct_to_host: tcp.direct_to_host,
+                direct_to_guest: tcp.direct_to_guest,
             },
             flows: FlowCounts {
                 tcp: self.tcp.len() as u64,

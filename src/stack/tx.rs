@@ -88,19 +88,23 @@ impl TapWriter {
 
     /// Build a frame of `len` bytes with `fill` and send it.
     pub fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
-        self.send_offloaded(len, |frame| (fill(frame), VnetHeader::default()))
+        self.send_offloaded(len, |frame| (fill(frame), Some(VnetHeader::default())))
     }
 
     /// Build a frame of `len` bytes with `fill`, which also says what its vnet header is
-    /// (ignored on a plain TAP), and send it.
+    /// (ignored on a plain TAP), and send it; or, if `fill` gives no header, drop it (a
+    /// frame that could not be completed).
     pub fn send_offloaded<R>(
         &mut self,
         len: usize,
-        fill: impl FnOnce(&mut [u8]) -> (R, VnetHeader),
+        fill: impl FnOnce(&mut [u8]) -> (R, Option<VnetHeader>),
     ) -> R {
         let total = (self.header_len + len).min(self.scratch.len());
         let (header, frame) = self.scratch[..total].split_at_mut(self.header_len);
         let (r, vnet) = fill(frame);
+        let Some(vnet) = vnet else {
+            return r;
+        };
         vnet.emit(header);
         if let Some(capture) = &mut self.capture {
             capture.record(frame);

@@ -79,6 +79,7 @@ fn main() {
         tcp::reused_source_port_connects_at_once,
         offload::offloaded_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
         offload::without_offloads_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
+        offload::through_the_rings_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6,
         offload::offloaded_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
         offload::without_offloads_resets_mid_transfer_reach_each_side_over_ipv4_and_ipv6,
         offload::udp_segmentation_offload_splits_into_the_guests_datagrams_over_ipv4_and_ipv6,

@@ -4,6 +4,12 @@
 //! TAP fd handed in without vnet headers); resets mid-transfer both ways. The `--debug`
 //! summary's frame counts show which path ran: with offloads a guest at MTU 1500 hands over,
 //! and gets, frames far larger than its MTU; without, never.
+//!
+//! The same transfers show the two copies per byte (`stack::tcp::direct`): the summary's
+//! "past the rings" counts say most guest payload went from its frame straight to the host
+//! socket, and, with offloads on a kernel that peeks at an offset on TCP, all host data went
+//! to the guest from the host socket's queue; with `USERNET_DIRECT=0` (the rings, three
+//! copies) neither, and the data is as right.
 
 use std::process::Command;
 use std::time::Duration;
@@ -59,6 +65,64 @@ impl Traffic {
     }
 }
 
+/// Bytes that skipped the rings, from "past the rings: N UNIT to hosts, N UNIT to the guest"
+/// in the `--debug` summary: (guest → host, host → guest), to the summary's 0.1 precision.
+fn past_the_rings(out: &Outcome) -> (u64, u64) {
+    let rest = out
+        .stderr
+        .split("past the rings: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no direct counts in the summary: {out:#?}"));
+    // "N UNIT to hosts, N UNIT to the guest"
+    fn amount<'a>(words: &mut impl Iterator<Item = &'a str>) -> u64 {
+        let n: f64 = words.next().and_then(|w| w.parse().ok()).expect("a number");
+        let unit = match words.next().expect("a unit") {
+            "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            unit => {
+                assert!(unit.starts_with("GiB"), "unit {unit:?}");
+                1 << 30
+            }
+        };
+        let _ = (words.next(), words.next()); // "to hosts," / "to the"
+        (n * unit as f64) as u64
+    }
+    let mut words = rest.split_whitespace();
+    let to_host = amount(&mut words);
+    (to_host, amount(&mut words))
+}
+
+/// Whether this kernel supports `SO_PEEK_OFF` on TCP sockets (Linux 6.9 and later), which
+/// usernet's host → guest direct path needs.
+#[allow(unsafe_code)]
+fn kernel_peeks_at_an_offset_on_tcp() -> bool {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let value: libc::c_int = 0;
+    // SAFETY: setsockopt reads one c_int from `value`, which lives across the call; the fd
+    // is the listener's, open for the call.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEEK_OFF,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+/// Which of usernet's datapaths a run takes.
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    /// vnet headers and offloads on the TAP (`USERNET_OFFLOAD`).
+    offload: bool,
+    /// Payload past the rings where possible (`USERNET_DIRECT`).
+    direct: bool,
+}
+
 /// `usernet run FLAGS -- tool ARGS`, with offloads turned off by the environment unless
 /// `offload`.
 fn usernet_tool(world: &World, offload: bool, flags: &[&str], args: &[&str]) -> Command {
@@ -70,8 +134,10 @@ fn usernet_tool(world: &World, offload: bool, flags: &[&str], args: &[&str]) -> 
 }
 
 /// 64 MiB from the guest to `listen` (reached as `target`), then, after the guest's FIN, 64 MiB
-/// back, both checked by SHA-256; what went through the TAP.
-fn exchange(world: &World, mtu: &str, offload: bool, target: &str, listen: &str) -> Traffic {
+/// back, both checked by SHA-256; what went through the TAP. Checks which bytes skipped the
+/// rings.
+fn exchange(world: &World, mtu: &str, path: Path, target: &str, listen: &str) -> Traffic {
+    let offload = path.offload;
     let send = (64 * MIB).to_string();
     let _server = world.server(&["tcp-server", listen, &send]);
     let flags = ["--mtu", mtu, "--ipv6", "--debug"];
@@ -81,6 +147,9 @@ fn exchange(world: &World, mtu: &str, offload: bool, target: &str, listen: &str)
         &flags,
         &["tcp-client", target, &send, &send],
     );
+    if !path.direct {
+        cmd.env("USERNET_DIRECT", "0");
+    }
     let out = run(&mut cmd, LIMIT);
     out.assert_ok();
     assert!(
@@ -92,12 +161,28 @@ fn exchange(world: &World, mtu: &str, offload: bool, target: &str, listen: &str)
         "an honest guest's headers were refused: {}",
         out.stderr
     );
+    let (to_host, to_guest) = past_the_rings(&out);
+    let what = format!(
+        "MTU {mtu}, {path:?}, {target}: {to_host} to the host, {to_guest} to the guest past the rings"
+    );
+    if path.direct {
+        // Segments go to the host socket while it keeps up; the ring takes the rest.
+        assert!(to_host >= 16 * MIB, "{what}");
+        if offload && kernel_peeks_at_an_offset_on_tcp() {
+            assert!(to_guest >= 63 * MIB, "{what}");
+        } else {
+            assert_eq!(to_guest, 0, "{what}");
+        }
+    } else {
+        assert_eq!((to_host, to_guest), (0, 0), "{what}");
+    }
     Traffic::of(&out)
 }
 
 /// The transfers of [`exchange`] at both MTUs and over both families; checks that frames
 /// were larger than the link's MTU exactly when offloads are on.
-fn both_mtus_both_families(offload: bool, first_port: u16) {
+fn both_mtus_both_families(path: Path, first_port: u16) {
+    let offload = path.offload;
     let world = World::new();
     let mut port = first_port;
     for mtu in ["1500", "65520"] {
@@ -108,7 +193,7 @@ fn both_mtus_both_families(offload: bool, first_port: u16) {
                 format!("[2001:2::1]:{}", port + 1),
             ),
         ] {
-            let t = exchange(&world, mtu, offload, &target, &listen);
+            let t = exchange(&world, mtu, path, &target, &listen);
             if mtu == "1500" {
                 let what = format!("{target} at MTU 1500, offload {offload}: {t:?}");
                 if offload {
@@ -128,14 +213,35 @@ fn both_mtus_both_families(offload: bool, first_port: u16) {
 pub fn offloaded_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6() -> Result<(), Unmet>
 {
     needs(&[Need::Ipv6])?;
-    both_mtus_both_families(true, 7301);
+    let path = Path {
+        offload: true,
+        direct: true,
+    };
+    both_mtus_both_families(path, 7301);
+    Ok(())
+}
+
+/// The same with `USERNET_DIRECT=0`: every byte through smoltcp's rings (the path a kernel
+/// without `SO_PEEK_OFF` on TCP takes host → guest).
+pub fn through_the_rings_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6()
+-> Result<(), Unmet> {
+    needs(&[Need::Ipv6])?;
+    let path = Path {
+        offload: true,
+        direct: false,
+    };
+    both_mtus_both_families(path, 7351);
     Ok(())
 }
 
 pub fn without_offloads_tcp_64mib_each_way_at_mtu_1500_and_65520_over_ipv4_and_ipv6()
 -> Result<(), Unmet> {
     needs(&[Need::Ipv6])?;
-    both_mtus_both_families(false, 7311);
+    let path = Path {
+        offload: false,
+        direct: true,
+    };
+    both_mtus_both_families(path, 7311);
     Ok(())
 }
 

@@ -364,6 +364,12 @@ impl FlowMemory {
         self.rx_consumed = self.rx_consumed.wrapping_add(taken as u32);
     }
 
+    /// `taken` in-order bytes went from the guest's segment straight to the host socket,
+    /// never into the receive ring (whose next unread byte is where it was).
+    pub fn on_recv_direct(&mut self, taken: usize) {
+        self.rx_consumed = self.rx_consumed.wrapping_add(taken as u32);
+    }
+
     /// How many bytes of `buf`, the transmit ring's free space, may be read into now.
     pub fn send_room(&self, free: usize) -> usize {
         free.min(self.tx_room)

@@ -12,11 +12,18 @@
 //! the way out each gets its vnet header from [`vnet::offload_tcp`], sized by the guest's
 //! real MSS (from its SYN, kept by the gate), and our SYN's MSS option is put back to what
 //! the link allows, so the guest sees the same handshake as without offloads.
+//!
+//! For a flow whose host data stays in the host socket's queue ([`PeekedSend`]), the device
+//! tells smoltcp it writes TCP payloads itself, and fills each segment's payload from the host
+//! socket after smoltcp wrote the headers; a segment it cannot fill is not sent.
+
+use std::os::fd::BorrowedFd;
 
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, EthernetFrame, EthernetProtocol, TcpPacket};
 
+use super::direct::PeekedSend;
 use super::gate::{self, WindowGate};
 use crate::stack::tx::TapWriter;
 use crate::stack::{Link, vnet};
@@ -34,6 +41,10 @@ pub struct FlowDevice<'a> {
     link: Link,
     guest_mac: EthernetAddress,
     gate: Option<&'a mut WindowGate>,
+    peek: Option<(BorrowedFd<'a>, &'a mut PeekedSend)>,
+    /// Tell smoltcp this device fills TCP payloads (smoltcp reads a device's capabilities
+    /// once, when its interface is created, so this is decided per flow then).
+    fills_payloads: bool,
 }
 
 impl<'a> FlowDevice<'a> {
@@ -50,7 +61,26 @@ impl<'a> FlowDevice<'a> {
             link,
             guest_mac,
             gate,
+            peek: None,
+            fills_payloads: false,
         }
+    }
+
+    /// For creating the interface of a flow whose host data will be peeked (see
+    /// [`FlowDevice::with_peek`]).
+    pub fn filling_payloads(mut self, yes: bool) -> Self {
+        self.fills_payloads = yes && self.link.offload;
+        self
+    }
+
+    /// Segments' payloads come from the host socket `fd` (offloads only: no checksum is
+    /// computed over a payload smoltcp never sees).
+    pub fn with_peek(mut self, fd: BorrowedFd<'a>, send: Option<&'a mut PeekedSend>) -> Self {
+        if self.link.offload {
+            self.peek = send.map(|send| (fd, send));
+            self.fills_payloads = self.peek.is_some();
+        }
+        self
     }
 }
 
@@ -73,6 +103,7 @@ impl Device for FlowDevice<'_> {
                 link: self.link,
                 guest_mac: self.guest_mac,
                 gate: self.gate.as_deref_mut(),
+                peek: self.peek.as_mut().map(|(fd, send)| (*fd, &mut **send)),
             },
         ))
     }
@@ -86,6 +117,7 @@ impl Device for FlowDevice<'_> {
             link: self.link,
             guest_mac: self.guest_mac,
             gate: self.gate.as_deref_mut(),
+            peek: self.peek.as_mut().map(|(fd, send)| (*fd, &mut **send)),
         })
     }
 
@@ -101,6 +133,7 @@ impl Device for FlowDevice<'_> {
         if self.link.offload {
             caps.max_transmission_unit = OFFLOAD_MTU;
             checksum.tcp = Checksum::None;
+            checksum.tcp_payload_by_device = self.fills_payloads;
         } else {
             caps.max_transmission_unit = self.link.mtu;
             checksum.tcp = Checksum::Tx;
@@ -128,6 +161,7 @@ pub struct TxToken<'a> {
     link: Link,
     guest_mac: EthernetAddress,
     gate: Option<&'a mut WindowGate>,
+    peek: Option<(BorrowedFd<'a>, &'a mut PeekedSend)>,
 }
 
 impl smoltcp::phy::TxToken for TxToken<'_> {
@@ -135,13 +169,18 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let (link, guest_mac, gate) = (self.link, self.guest_mac, self.gate);
+        let (link, guest_mac, gate, peek) = (self.link, self.guest_mac, self.gate, self.peek);
         self.tx.send_offloaded(ETH_LEN + len, |frame| {
             let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
             eth.set_src_addr(link.our_mac);
             eth.set_dst_addr(guest_mac);
             let ip = &mut frame[ETH_LEN..];
             let f_result = f(ip);
+            if let Some((fd, send)) = peek
+                && !send.fill(fd, ip)
+            {
+                return (f_result, None);
+            }
             let ipv6 = ip.first().is_some_and(|b| b >> 4 == 6);
             let mut guest_mss = None;
             if let Some(gate) = gate {
@@ -155,7 +194,7 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
             };
             EthernetFrame::new_unchecked(&mut frame[..]).set_ethertype(proto);
             if !link.offload {
-                return (f_result, vnet::VnetHeader::default());
+                return (f_result, Some(vnet::VnetHeader::default()));
             }
             let ip_header = if ipv6 { 40 } else { 20 };
             let link_mss = link.mtu.saturating_sub(ip_header + 20);
@@ -166,7 +205,7 @@ impl smoltcp::phy::TxToken for TxToken<'_> {
                 vnet::rewrite_mss(tcp, u16::try_from(link_mss).unwrap_or(u16::MAX));
             }
             let mss = guest_mss.unwrap_or(DEFAULT_GUEST_MSS);
-            (f_result, vnet::offload_tcp(frame, mss, link.mtu))
+            (f_result, Some(vnet::offload_tcp(frame, mss, link.mtu)))
         })
     }
 }

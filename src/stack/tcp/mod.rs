@@ -17,9 +17,9 @@
 //! | host connect succeeds | a smoltcp socket listens on the original destination, the stored SYN is replayed into it, the SYN-ACK goes out |
 //! | host connect refused | RST to the guest, which sees `ECONNREFUSED` at once; never a SYN-ACK then a reset |
 //! | host unreachable or timed out | ICMP destination unreachable quoting the SYN |
-//! | guest data | lands in smoltcp's rx ring, then `write()` to the host socket; when the host socket is full the ring fills and the advertised window closes |
+//! | guest data | in order with the rx ring empty: `send()` straight from the frame to the host socket ([`direct`]); what the socket does not take lands in smoltcp's rx ring, then `write()` to the host socket; when the host socket is full the ring fills and the advertised window closes |
 //! | guest data past the window we advertised | turned away before smoltcp sees it, and ACKed (the [gate](gate)) |
-//! | host data | `read()` straight into smoltcp's tx ring; when the ring is full we stop reading, remember the socket is readable, and resume when the guest ACKs |
+//! | host data | with offloads (and `SO_PEEK_OFF`): left in the host socket's queue, counted into smoltcp's tx ring, peeked into each segment's frame, dropped when the guest ACKs ([`direct`]); else `read()` into smoltcp's tx ring. When the ring is full we stop, remember the socket is readable, and resume when the guest ACKs |
 //! | the rings' [budget](budget) is tight | the window we advertise shrinks (the gate rewrites smoltcp's) and host reads stop short, never below what was already promised; when room comes back, a window update of our own and the host reads resume |
 //! | guest FIN | once the rx ring is drained to the host: `shutdown(SHUT_WR)`; data keeps flowing the other way |
 //! | host EOF | `close()`: smoltcp sends FIN after the tx ring drains |
@@ -46,9 +46,9 @@
 //!
 //! # Copies per byte
 //!
-//! A userspace relay needs two copies per byte: kernel to us, us to kernel. This relay makes
-//! three, the third a `memmove` in our own thread (12% of it in a `perf` profile of a bulk
-//! transfer with offloads on):
+//! A userspace relay needs two copies per byte: kernel to us, us to kernel. Through smoltcp's
+//! rings this relay made three, the third a `memmove` in our own thread (12-14% of it in a
+//! `perf` profile of a bulk transfer with offloads on, `bench/profile.sh`):
 //!
 //! - guest → host: the frame is read from the TAP into the stack's receive buffer (copy 1),
 //!   smoltcp's `process_tcp` copies the payload into the flow's rx ring (copy 2, the extra
@@ -57,16 +57,13 @@
 //!   `TcpRepr::emit` copies a segment's payload from the ring into the frame (copy 2, the
 //!   extra one), and the TAP `write()` copies the frame into the guest kernel (copy 3).
 //!
-//! Removing them, for a later change: guest → host, when the rx ring is empty and a segment
-//! is the next in order, write its payload from the frame straight to the host socket, and
-//! tell smoltcp the bytes written were received and read; smoltcp 0.14 has no call for that
-//! (it would advance `remote_seq_no` past them), so it takes a small patch to smoltcp (a
-//! vendored `[patch]`), what the socket cannot take then going to the ring as now. Host →
-//! guest, the ring exists so unacknowledged data can be sent again; the host socket's own
-//! receive queue can be that buffer instead, as in passt: `recv(MSG_PEEK)` with
-//! `SO_PEEK_OFF` straight into the frame being built, and a `recv(MSG_TRUNC)` of what the
-//! guest acknowledges. That replaces smoltcp's send path for data (its tx ring, `dispatch`)
-//! with ours, keeping smoltcp for the handshake, ACK processing and timers.
+//! [`direct`] removes the extra one each way, through a small patch to smoltcp
+//! (`vendor/smoltcp/PATCHES.md`): guest payload goes from the frame to the host socket while
+//! the rx ring is empty (the ring holds only what the socket would not take), and host data
+//! stays in the host socket's queue and is peeked into the frame. The rings remain for the
+//! rest: data the host socket would not take, and host data on a plain TAP (a checksum must
+//! be computed over it) or a kernel without `SO_PEEK_OFF` on TCP. `USERNET_DIRECT=0` puts
+//! every byte through the rings again, for comparison.
 //!
 //! # Pending connects
 //!
@@ -88,12 +85,14 @@
 
 mod budget;
 mod device;
+mod direct;
 mod gate;
 mod observe;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::time::Duration as StdDuration;
 
 use mio::Interest;
@@ -105,6 +104,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpListe
 
 use budget::{Budget, FlowMemory, SocketView};
 use device::FlowDevice;
+use direct::{HostSink, PeekedSend};
 use observe::Activity;
 
 pub use budget::{BudgetStats, DEFAULT_BUFFER_MEMORY};
@@ -153,6 +153,8 @@ pub struct TcpConfig {
     pub max_pending_connects: usize,
     /// The memory all flows' rings may hold together (see [`budget`]).
     pub buffer_memory: usize,
+    /// Payload skips the rings where it can (see [`direct`]); off with `USERNET_DIRECT=0`.
+    pub direct: bool,
 }
 
 impl Default for TcpConfig {
@@ -163,6 +165,7 @@ impl Default for TcpConfig {
             max_flows: DEFAULT_MAX_FLOWS,
             max_pending_connects: DEFAULT_MAX_PENDING_CONNECTS,
             buffer_memory: DEFAULT_BUFFER_MEMORY,
+            direct: direct::wanted(),
         }
     }
 }
@@ -191,6 +194,10 @@ pub struct TcpStats {
     pub closed_reset: u64,
     /// Guest data past the window we advertised, turned away (see [`gate`]).
     pub out_of_window: u64,
+    /// Guest payload bytes written straight from frames to host sockets (see [`direct`]).
+    pub direct_to_host: u64,
+    /// Host bytes sent to the guest from host sockets' queues (see [`direct`]).
+    pub direct_to_guest: u64,
     /// Window updates we sent for windows the gate had held back.
     pub window_updates: u64,
     /// The rings' memory budget.
@@ -228,6 +235,10 @@ struct Conn {
     handle: SocketHandle,
     /// The flow's share of the rings' budget, and its window gate.
     memory: FlowMemory,
+    /// Where in-order guest payload goes when the rx ring is empty (see [`direct`]).
+    sink: Option<Box<HostSink>>,
+    /// The host socket's queue is the tx ring's storage (see [`direct`]).
+    peeked: Option<PeekedSend>,
 }
 
 enum Phase {
@@ -376,11 +387,27 @@ impl TcpFlows {
                             .then(|| syn_for_smoltcp(seg.ip_packet, cx))
                             .flatten();
                         let packet = raised.as_deref().unwrap_or(seg.ip_packet);
+                        let host = &mut flow.host;
+                        let lend = host.writable && !host.write_shut && !host.failed && !host.reset;
+                        let sock = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+                        if lend && let Some(sink) = conn.sink.take() {
+                            sink.lend(sock);
+                        }
                         let gate = Some(&mut conn.memory.gate);
                         let mut dev =
                             FlowDevice::new(Some(packet), cx.tap, cx.link, flow.guest_mac, gate);
                         conn.iface
                             .poll_ingress_single(cx.now, &mut dev, &mut conn.sockets);
+                        let sock = conn.sockets.get_mut::<tcp::Socket>(conn.handle);
+                        if let Some((sink, sunk)) = HostSink::take_back(sock) {
+                            conn.sink = Some(sink);
+                            conn.memory.on_recv_direct(sunk.written);
+                            flow.activity.to_remote.bytes += sunk.written as u64;
+                            self.stats.direct_to_host += sunk.written as u64;
+                            if sunk.full {
+                                host.writable = false;
+                            }
+                        }
                     } else {
                         self.stats.out_of_window += 1;
                     }
@@ -574,7 +601,8 @@ impl TcpFlows {
             return Err((stream, "no free source port"));
         };
         let key = key_for(port);
-        let mut iface = new_interface(cx, self.seeds.next(), guest_mac);
+        let (sink, peeked) = direct_paths(&stream, &self.config, cx.link);
+        let mut iface = new_interface(cx, self.seeds.next(), guest_mac, peeked.is_some());
         let (mut socket, memory) = new_socket(&self.config);
         let remote = (IpAddress::Ipv4(*guest.ip()), guest.port());
         let local = (IpAddress::Ipv4(*source.ip()), port);
@@ -602,6 +630,8 @@ impl TcpFlows {
                 sockets,
                 handle,
                 memory,
+                sink,
+                peeked,
             })),
             guest_fin: false,
             timer: None,
@@ -935,7 +965,8 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
         return Ok(());
     };
     let local = flow.key.remote;
-    let mut iface = new_interface(cx, seed, flow.guest_mac);
+    let (sink, peeked) = direct_paths(&flow.host.stream, config, cx.link);
+    let mut iface = new_interface(cx, seed, flow.guest_mac, peeked.is_some());
     let (mut socket, mut memory) = new_socket(config);
     if let Some(tcp) = gate::tcp_of(syn) {
         memory.on_guest_syn(tcp);
@@ -960,11 +991,31 @@ fn open(flow: &mut Flow, cx: &mut Ctx<'_>, config: &TcpConfig, seed: u64) -> io:
         sockets,
         handle,
         memory,
+        sink,
+        peeked,
     }));
     // A just-connected socket is writable; reads are attempted optimistically.
     flow.host.writable = true;
     flow.host.readable = true;
     Ok(())
+}
+
+/// The [`direct`] paths a flow on host socket `stream` takes, if any.
+fn direct_paths(
+    stream: &TcpStream,
+    config: &TcpConfig,
+    link: super::Link,
+) -> (Option<Box<HostSink>>, Option<PeekedSend>) {
+    if !config.direct {
+        return (None, None);
+    }
+    let fd = stream.as_fd();
+    let peeked = if link.offload {
+        PeekedSend::enable(fd)
+    } else {
+        None
+    };
+    (Some(HostSink::new(fd)), peeked)
 }
 
 /// The guest's SYN (or SYN-ACK) `ip_packet` as smoltcp should see it: with offloads, a copy
@@ -983,10 +1034,15 @@ fn syn_for_smoltcp(ip_packet: &[u8], cx: &Ctx<'_>) -> Option<Vec<u8>> {
 
 /// A flow's private smoltcp interface: it owns the gateway's addresses and accepts packets for
 /// any other (any-IP, with default routes via the gateway), since it stands in for every
-/// host the guest talks to.
-fn new_interface(cx: &mut Ctx<'_>, seed: u64, guest_mac: EthernetAddress) -> Interface {
+/// host the guest talks to. `peeked`: the flow's device fills TCP payloads (see [`direct`]).
+fn new_interface(
+    cx: &mut Ctx<'_>,
+    seed: u64,
+    guest_mac: EthernetAddress,
+    peeked: bool,
+) -> Interface {
     let net = cx.policy.net;
-    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac, None);
+    let mut dev = FlowDevice::new(None, cx.tap, cx.link, guest_mac, None).filling_payloads(peeked);
     let mut iface_config = Config::new(HardwareAddress::Ip);
     iface_config.random_seed = seed;
     let mut iface = Interface::new(iface_config, &mut dev, cx.now);
@@ -1065,8 +1121,15 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
         sockets,
         handle,
         memory,
+        peeked,
+        ..
     } = &mut **conn;
     let sock = sockets.get_mut::<tcp::Socket>(*handle);
+    if let Some(peeked) = peeked
+        && !peeked.release_acked(host.stream.as_fd(), sock.send_queue())
+    {
+        host.failed = true;
+    }
     if *connecting_to_guest && sock.state() != State::SynSent {
         // The guest answered our SYN: no connect timeout from here on.
         *connecting_to_guest = false;
@@ -1084,7 +1147,15 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
         let _ = host.stream.shutdown(Shutdown::Write);
         host.write_shut = true;
     }
-    activity.host_sent(host_to_guest(sock, host, memory), cx.now);
+    let from_host = match peeked {
+        Some(peeked) => {
+            let n = host_to_guest_peeked(sock, host, memory, peeked);
+            stats.direct_to_guest += n;
+            n
+        }
+        None => host_to_guest(sock, host, memory),
+    };
+    activity.host_sent(from_host, cx.now);
     // A reset from the host reaches the guest once what came before it was delivered.
     if host.reset && host.eof && sock.send_queue() == 0 {
         host.failed = true;
@@ -1119,10 +1190,17 @@ fn relay(flow: &mut Flow, cx: &mut Ctx<'_>, budget: &mut Budget, stats: &mut Tcp
                 break;
             }
             let gate = Some(&mut memory.gate);
-            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac, gate);
+            let mut dev = FlowDevice::new(None, cx.tap, cx.link, *guest_mac, gate)
+                .with_peek(host.stream.as_fd(), peeked.as_mut());
             match iface.poll_egress(cx.now, &mut dev, sockets) {
                 PollResult::None => break,
                 PollResult::SocketStateChanged => sent += 1,
+            }
+            if peeked.as_ref().is_some_and(|p| p.broken) && !host.failed {
+                // A segment's payload could not be read back from the host socket: the
+                // stream cannot be delivered intact. Reset it (the loop sends the RST).
+                host.failed = true;
+                sockets.get_mut::<tcp::Socket>(*handle).abort();
             }
         }
         activity.to_guest.packets += sent as u64;
@@ -1261,31 +1339,112 @@ fn host_to_guest(sock: &mut tcp::Socket<'_>, host: &mut HostSide, memory: &mut F
             read
         });
         match r {
-            Ok(HostRead::Data) => {}
-            // A short read emptied the socket: the next arrival is a new readiness edge, so
-            // there is no need for a read that would only say EAGAIN. Unless the peer's FIN
-            // or an error is already there (announced in an earlier event): read on to it.
-            Ok(HostRead::Drained) => host.readable = host.ending,
-            Ok(HostRead::RingFull | HostRead::OverBudget) | Err(_) => break,
-            Ok(HostRead::Eof) => {
-                host.eof = true;
-                // After a reset the end is a reset, not a FIN.
-                if !host.reset {
-                    sock.close();
+            Ok(read) => {
+                if !after_host_read(read, sock, host) {
+                    break;
                 }
             }
-            Ok(HostRead::Error(e)) => match e.kind() {
-                io::ErrorKind::WouldBlock => host.readable = false,
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::ConnectionReset => {
-                    host.reset = true;
-                    host.eof = true;
+            Err(_) => break,
+        }
+    }
+    moved
+}
+
+/// What a read (or a count, [`host_to_guest_peeked`]) of host data means for the flow;
+/// false when reading must stop for now.
+fn after_host_read(read: HostRead, sock: &mut tcp::Socket<'_>, host: &mut HostSide) -> bool {
+    match read {
+        HostRead::Data => {}
+        // A short read emptied the socket: the next arrival is a new readiness edge, so
+        // there is no need for a read that would only say EAGAIN. Unless the peer's FIN or
+        // an error is already there (announced in an earlier event): read on to it.
+        HostRead::Drained => host.readable = host.ending,
+        HostRead::RingFull | HostRead::OverBudget => return false,
+        HostRead::Eof => {
+            host.eof = true;
+            // After a reset the end is a reset, not a FIN.
+            if !host.reset {
+                sock.close();
+            }
+        }
+        HostRead::Error(e) => match e.kind() {
+            io::ErrorKind::WouldBlock => host.readable = false,
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::ConnectionReset => {
+                host.reset = true;
+                host.eof = true;
+            }
+            _ => {
+                log::debug!("host read failed: {e}");
+                host.failed = true;
+            }
+        },
+    }
+    true
+}
+
+/// [`host_to_guest`] for a flow whose host socket's queue is the tx ring's storage (see
+/// [`direct`]): count what the host queued into smoltcp's ring without reading it, and find
+/// the end of the stream (or a reset) with a peek past it.
+/// Returns the bytes newly counted.
+fn host_to_guest_peeked(
+    sock: &mut tcp::Socket<'_>,
+    host: &mut HostSide,
+    memory: &mut FlowMemory,
+    peeked: &mut PeekedSend,
+) -> u64 {
+    let mut moved = 0;
+    // A peek past what FIONREAD counted finds data only when it arrived in between.
+    let mut arrivals = 0;
+    while host.readable && !host.eof && !host.failed && sock.can_send() {
+        let fd = host.stream.as_fd();
+        let unread = match peeked.unread(fd) {
+            Ok(0) => match peeked.at_end(fd) {
+                Ok(false) if arrivals < 8 => {
+                    arrivals += 1;
+                    continue;
                 }
-                _ => {
-                    log::debug!("host read failed: {e}");
-                    host.failed = true;
-                }
+                Ok(false) => Ok(HostRead::Error(io::Error::other(
+                    "FIONREAD and a peek disagree on what is queued",
+                ))),
+                Ok(true) => Ok(HostRead::Eof),
+                Err(e) => Ok(HostRead::Error(e)),
             },
+            Ok(n) => Err(n),
+            Err(e) => Ok(HostRead::Error(e)),
+        };
+        let r = match unread {
+            Ok(end) => Ok(end),
+            Err(unread) => {
+                let ring_seq = sock.send_buffer_seq().0 as u32;
+                sock.send(|buf| {
+                    if buf.is_empty() {
+                        return (0, HostRead::RingFull);
+                    }
+                    let room = memory.send_room(buf.len());
+                    let n = unread.min(room);
+                    // The ring's bytes are not written: they stay in the host socket.
+                    memory.on_send(buf.as_ptr(), n);
+                    peeked.track(n, ring_seq);
+                    moved += n as u64;
+                    match n {
+                        0 => (0, HostRead::OverBudget),
+                        n if n == unread => (n, HostRead::Drained),
+                        // Only part of what is queued fits where the ring wraps, or in the
+                        // budget: look again.
+                        n if n < buf.len() => (n, HostRead::OverBudget),
+                        n => (n, HostRead::Data),
+                    }
+                })
+            }
+        };
+        match r {
+            Ok(read) => {
+                if !after_host_read(read, sock, host) {
+                    break;
+                }
+            }
+            Err(_) => break,
         }
     }
     moved

@@ -228,6 +228,10 @@ pub struct ChecksumCapabilities {
     pub icmpv4: Checksum,
     #[cfg(feature = "proto-ipv6")]
     pub icmpv6: Checksum,
+    /// usernet patch (see `PATCHES.md`): the device writes TCP payloads into the frame itself,
+    /// after the headers are emitted, so `TcpRepr::emit` leaves the payload bytes alone (only
+    /// their length counts). Only meaningful with `tcp` not computing checksums on transmit.
+    pub tcp_payload_by_device: bool,
 }
 
 impl ChecksumCapabilities {
@@ -242,6 +246,7 @@ impl ChecksumCapabilities {
             icmpv4: Checksum::None,
             #[cfg(feature = "proto-ipv6")]
             icmpv6: Checksum::None,
+            tcp_payload_by_device: false,
         }
     }
 }

@@ -460,6 +460,32 @@ pub enum CongestionControl {
     Cubic,
 }
 
+/// usernet patch (see `PATCHES.md`): where a socket's in-order received payload can go
+/// instead of its receive buffer.
+///
+/// Installed with [`Socket::set_rx_sink`]. While the receive buffer is empty and no
+/// out-of-order data waits, the payload of a segment that is next in sequence is offered to the
+/// sink straight from the received packet; what the sink takes counts as received *and* read
+/// (as if the application had called `recv` at once), what it leaves goes into the receive
+/// buffer as usual. So the payload is copied once, by the sink, instead of into the buffer and
+/// out again.
+#[cfg(feature = "alloc")]
+pub trait RxSink: core::any::Any + Send {
+    /// Take a prefix of `data`; return its length (at most `data.len()`).
+    fn write(&mut self, data: &[u8]) -> usize;
+}
+
+/// usernet patch: the socket's [`RxSink`], if any (a trait object has no `Debug`).
+#[cfg(feature = "alloc")]
+struct RxSinkSlot(Option<alloc::boxed::Box<dyn RxSink>>);
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for RxSinkSlot {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(RxSink)" } else { "None" })
+    }
+}
+
 /// A Transmission Control Protocol socket.
 ///
 /// A TCP socket may passively listen for connections or actively connect to another endpoint.
@@ -469,6 +495,9 @@ pub enum CongestionControl {
 #[derive(Debug)]
 pub struct Socket<'a> {
     state: State,
+    /// usernet patch: see [`RxSink`].
+    #[cfg(feature = "alloc")]
+    rx_sink: RxSinkSlot,
     timer: Timer,
     rtte: RttEstimator,
     assembler: Assembler,
@@ -588,6 +617,8 @@ impl<'a> Socket<'a> {
 
         Socket {
             state: State::Closed,
+            #[cfg(feature = "alloc")]
+            rx_sink: RxSinkSlot(None),
             timer: Timer::new(),
             rtte: RttEstimator::default(),
             assembler: Assembler::new(),
@@ -629,6 +660,29 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-pause-synack")]
             synack_paused: false,
+        }
+    }
+
+    /// usernet patch: give in-order payload to `sink` while the receive buffer is empty
+    /// (see [`RxSink`]); `None` turns that off.
+    #[cfg(feature = "alloc")]
+    pub fn set_rx_sink(&mut self, sink: Option<alloc::boxed::Box<dyn RxSink>>) {
+        self.rx_sink = RxSinkSlot(sink);
+    }
+
+    /// usernet patch: take back the sink given to [`Socket::set_rx_sink`].
+    #[cfg(feature = "alloc")]
+    pub fn take_rx_sink(&mut self) -> Option<alloc::boxed::Box<dyn RxSink>> {
+        self.rx_sink.0.take()
+    }
+
+    /// usernet patch: the sequence number of the first byte in the transmit buffer (the
+    /// oldest byte not yet acknowledged, once the connection is synchronized).
+    pub fn send_buffer_seq(&self) -> TcpSeqNumber {
+        match self.state {
+            // Our SYN is not acknowledged yet: the data after it starts one further.
+            State::SynSent | State::SynReceived => self.local_seq_no + 1,
+            _ => self.local_seq_no,
         }
     }
 
@@ -2209,6 +2263,21 @@ impl<'a> Socket<'a> {
         }
 
         let assembler_was_empty = self.assembler.is_empty();
+
+        // usernet patch: in-order payload to the sink while the buffer is empty (see RxSink).
+        #[cfg(feature = "alloc")]
+        let payload = match self.rx_sink.0.as_mut() {
+            Some(sink)
+                if payload_offset == 0 && assembler_was_empty && self.rx_buffer.is_empty() =>
+            {
+                let taken = sink.write(payload).min(payload_len);
+                // Received and read at once: what `recv` does to the read edge.
+                self.remote_seq_no += taken;
+                &payload[taken..]
+            }
+            _ => payload,
+        };
+        let payload_len = payload.len();
 
         // Try adding payload octets to the assembler.
         let Ok(contig_len) = self

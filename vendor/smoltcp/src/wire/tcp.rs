@@ -1084,7 +1084,10 @@ impl<'a> Repr<'a> {
             }
         }
         packet.set_urgent_at(0);
-        packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
+        // usernet patch: a device that fills TCP payloads itself gets the headers only.
+        if !checksum_caps.tcp_payload_by_device {
+            packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
+        }
 
         if checksum_caps.tcp.tx() {
             packet.fill_checksum(src_addr, dst_addr)
