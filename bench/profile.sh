@@ -4,7 +4,9 @@
 # Run it with USERNET_DIRECT=0 and without to see the third copy (`memmove` from smoltcp's
 # rings) come and go.
 #
-# Usage: bench/profile.sh [up|down] [MTU]   (default: down 65520; up = guest->host)
+# Usage: bench/profile.sh [up|down|inbound] [MTU]   (default: down 65520; up = guest->host;
+#        inbound = a host client through a published port, `usernet run -p`, to iperf3 -s
+#        inside: the port driver's splice relay)
 # Environment: BENCH_SECONDS (default 6), USERNET_DIRECT, USERNET_OFFLOAD (passed to usernet),
 #              PROFILE_TOP (symbols listed, default 25), PROFILE_CALLGRAPH (perf --call-graph,
 #              default fp; dwarf finds callers of libc routines), PROFILE_KEEP (copy perf.data there).
@@ -25,6 +27,19 @@ flag=
 if [ "${USERNET_PROFILE_INNER:-}" = 1 ]; then
     # Inside the world: the server, then usernet with the client; our caller attaches perf.
     ip link set lo up
+    if [ "$dir" = inbound ]; then
+        "$USERNET_BIN" run --mtu "$mtu" -p 127.0.0.1:5301:5201 -- iperf3 -s >/dev/null 2>&1 &
+        usernet=$!
+        for _ in $(seq 100); do
+            timeout 5 iperf3 -c 127.0.0.1 -p 5301 -n 1K >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        echo "$usernet" >"$PROFILE_PID"
+        iperf3 -c 127.0.0.1 -p 5301 -t "$seconds" -f g >"$PROFILE_OUT" 2>&1 || true
+        kill "$usernet"
+        wait
+        exit 0
+    fi
     iperf3 -s -B 127.0.0.1 -1 >/dev/null 2>&1 &
     sleep 0.3
     "$USERNET_BIN" run --mtu "$mtu" -- \
@@ -53,7 +68,12 @@ sleep 1 # past the handshake and slow start
 perf record -q --call-graph "${PROFILE_CALLGRAPH:-fp}" -o "$tmp/perf.data" -p "$(cat "$PROFILE_PID")" -- sleep $((seconds - 2)) \
     >/dev/null 2>&1
 wait "$world"
-echo "usernet run --mtu $mtu, $([ "$dir" = down ] && echo host-\>guest || echo guest-\>host)," \
+case $dir in
+down) what="host->guest" ;;
+up) what="guest->host" ;;
+*) what="host->guest through a published port (-p)" ;;
+esac
+echo "usernet run --mtu $mtu, $what," \
     "USERNET_DIRECT=${USERNET_DIRECT:-1} USERNET_OFFLOAD=${USERNET_OFFLOAD:-1}:" \
     "$(grep -E 'receiver' "$PROFILE_OUT" | awk '{print $(NF-2), $(NF-1)}')"
 perf report -i "$tmp/perf.data" --no-children --sort sym --stdio 2>/dev/null |
