@@ -76,8 +76,7 @@ esac
 echo "usernet run --mtu $mtu, $what," \
     "USERNET_DIRECT=${USERNET_DIRECT:-1} USERNET_OFFLOAD=${USERNET_OFFLOAD:-1}:" \
     "$(grep -E 'receiver' "$PROFILE_OUT" | awk '{print $(NF-2), $(NF-1)}')"
-perf report -i "$tmp/perf.data" --no-children --sort sym --stdio 2>/dev/null |
-    grep -E '^ +[0-9]' | head -n "${PROFILE_TOP:-25}"
+perf report -i "$tmp/perf.data" --no-children --sort sym --stdio >"$tmp/report.txt" 2>/dev/null || true
+grep -E '^ +[0-9]' "$tmp/report.txt" | head -n "${PROFILE_TOP:-25}" || true
 echo "copy routines (self):"
-perf report -i "$tmp/perf.data" --no-children --sort sym --stdio 2>/dev/null |
-    grep -E '^ +[0-9].*(memmove|memcpy|_copy_to_iter|_copy_from_iter|copy_user)' || true
+grep -E '^ +[0-9].*(memmove|memcpy|_copy_to_iter|_copy_from_iter|copy_user)' "$tmp/report.txt" || true
