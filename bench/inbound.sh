@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Host -> child TCP throughput through published ports: usernet's builtin port driver (as
-# `usernet run -p` and as rootlesskit --net=builtin) beside rootlesskit's builtin driver
-# (Debian rootlesskit 1.1, with slirp4netns), slirp4netns's own API forward (add_hostfwd), the
-# same forward through usernet invoked as slirp4netns, and the kernel's own path (a veth pair
-# into a namespace, no forwarding) as the reference, with iperf3, in one run.
+# `usernet run -p` and as rootlesskit --net=builtin) and its stack driver (`usernet run
+# --port-driver stack`, and rootlesskit's --port-driver=slirp4netns under usernet), beside
+# rootlesskit's builtin driver (Debian rootlesskit 1.1, with slirp4netns), slirp4netns's own
+# API forward (add_hostfwd), the same forward through usernet invoked as slirp4netns, and the
+# kernel's own path (a veth pair into a namespace, no forwarding) as the reference, with
+# iperf3, in one run.
 #
 # Usage: bench/inbound.sh               (BENCH_SECONDS=10 by default)
 #
@@ -72,6 +74,24 @@ run_usernet() {
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+# The same, through usernet's own stack instead of a socket opened inside.
+run_usernet_stack() {
+    "$USERNET_BIN" run --port-driver stack -p 127.0.0.1:5306:5201 -- iperf3 -s >/dev/null 2>&1 &
+    local pid=$!
+    wait_iperf 5306 && client 5306 || echo failed
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# rootlesskit's slirp4netns port driver, served by usernet's stack.
+run_usernet_rootlesskit_stack() {
+    ln -sf "$USERNET_BIN" "$tmp/rootlesskit"
+    "$tmp/rootlesskit" --net=slirp4netns --mtu=65520 --port-driver=slirp4netns \
+        -p 127.0.0.1:5307:10.0.2.100:5201/tcp -- iperf3 -s >/dev/null 2>&1 &
+    local pid=$!
+    wait_iperf 5307 && client 5307 || echo failed
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 run_rootlesskit() {
     if [ "${USERNET_BENCH_IDS:-}" != many ]; then
         echo "needs-root"
@@ -121,7 +141,8 @@ run_usernet_hostfwd() {
 }
 
 declare -A result
-for tool in veth rootlesskit slirp4netns usernet_hostfwd usernet_rootlesskit usernet; do
+for tool in veth rootlesskit slirp4netns usernet_hostfwd usernet_rootlesskit usernet \
+    usernet_rootlesskit_stack usernet_stack; do
     echo "measuring $tool (${seconds}s)..." >&2
     result[$tool]=$("run_$tool")
 done
@@ -139,3 +160,5 @@ row slirp4netns "slirp4netns add_hostfwd"
 row usernet_hostfwd "usernet as slirp4netns, add_hostfwd"
 row usernet_rootlesskit "usernet as rootlesskit --net=builtin"
 row usernet "usernet run -p (builtin, splice)"
+row usernet_rootlesskit_stack "usernet as rootlesskit --port-driver=slirp4netns"
+row usernet_stack "usernet run --port-driver stack -p"

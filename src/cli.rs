@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{
     self, AttachConfig, NamespaceRef, NetMode, OnSignal, PortDriver, Propagation, RunConfig,
@@ -267,8 +267,11 @@ pub struct RunArgs {
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = PortSpec::parse)]
     pub publish: Vec<PortSpec>,
 
-    /// How published ports are served (builtin needs a network namespace: not with --net
-    /// host). none: -p is refused.
+    /// How published ports are served. builtin: rootlesskit's driver, a socket opened inside
+    /// per connection (reaches servers on the namespace's 127.0.0.1; IPv4 and IPv6). stack:
+    /// through usernet's network, as slirp4netns's add_hostfwd (faster for bulk transfers;
+    /// the server must listen on the namespace's address, e.g. 0.0.0.0; IPv4 only; needs
+    /// --net builtin). none: -p is refused.
     #[arg(long, value_enum, default_value_t = PortDriver::Builtin)]
     pub port_driver: PortDriver,
 
@@ -398,7 +401,11 @@ pub struct StackArgs {
 
 impl From<RunArgs> for RunConfig {
     fn from(a: RunArgs) -> Self {
-        let port_driver = a.port_driver == PortDriver::Builtin && a.net != NetMode::Host;
+        let port_driver = if a.net == NetMode::Host {
+            PortDriver::None
+        } else {
+            a.port_driver
+        };
         RunConfig {
             net_mode: a.net,
             ifname: a.ifname,
@@ -521,8 +528,13 @@ impl RunArgs {
             if !self.publish.is_empty() {
                 idle.push(flag_name("publish"));
             }
-            if given("port_driver") && self.port_driver == PortDriver::Builtin {
-                idle.push("--port-driver builtin".into());
+            if given("port_driver") && self.port_driver != PortDriver::None {
+                idle.push(format!(
+                    "--port-driver {}",
+                    self.port_driver
+                        .to_possible_value()
+                        .map_or("?".into(), |v| v.get_name().to_string())
+                ));
             }
         }
         if !idle.is_empty() {
@@ -536,6 +548,12 @@ impl RunArgs {
                 if idle.len() == 1 { "does" } else { "do" },
                 if idle.len() == 1 { "it" } else { "them" },
             )));
+        }
+        if self.net == NetMode::None && self.port_driver == PortDriver::Stack {
+            return Err(
+                "--port-driver stack forwards through usernet's network, and --net none has none; use --port-driver builtin"
+                    .into(),
+            );
         }
         if !self.publish.is_empty() && self.port_driver == PortDriver::None {
             return Err(
@@ -1094,6 +1112,14 @@ mod tests {
             (
                 &["run", "--port-driver", "none", "-p", "8080:80"],
                 "--port-driver none: the port driver is off",
+            ),
+            (
+                &["run", "--net", "host", "--port-driver", "stack"],
+                "--port-driver stack does nothing with --net host",
+            ),
+            (
+                &["run", "--net", "none", "--port-driver", "stack"],
+                "--net none has none; use --port-driver builtin",
             ),
             (
                 &["run", "--disable-dns", "--dns-upstream", "127.0.0.1"],

@@ -38,6 +38,10 @@ impl From<&str> for UsageError {
 pub enum PortDriver {
     /// rootlesskit's builtin driver: sockets opened inside, relayed with splice().
     Builtin,
+    /// Through usernet's own network stack, as slirp4netns's add_hostfwd (rootlesskit's
+    /// slirp4netns port driver): the connection enters through the tap device, to the
+    /// namespace's address, not its loopback; IPv4 only.
+    Stack,
     /// No port publishing.
     None,
 }
@@ -98,8 +102,9 @@ pub struct RunConfig {
     pub command: Vec<OsString>,
     /// Addresses, policy, MTU and table bounds of the stack.
     pub stack: StackConfig,
-    /// Whether the builtin port driver serves published ports.
-    pub port_driver: bool,
+    /// What serves published ports (never [`PortDriver::Stack`] without the stack, never
+    /// [`PortDriver::Builtin`] with the host's network).
+    pub port_driver: PortDriver,
     /// Ports published before COMMAND starts (`-p`).
     pub publish: Vec<PortSpec>,
     /// Directories given a writable tmpfs copy in the namespace (`--copy-up`).
@@ -170,8 +175,8 @@ pub struct ApiNames {
 }
 
 impl ApiNames {
-    /// What `usernet run` reports: "usernet" (or "none") and the builtin port driver.
-    pub fn usernet(net_mode: NetMode, port_driver: bool) -> ApiNames {
+    /// What `usernet run` reports: "usernet" (or "none") and its port driver.
+    pub fn usernet(net_mode: NetMode, port_driver: PortDriver) -> ApiNames {
         ApiNames {
             version: env!("CARGO_PKG_VERSION").into(),
             network_driver: match net_mode {
@@ -179,7 +184,11 @@ impl ApiNames {
                 NetMode::None => Some("none".into()),
                 NetMode::Host => None,
             },
-            port_driver: port_driver.then(PortDriverInfo::builtin),
+            port_driver: match port_driver {
+                PortDriver::Builtin => Some(PortDriverInfo::builtin()),
+                PortDriver::Stack => Some(PortDriverInfo::stack("stack")),
+                PortDriver::None => None,
+            },
         }
     }
 }

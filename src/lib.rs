@@ -15,6 +15,8 @@
 //! - [`attach`]: `usernet attach`, connecting a namespace that already exists, and
 //!   [`slirp4netns`], the same process behind slirp4netns's command line and API;
 //! - [`rootlesskit`]: rootlesskit's command line in front of the launcher;
+//! - [`portdriver`]: rootlesskit's builtin port driver (a relay with splice), and
+//!   [`stack_ports`]: published ports served by the stack's own forwards instead;
 //! - [`harden`]: the sandbox and seccomp filter of the long-lived process;
 //! - [`observe`]: the flow table, counters and packet capture (`usernet flows`, `stats`,
 //!   `--pcap`);
@@ -46,6 +48,7 @@ pub mod runtime;
 pub mod slab;
 pub mod slirp4netns;
 pub mod stack;
+pub mod stack_ports;
 pub mod tap;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

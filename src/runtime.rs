@@ -26,7 +26,7 @@ use nix::sys::signal::SigSet;
 
 use crate::harden::{self, Hardening, Keep, Sandbox};
 use crate::observe::capture::CaptureConfig;
-use crate::observe::probe::{self, Answer, Probe, ProbeEnd, Query};
+use crate::observe::probe::{self, Probe, ProbeEnd};
 use crate::process::signals::{self, Signals};
 use crate::process::tune_malloc;
 use crate::stack::{Stack, StackConfig};
@@ -34,7 +34,7 @@ use crate::stack::{Stack, StackConfig};
 /// Token of the signalfd on the stack's poller.
 pub const SIGNALS_TOKEN: Token = Token(1);
 /// Token of the [probe](crate::observe::probe) waker on the stack's poller: another thread
-/// asks for the flow table or the counters.
+/// asks for the flow table or the counters, or to change the stack's forwards.
 pub const PROBE_TOKEN: Token = Token(4);
 
 /// Step 1: block `handled`, to be read from a signalfd.
@@ -60,11 +60,8 @@ pub fn probe(stack: &Stack) -> Result<(Probe, ProbeEnd)> {
 }
 
 /// Answer the queries waiting on `end` from `stack` (on the stack's thread).
-pub fn answer_probe(end: &ProbeEnd, stack: &Stack) {
-    end.answer(|query| match query {
-        Query::Flows => Answer::Flows(stack.flow_table()),
-        Query::Stats => Answer::Stats(Box::new(stack.counters())),
-    });
+pub fn answer_probe(end: &ProbeEnd, stack: &mut Stack) {
+    end.answer(|query| crate::stack_ports::answer(stack, query));
 }
 
 /// Step 3: the sandbox (keeping `keep` reachable), then the seccomp filter.

@@ -90,6 +90,16 @@ impl PortDriverInfo {
             disallow_loopback_child_ip: false,
         }
     }
+
+    /// A driver that forwards through the stack (rootlesskit's slirp4netns port driver, or
+    /// usernet's `stack`), reported as `driver`: IPv4 only, to the namespace's address.
+    pub fn stack(driver: &str) -> Self {
+        PortDriverInfo {
+            driver: driver.into(),
+            protos: ["tcp", "tcp4", "udp", "udp4"].map(String::from).to_vec(),
+            disallow_loopback_child_ip: true,
+        }
+    }
 }
 
 #[derive(Serialize)]

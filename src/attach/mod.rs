@@ -20,7 +20,6 @@ mod watch;
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -35,12 +34,11 @@ use crate::api::Server;
 use crate::api::slirp::SlirpApi;
 use crate::config::{AttachConfig, OnSignal, Target};
 use crate::harden;
-use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::process::signals::{self, Signals};
 use crate::runtime;
-use crate::stack::hostfwd::{ForwardSpec, Proto};
+use crate::stack::WAKEUP_TOKEN;
 use crate::stack::token::Kind;
-use crate::stack::{Stack, WAKEUP_TOKEN};
+use crate::stack_ports::StackForwards;
 use namespace::{Configure, Namespaces};
 use watch::TargetWatch;
 
@@ -226,80 +224,6 @@ pub fn run(cfg: AttachConfig) -> Result<i32> {
         }
     };
     Ok(code)
-}
-
-/// The stack's forward table, as the API sees it: slirp-style forwards, IPv4 and `tcp` or
-/// `udp` only, that enter the guest through the stack.
-struct StackForwards<'a>(&'a mut Stack);
-
-impl PortManager for StackForwards<'_> {
-    fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
-        let forward = forward_spec(&spec)?;
-        let id = self
-            .0
-            .add_forward(forward)
-            .map_err(|e| PortError(e.to_string()))?;
-        Ok(PortStatus {
-            id,
-            spec: port_spec(&forward),
-        })
-    }
-
-    fn remove(&mut self, id: i64) -> Result<(), PortError> {
-        if self.0.remove_forward(id) {
-            Ok(())
-        } else {
-            Err(PortError(format!("unknown id: {id}")))
-        }
-    }
-
-    fn observer(&mut self) -> Option<&mut dyn crate::observe::Observer> {
-        Some(&mut *self.0)
-    }
-
-    fn list(&self) -> Vec<PortStatus> {
-        self.0
-            .forwards()
-            .into_iter()
-            .map(|(id, f)| PortStatus {
-                id,
-                spec: port_spec(&f),
-            })
-            .collect()
-    }
-}
-
-/// A port spec as a forward of the stack's (an empty host address is every address).
-fn forward_spec(spec: &PortSpec) -> Result<ForwardSpec, PortError> {
-    let bad = |what: &str| PortError(format!("a forward needs {what}"));
-    let proto = match spec.proto.as_str() {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        _ => return Err(bad("proto tcp or udp")),
-    };
-    let address = |s: &str| -> Result<Ipv4Addr, PortError> {
-        if s.is_empty() {
-            return Ok(Ipv4Addr::UNSPECIFIED);
-        }
-        s.parse().map_err(|_| bad("IPv4 addresses"))
-    };
-    let port = |p: i64| u16::try_from(p).map_err(|_| bad("ports in 1..65535"));
-    Ok(ForwardSpec {
-        proto,
-        host: SocketAddrV4::new(address(&spec.parent_ip)?, port(spec.parent_port)?),
-        guest: SocketAddrV4::new(address(&spec.child_ip)?, port(spec.child_port)?),
-    })
-}
-
-/// A forward of the stack's as a port spec.
-fn port_spec(f: &ForwardSpec) -> PortSpec {
-    PortSpec {
-        proto: f.proto.as_str().into(),
-        parent_ip: f.host.ip().to_string(),
-        parent_port: f.host.port().into(),
-        child_ip: f.guest.ip().to_string(),
-        child_port: f.guest.port().into(),
-    }
 }
 
 /// slirp4netns replaces what is at its API socket's path; we replace only a socket of ours

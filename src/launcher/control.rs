@@ -1,9 +1,10 @@
-//! The parent's second thread: the REST API on `api.sock` and the port forwarder.
+//! The parent's second thread: the REST API on `api.sock` and the builtin port driver's relay.
 //!
 //! They live apart from the guest's network stack so that a slow API client or a busy
 //! published port never delays a guest frame, and so inbound relays get a core of their own.
 //! Both are set up on the main thread (ports from `-p` must exist before COMMAND starts) and
-//! then moved here with their own mio poller.
+//! then moved here with their own mio poller. With `--port-driver stack` the ports are the
+//! stack's own forwards: the API reaches them on the stack's thread through its probe.
 
 use std::io;
 use std::path::Path;
@@ -17,6 +18,7 @@ use crate::observe::probe::Probe;
 use crate::portdriver::parent::{self as forwarder, Forwarder, Ports};
 use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::slab::Id;
+use crate::stack_ports::ProbedForwards;
 
 /// How often idle API connections and UDP clients are swept.
 const SWEEP: Duration = Duration::from_secs(5);
@@ -24,32 +26,52 @@ const SWEEP: Duration = Duration::from_secs(5);
 pub struct Control {
     poll: Poll,
     api: Server<RestApi>,
+    /// The builtin port driver, if it serves the published ports.
     forwarder: Option<Forwarder>,
+    /// The stack's forwards, if they serve the published ports instead.
+    stack_forwards: Option<ProbedForwards>,
+}
+
+/// What serves the ports the API publishes.
+pub enum Inbound {
+    /// Nothing: the API refuses to publish.
+    None,
+    /// The builtin port driver, whose relay runs on this thread.
+    Relay(Box<Forwarder>),
+    /// The stack's forwards, on the stack's thread.
+    Stack(ProbedForwards),
 }
 
 impl Control {
     /// Listen on `api_sock`, serving `info`, the stack's flows and counters through `probe`,
-    /// and forwarding through `forwarder` if given.
+    /// and publishing ports through `inbound`.
     pub fn new(
         api_sock: &Path,
         info: Info,
         limits: api::Limits,
         probe: Option<Probe>,
-        forwarder: Option<Forwarder>,
+        inbound: Inbound,
     ) -> io::Result<Control> {
         let poll = Poll::new()?;
         let protocol = RestApi::new(info, limits).with_probe(probe);
         let settings = protocol.settings();
         let mut api = Server::bind(api_sock, protocol, settings)?;
         api.register(poll.registry())?;
+        let (forwarder, stack_forwards) = match inbound {
+            Inbound::None => (None, None),
+            Inbound::Relay(f) => (Some(*f), None),
+            Inbound::Stack(s) => (None, Some(s)),
+        };
         Ok(Control {
             poll,
             api,
             forwarder,
+            stack_forwards,
         })
     }
 
-    /// Publish a port now (used for `-p`, before the thread starts).
+    /// Publish a port through the builtin port driver now (used for `-p`, before the thread
+    /// starts; the stack's forwards are published on the stack's thread).
     pub fn publish(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
         match &mut self.forwarder {
             Some(forwarder) => Ports {
@@ -90,6 +112,7 @@ impl Control {
                 dispatch(
                     &mut self.api,
                     self.forwarder.as_mut(),
+                    self.stack_forwards.as_mut(),
                     registry,
                     event.token(),
                 );
@@ -111,6 +134,7 @@ const _: () = assert!(rest::KIND_CONNECTION >= forwarder::FIRST_FREE_KIND);
 fn dispatch(
     api: &mut Server<RestApi>,
     forwarder: Option<&mut Forwarder>,
+    stack_forwards: Option<&mut ProbedForwards>,
     registry: &Registry,
     token: mio::Token,
 ) {
@@ -128,14 +152,15 @@ fn dispatch(
     if bits != rest::KIND_CONNECTION {
         return;
     }
-    match forwarder {
-        Some(forwarder) => {
+    match (forwarder, stack_forwards) {
+        (Some(forwarder), _) => {
             let mut ports = Ports {
                 forwarder,
                 registry,
             };
             api.on_event(id, registry, Some(&mut ports));
         }
-        None => api.on_event(id, registry, None),
+        (None, Some(forwards)) => api.on_event(id, registry, Some(forwards)),
+        (None, None) => api.on_event(id, registry, None),
     }
 }

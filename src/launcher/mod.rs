@@ -34,17 +34,19 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid};
 
 use crate::api::{self, Info, NetworkDriverInfo};
-use crate::config::{NetMode, RunConfig};
+use crate::config::{NetMode, PortDriver, RunConfig};
 use crate::harden;
 use crate::portdriver::parent::Forwarder;
+use crate::ports::PortManager;
 use crate::process::channel::{Channel, Msg};
 use crate::process::reaper::{self, Reaper};
 use crate::process::signals::{self, Signals};
 use crate::process::{CommandExit, Failure, activation, raise_fd_limit, txqueuelen};
 use crate::resolv::{HOST_RESOLV_CONF, ResolvConf};
 use crate::runtime;
+use crate::stack_ports::{ProbedForwards, StackForwards};
 use child::ChildConfig;
-use control::Control;
+use control::{Control, Inbound};
 use statedir::{Entry, Kind, StateDir};
 
 pub use idmap::Mapping;
@@ -58,7 +60,7 @@ pub fn run(cfg: RunConfig) -> Result<i32> {
 
 /// Run COMMAND as configured; how it ended.
 pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
-    if !cfg.publish.is_empty() && !cfg.port_driver {
+    if !cfg.publish.is_empty() && cfg.port_driver == PortDriver::None {
         // The command line's check says which flag is in the way; this only guards the API.
         return Err(anyhow!("cannot publish ports: the port driver is off"));
     }
@@ -75,7 +77,8 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
     }
     let bp_sock = state.path().join(".bp.sock");
     let bp_ready = state.path().join(".bp-ready.pipe");
-    let ready_fifo = if cfg.port_driver {
+    let builtin_ports = cfg.port_driver == PortDriver::Builtin;
+    let ready_fifo = if builtin_ports {
         Some(state.make_fifo(".bp-ready.pipe")?)
     } else {
         None
@@ -127,7 +130,7 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         parent: getpid(),
         state_dir: state.path().to_path_buf(),
         state_cleaner: state.cleaner().ok(),
-        port_driver: cfg.port_driver.then(|| (bp_sock.clone(), bp_ready.clone())),
+        port_driver: builtin_ports.then(|| (bp_sock.clone(), bp_ready.clone())),
     };
 
     // Block the handled signals before forking, so none is lost in between; both processes
@@ -240,18 +243,29 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         }
         None => (None, None),
     };
+    let inbound = match (forwarder, &stack, &probe) {
+        (Some(f), _, _) => Inbound::Relay(Box::new(f)),
+        (None, Some(_), Some(probe)) if cfg.port_driver == PortDriver::Stack => {
+            Inbound::Stack(ProbedForwards(probe.clone()))
+        }
+        _ => Inbound::None,
+    };
     let mut control = Control::new(
         &state.path().join("api.sock"),
         info,
         cfg.api_limits,
         probe,
-        forwarder,
+        inbound,
     )
     .context("cannot listen on api.sock")?;
     for spec in std::mem::take(&mut cfg.publish) {
-        control
-            .publish(spec.clone())
-            .map_err(|e| anyhow!("cannot publish port {spec}: {e}"))?;
+        let published = match &mut stack {
+            Some(stack) if cfg.port_driver == PortDriver::Stack => {
+                StackForwards(stack).add(spec.clone())
+            }
+            _ => control.publish(spec.clone()),
+        };
+        published.map_err(|e| anyhow!("cannot publish port {spec}: {e}"))?;
     }
     // Setup is done: shrink what this process may do before the first guest packet or API
     // request is read. The state dir stays visible (the port driver dials .bp.sock in it).
@@ -377,7 +391,7 @@ fn state_entries(cfg: &RunConfig, with_resolv_conf: bool, with_hosts: bool) -> V
     if cfg.detach_netns {
         entries.push(Entry::new(NETNS, Kind::File));
     }
-    if cfg.port_driver {
+    if cfg.port_driver == PortDriver::Builtin {
         entries.push(Entry::new(".bp-ready.pipe", Kind::Fifo));
         entries.push(Entry::new(".bp.sock", Kind::Socket));
     }
@@ -464,7 +478,7 @@ fn api_info(cfg: &RunConfig, state_dir: &Path, child: Pid) -> Info {
         state_dir: state_dir.display().to_string(),
         child_pid: i64::from(child.as_raw()),
         network_driver,
-        port_driver: if cfg.port_driver {
+        port_driver: if cfg.port_driver != PortDriver::None {
             cfg.api_names.port_driver.clone()
         } else {
             None

@@ -1,5 +1,6 @@
 //! How the control thread (the REST API of `usernet run`) asks the stack's thread for the flow
-//! table and the counters, without sharing the stack's tables or locking them.
+//! table and the counters, and (with `--port-driver stack`) to add, list and remove the
+//! stack's forwards, without sharing the stack's tables or locking them.
 //!
 //! A [`Probe`] sends a [`Query`] over a bounded channel and wakes the stack's poller (a
 //! `mio::Waker` on the stack's registry). The stack's thread, on that token, answers every
@@ -15,6 +16,7 @@ use std::time::Duration;
 use mio::{Registry, Token, Waker};
 
 use super::{FlowTable, ObserveError, Observer, Stats};
+use crate::ports::{PortError, PortSpec, PortStatus};
 
 /// Queries waiting for the stack at once; more are answered "busy".
 const QUEUE: usize = 8;
@@ -22,10 +24,16 @@ const QUEUE: usize = 8;
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a reader wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     Flows,
     Stats,
+    /// Publish a port through the stack's forwards.
+    AddPort(PortSpec),
+    /// Stop forwarding the port with this id.
+    RemovePort(i64),
+    /// The stack's forwards.
+    ListPorts,
 }
 
 /// The stack's answer.
@@ -33,6 +41,9 @@ pub enum Query {
 pub enum Answer {
     Flows(FlowTable),
     Stats(Box<Stats>),
+    PortAdded(Result<PortStatus, PortError>),
+    PortRemoved(Result<(), PortError>),
+    Ports(Vec<PortStatus>),
 }
 
 type Request = (Query, SyncSender<Answer>);
@@ -78,14 +89,14 @@ impl Observer for Probe {
     fn flows(&mut self) -> Result<FlowTable, ObserveError> {
         match self.ask(Query::Flows)? {
             Answer::Flows(table) => Ok(table),
-            Answer::Stats(_) => Err(ObserveError::Busy),
+            _ => Err(ObserveError::Busy),
         }
     }
 
     fn stats(&mut self) -> Result<Stats, ObserveError> {
         match self.ask(Query::Stats)? {
             Answer::Stats(stats) => Ok(*stats),
-            Answer::Flows(_) => Err(ObserveError::Busy),
+            _ => Err(ObserveError::Busy),
         }
     }
 }
@@ -120,6 +131,7 @@ mod tests {
                     omitted: 7,
                 }),
                 Query::Stats => Answer::Stats(Box::default()),
+                _ => Answer::Ports(Vec::new()),
             });
         });
         assert_eq!(probe.flows().unwrap().omitted, 7);

@@ -33,7 +33,9 @@ use clap::ValueEnum;
 use super::args::Options;
 use super::help::VERSION;
 use crate::api::PortDriverInfo;
-use crate::config::{ApiNames, ExtraNamespaces, NetMode, Propagation, RunConfig, SubidSource};
+use crate::config::{
+    ApiNames, ExtraNamespaces, NetMode, PortDriver, Propagation, RunConfig, SubidSource,
+};
 use crate::harden::Hardening;
 use crate::net::{DEFAULT_MTU, HostNumbers, IPV6_MIN_MTU, MAX_MTU, MIN_MTU, VirtualNetwork};
 use crate::observe::capture::{CaptureConfig, check_max_bytes};
@@ -291,7 +293,12 @@ pub fn run_config(o: &Options, command: Vec<OsString>) -> Result<RunConfig, Stri
         state_dir: (!o.state_dir.is_empty()).then(|| PathBuf::from(&o.state_dir)),
         command,
         stack,
-        port_driver: port_driver.is_some(),
+        port_driver: match &port_driver {
+            None => PortDriver::None,
+            // As rootlesskit's: through the network's own stack, which usernet serves.
+            Some(info) if info.driver == "slirp4netns" => PortDriver::Stack,
+            Some(_) => PortDriver::Builtin,
+        },
         publish,
         copy_up,
         propagation,
@@ -384,11 +391,7 @@ fn port_driver(
             if net != "slirp4netns" {
                 return Err("port driver requires slirp4netns network".into());
             }
-            PortDriverInfo {
-                driver: "slirp4netns".into(),
-                protos: ["tcp", "tcp4", "udp", "udp4"].map(String::from).to_vec(),
-                disallow_loopback_child_ip: true,
-            }
+            PortDriverInfo::stack("slirp4netns")
         }
         "builtin" => builtin,
         "gvisor-tap-vsock" | "gvisortapvsock" => PortDriverInfo {
@@ -678,6 +681,11 @@ mod tests {
         let s = info(&["--net=slirp4netns", "--port-driver=slirp4netns"]).unwrap();
         assert_eq!(s.protos, ["tcp", "tcp4", "udp", "udp4"]);
         assert!(s.disallow_loopback_child_ip);
+        // Served as rootlesskit serves it: through the network's stack, not a relay.
+        let c = config(&["--net=slirp4netns", "--port-driver=slirp4netns"]).unwrap();
+        assert_eq!(c.port_driver, PortDriver::Stack);
+        let c = config(&["--net=slirp4netns", "--port-driver=builtin"]).unwrap();
+        assert_eq!(c.port_driver, PortDriver::Builtin);
         assert_eq!(
             info(&["--net=pasta", "--port-driver=implicit"])
                 .unwrap()
@@ -692,7 +700,7 @@ mod tests {
         );
         assert!(info(&["--net=builtin"]).is_none());
         let c = config(&["--net=none", "--port-driver=builtin"]).unwrap();
-        assert!(c.port_driver);
+        assert_eq!(c.port_driver, PortDriver::Builtin);
         assert_eq!(c.api_names.network_driver.as_deref(), Some("none"));
         let c = config(&[]).unwrap();
         assert_eq!(

@@ -2,8 +2,11 @@
 //! guest through the stack itself, the way slirp4netns's `add_hostfwd` works.
 //!
 //! This is the inbound path of `usernet attach` and the slirp4netns drop-in, where usernet
-//! does not own a process inside the namespace that could dial for it (`usernet run` uses the
-//! faster builtin port driver instead, see `crate::portdriver`). A connection accepted here
+//! does not own a process inside the namespace that could dial for it, and of `usernet run
+//! --port-driver stack` (rootlesskit's slirp4netns port driver; `crate::stack_ports` turns port
+//! specs into forwards). `usernet run`'s default is the builtin port driver
+//! (`crate::portdriver`), which dials inside and so also reaches servers on the namespace's
+//! loopback, at the cost of a second kernel TCP connection. A connection accepted here
 //! becomes a TCP flow whose smoltcp socket connects to the guest; a datagram becomes a UDP NAT
 //! entry bound to its client.
 //!

@@ -375,3 +375,111 @@ pub fn privileged_port_as_a_user_says_how_to_allow_it() -> Result<(), Unmet> {
     assert!(!state.exists());
     Ok(())
 }
+
+/// `--port-driver stack`: published ports enter through usernet's own stack (as slirp4netns's
+/// add_hostfwd) rather than a socket opened inside. 64 MiB each way at once by hash, UDP, the
+/// client's address as the server sees it (the gateway for a loopback client), a server on
+/// the namespace's loopback out of reach (as with slirp4netns), the REST API adding and
+/// refusing what the stack cannot forward, and the stack's counters showing the connections
+/// came through it.
+pub fn stack_port_driver_forwards_through_the_stack() {
+    let world = World::new();
+    let tmp = TempDir::new();
+    let state = tmp.join("state");
+    let dir = state.to_str().unwrap();
+    let bytes = (64 * MIB).to_string();
+    let flags = [
+        "--state-dir",
+        dir,
+        "--port-driver",
+        "stack",
+        "-p",
+        "18020:8020",
+        "-p",
+        "127.0.0.1:18021:7021/udp",
+        "-p",
+        "18022:8022",
+        "-p",
+        "18023:8023",
+    ];
+    let script = format!(
+        "$T tcp-server 0.0.0.0:8020 {bytes} duplex & $T udp-echo 0.0.0.0:7021 & \
+         $T tcp-peer 0.0.0.0:8022 & exec $T tcp-peer 127.0.0.1:8023"
+    );
+    let mut usernet = crate::services::guest_server(&world, &flags, &script, 4);
+    let out = run(
+        &mut world.tool(&["tcp-client", "127.0.0.1:18020", &bytes, &bytes, "duplex"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert!(
+        out.stdout.starts_with("OK sent=67108864 received=67108864"),
+        "{out:#?}"
+    );
+    let out = run(
+        &mut world.tool(&["udp-client", "127.0.0.1:18021", "500", "60000"]),
+        LIMIT,
+    );
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), "OK 500");
+    // The client's address: a world address as it is, loopback as the gateway.
+    run(&mut world.tool(&["tcp-connect", "198.18.0.1:18022"]), LIMIT).assert_ok();
+    let peer = usernet.next_line();
+    assert!(peer.starts_with("peer 198.18.0.1:"), "{peer}");
+    run(&mut world.tool(&["tcp-connect", "127.0.0.1:18022"]), LIMIT).assert_ok();
+    let peer = usernet.next_line();
+    assert!(peer.starts_with("peer 10.0.2.2:"), "{peer}");
+    // A server on the namespace's loopback only: the forward to its address is refused.
+    let out = run(
+        &mut world.tool(&["tcp-read-until-end", "127.0.0.1:18023"]),
+        LIMIT,
+    );
+    assert_eq!(out.stdout.trim(), "reset 0", "{out:#?}");
+    // Every connection above was a flow of the stack's, none a relay's.
+    let out = run(&mut world.usernet(&["stats", "--state-dir", dir]), LIMIT);
+    out.assert_ok();
+    let flows = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("flows: "))
+        .unwrap_or_default();
+    assert!(flows.contains("inbound 4)"), "{flows}: {out:#?}");
+    // The API: info names the driver; a port is added and used; what the stack cannot
+    // forward is refused with why.
+    let cli = |args: &[&str]| run(world.usernet(args).args(["--state-dir", dir]), LIMIT);
+    let out = cli(&["info", "--json"]);
+    out.assert_ok();
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(info["portDriver"]["driver"], "stack");
+    assert_eq!(info["portDriver"]["disallowLoopbackChildIP"], true);
+    let out = cli(&["ports", "add", "127.0.0.1:18024:10.0.2.100:8022/tcp4"]);
+    out.assert_ok();
+    assert_eq!(out.stdout, "5\n");
+    run(&mut world.tool(&["tcp-connect", "127.0.0.1:18024"]), LIMIT).assert_ok();
+    assert!(usernet.next_line().starts_with("peer 10.0.2.2:"));
+    for (spec, why) in [
+        (
+            "18025:127.0.0.1:8022",
+            "child IP 127.0.0.1 cannot be reached",
+        ),
+        (
+            "18025:8022/tcp6",
+            "ports forwarded through the stack are IPv4",
+        ),
+        (
+            "[::1]:18025:8022",
+            "parent IP \"::1\" is not an IPv4 address",
+        ),
+    ] {
+        let out = cli(&["ports", "add", spec]);
+        assert_eq!(out.code(), Some(1), "{spec}: {out:#?}");
+        assert!(out.stderr.contains(why), "{spec}: {out:#?}");
+    }
+    let out = cli(&["ports", "remove", "5"]);
+    assert_eq!(out.stdout, "5\n");
+    let out = run(&mut world.tool(&["tcp-connect", "127.0.0.1:18024"]), LIMIT);
+    assert!(
+        out.stdout.starts_with("ConnectionRefused"),
+        "removed port still open: {out:#?}"
+    );
+}

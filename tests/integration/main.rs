@@ -134,6 +134,7 @@ fn main() {
         inbound::publish_errors_are_one_line_and_leave_nothing,
         inbound::ps_lists_running_usernets_and_info_finds_the_only_one,
         inbound::privileged_port_as_a_user_says_how_to_allow_it,
+        inbound::stack_port_driver_forwards_through_the_stack,
         limits::tcp_flow_bound_resets_new_connections_and_keeps_the_open_ones,
         limits::pending_connect_bound_evicts_the_least_recent_and_keeps_the_open_ones,
         limits::udp_flow_bound_refuses_new_flows_and_keeps_the_conversations,

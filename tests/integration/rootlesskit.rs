@@ -742,6 +742,33 @@ pub fn rootlessctl_drives_the_personalitys_api_socket() {
             LIMIT,
         );
         out.assert_ok();
+        // The slirp4netns driver forwards through the network's stack (a flow of the
+        // stack's), as rootlesskit's does; the builtin one relays a socket opened inside.
+        let stack_driver = flags.contains(&"--port-driver=slirp4netns");
+        let stats = run(
+            &mut world.usernet(&["stats", "--state-dir", state.to_str().unwrap()]),
+            LIMIT,
+        );
+        stats.assert_ok();
+        let inbound = if stack_driver {
+            "inbound 1)"
+        } else {
+            "inbound 0)"
+        };
+        assert!(stats.stdout.contains(inbound), "{inbound}: {stats:#?}");
+        if stack_driver {
+            // And refuses what clients are told not to send (disallowLoopbackChildIP).
+            let out = run(
+                world
+                    .command("rootlessctl")
+                    .arg("--socket")
+                    .arg(state.join("api.sock"))
+                    .args(["add-ports", "127.0.0.1:18141:127.0.0.1:8140/tcp"]),
+                LIMIT,
+            );
+            assert_eq!(out.code(), Some(1), "{out:#?}");
+            assert!(out.stderr.contains("child IP 127.0.0.1"), "{out:#?}");
+        }
         let list = rootlessctl(&world, &state, &["list-ports", "--json"]);
         assert!(list.stdout.contains("\"parentPort\":18140"), "{list:#?}");
         assert_eq!(
