@@ -149,9 +149,9 @@ done
 
 echo
 echo "host -> child TCP through a published port, iperf3 ${seconds}s, one stream, MTU 65520 (Gbit/s)"
-printf '%-44s %10s %8s %16s\n' "port driver" "Gbit/s" "/veth" "/rootlesskit"
+printf '%-50s %10s %8s %16s\n' "port driver" "Gbit/s" "/veth" "/rootlesskit"
 row() { # tool label
-    printf '%-44s %10s %8s %16s\n' "$2" "${result[$1]}" "$(ratio "${result[$1]}" "${result[veth]}")" \
+    printf '%-50s %10s %8s %16s\n' "$2" "${result[$1]}" "$(ratio "${result[$1]}" "${result[veth]}")" \
         "$(ratio "${result[$1]}" "${result[rootlesskit]}")"
 }
 row veth "veth pair, no forwarding (the kernel's path)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Latency and memory of usernet, slirp4netns and pasta, side by side, in one run.
 #
-# Usage: bench/latency.sh        (BENCH_SECONDS=5 per latency test, BENCH_CONNECTS=2000)
+# Usage: bench/latency.sh        (BENCH_SECONDS=5 per latency test, BENCH_CONNECTS=2000,
+#                                 BENCH_ROUNDS=3)
 #
 # Everything runs inside a throwaway user+network namespace (the "world"): the servers listen
 # on the world's 127.0.0.1 and each tool's guest reaches them through its gateway alias
@@ -9,8 +10,12 @@
 # packet leaves the world.
 #
 # In each tool's guest, one after the other:
-# - TCP and UDP request/response round trips of 64 bytes (sockperf ping-pong, --full-rtt);
-# - connect, one byte each way, close, BENCH_CONNECTS times in a row (bench/crr.py);
+# - TCP and UDP request/response round trips of 64 bytes (sockperf ping-pong, --full-rtt),
+#   and connect, one byte each way, close, BENCH_CONNECTS times in a row (bench/crr.py), in
+#   BENCH_ROUNDS rounds that take the tools in turn (slirp4netns, pasta, usernet, then
+#   again), each tool's result the median of its rounds: round trips on an idle VM drift by a
+#   third within minutes, more than the tools differ, and interleaving spreads the drift over
+#   all of them;
 # - 1000 idle TCP connections held open (to the echo server, which closes when they do),
 #   then 4 iperf3 streams for BENCH_SECONDS.
 # Memory is the proportional set size (PSS, so pages shared between usernet's two processes
@@ -23,6 +28,7 @@ source "$(dirname "$0")/lib.sh"
 here=$bench_dir
 seconds=${BENCH_SECONDS:-5}
 connects=${BENCH_CONNECTS:-2000}
+rounds=${BENCH_ROUNDS:-3}
 
 need_packages sockperf:sockperf iperf3:iperf3 slirp4netns:slirp4netns pasta:passt \
     python3:python3 ip:iproute2
@@ -41,15 +47,20 @@ iperf3 -s -B 127.0.0.1 -p 5201 >/dev/null 2>&1 & servers+=($!)
 sleep 1
 
 # What runs in each guest, with GW the gateway. "MEM label" asks for a memory sample now;
-# "RES name p50 p99" is a result.
-guest_script='
+# "RES name p50 p99" is a result. One round of round trips:
+rr_script='
 set -e
 pp() { sockperf pp -i "$GW" -t '"$seconds"' --full-rtt -m 64 "$@" 2>&1 |
     awk "/percentile 50.000/ {p50 = \$NF} /percentile 99.000/ {p99 = \$NF} END {print p50, p99}"; }
-sleep 1; echo "MEM idle"; sleep 0.5
+sleep 1
 echo "RES tcp_rr $(pp -p 11111 --tcp)"
 echo "RES udp_rr $(pp -p 11112)"
 echo "RES tcp_crr $(python3 '"$here"'/crr.py "$GW" 7000 '"$connects"')"
+'
+# The rest, once per tool:
+main_script='
+set -e
+sleep 1; echo "MEM idle"; sleep 0.5
 python3 '"$here"'/idle_clients.py "$GW" 7000 1000 2>/dev/null & idle=$!
 sleep 4; echo "MEM conns"; sleep 0.5
 kill $idle; wait $idle 2>/dev/null || true
@@ -59,8 +70,9 @@ wait $load
 sleep 2; echo "MEM after"; sleep 0.5
 '
 
+# Each runs $script in the tool's guest.
 run_usernet() {
-    GW=10.0.2.2 "$USERNET_BIN" run --mtu 65520 -- sh -c "$guest_script"
+    GW=10.0.2.2 "$USERNET_BIN" run --mtu 65520 -- sh -c "$script"
 }
 
 run_slirp4netns() {
@@ -73,13 +85,13 @@ run_slirp4netns() {
         nsenter -t "$ns" -U -n --preserve-credentials ip -o link show tap0 2>/dev/null | grep -q UP && break
         sleep 0.1
     done
-    GW=10.0.2.2 nsenter -t "$ns" -U -n --preserve-credentials sh -c "$guest_script" || true
+    GW=10.0.2.2 nsenter -t "$ns" -U -n --preserve-credentials sh -c "$script" || true
     kill "$s4" "$ns" 2>/dev/null || true
     wait "$s4" "$ns" 2>/dev/null || true
 }
 
 run_pasta() {
-    GW=192.0.2.254 pasta --config-net --mtu 65520 --runas 0:0 -q -- sh -c "$guest_script" 2>/dev/null
+    GW=192.0.2.254 pasta --config-net --mtu 65520 --runas 0:0 -q -- sh -c "$script" 2>/dev/null
 }
 
 # PSS in MiB of the networking processes under PID (the tool's own, not the guest's).
@@ -104,8 +116,10 @@ pss_under() { # pid
 
 declare -A result
 tools=(slirp4netns pasta usernet)
-for tool in "${tools[@]}"; do
-    echo "measuring $tool..." >&2
+# Run $script in each tool's guest; results as "RES" lines say, appended (space-separated)
+# when `append` is set.
+measure() { # tool [append]
+    local tool=$1 append=${2:-}
     rm -f "$tmp/out"
     mkfifo "$tmp/out"
     "run_$tool" >"$tmp/out" &
@@ -115,12 +129,41 @@ for tool in "${tools[@]}"; do
             "MEM "*) result[$tool,mem_${line#MEM }]=$(pss_under "$top") ;;
             "RES "*)
                 read -r _ name p50 p99 <<<"$line"
-                result[$tool,$name]=${p50:-failed}
-                result[$tool,${name}_p99]=${p99:-failed}
+                if [ -n "$append" ]; then
+                    result[$tool,${name}_all]+="${p50:-failed} "
+                    result[$tool,${name}_p99_all]+="${p99:-failed} "
+                else
+                    result[$tool,$name]=${p50:-failed}
+                    result[$tool,${name}_p99]=${p99:-failed}
+                fi
                 ;;
         esac
     done <"$tmp/out"
     wait "$top" || true
+}
+# The median of space-separated numbers ("failed" if any failed).
+median() {
+    echo "$1" | tr ' ' '\n' | grep -v '^$' | sort -g | awk '
+        /failed/ { bad = 1 } { v[NR] = $1 }
+        END { if (bad || NR == 0) print "failed"; else print v[int((NR + 1) / 2)] }'
+}
+script=$rr_script
+for round in $(seq "$rounds"); do
+    for tool in "${tools[@]}"; do
+        echo "measuring $tool, round trips, round $round of $rounds..." >&2
+        measure "$tool" append
+    done
+done
+for tool in "${tools[@]}"; do
+    for t in tcp_rr udp_rr tcp_crr; do
+        result[$tool,$t]=$(median "${result[$tool,${t}_all]:-failed}")
+        result[$tool,${t}_p99]=$(median "${result[$tool,${t}_p99_all]:-failed}")
+    done
+done
+script=$main_script
+for tool in "${tools[@]}"; do
+    echo "measuring $tool..." >&2
+    measure "$tool"
 done
 
 cell() { # tool key
@@ -128,7 +171,8 @@ cell() { # tool key
 }
 
 echo
-echo "round trips through each tool, µs (median / 99th percentile; lower is better)"
+echo "round trips through each tool, µs (median / 99th percentile, each the median of $rounds rounds;"
+echo "lower is better)"
 printf '%-40s %17s %17s %17s %9s %9s\n' "test" "slirp4netns" "pasta" "usernet" "vs s4nns" "vs pasta"
 for t in tcp_rr udp_rr tcp_crr; do
     case $t in
@@ -142,6 +186,16 @@ for t in tcp_rr udp_rr tcp_crr; do
     done
     printf ' %9s %9s\n' "$(ratio "$(cell usernet "$t")" "$(cell slirp4netns "$t")")" \
         "$(ratio "$(cell usernet "$t")" "$(cell pasta "$t")")"
+done
+echo "per round, median µs (usernet / pasta):"
+for t in tcp_rr udp_rr tcp_crr; do
+    read -ra u <<<"${result[usernet,${t}_all]:-}"
+    read -ra p <<<"${result[pasta,${t}_all]:-}"
+    printf '  %-8s' "$t"
+    for i in "${!u[@]}"; do
+        printf ' %s/%s (%s)' "${u[$i]}" "${p[$i]:-?}" "$(ratio "${u[$i]}" "${p[$i]:-failed}")"
+    done
+    echo
 done
 echo
 echo "memory of the tool's own processes, PSS MiB (lower is better)"
