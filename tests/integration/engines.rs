@@ -310,6 +310,18 @@ fn state_dir_of(uid: u32, name: &str) -> Option<PathBuf> {
 }
 
 pub fn dockerd_rootless_runs_on_usernet_as_rootlesskit() -> Result<(), Unmet> {
+    docker_on_usernet("builtin", "builtin")?;
+    // dockerd-rootless.sh's other port driver: --net=slirp4netns --port-driver=slirp4netns,
+    // which usernet serves through its own stack, as rootlesskit does (Docker publishes to
+    // the namespace's address, as `disallowLoopbackChildIP` asks). One after the other: both
+    // run as the same user, whose processes the test counts.
+    docker_on_usernet("slirp4netns", "slirp4netns")
+}
+
+/// dockerd-rootless.sh with `net` and `port_driver`, finding usernet as rootlesskit: a
+/// download through 10.0.2.2 by hash, ports published on the address asked for only, and
+/// nothing left after SIGTERM.
+fn docker_on_usernet(net: &str, port_driver: &str) -> Result<(), Unmet> {
     let setup = Setup::for_engine(
         DOCKER_USER,
         &DOCKER_PROGRAMS,
@@ -325,7 +337,8 @@ pub fn dockerd_rootless_runs_on_usernet_as_rootlesskit() -> Result<(), Unmet> {
     let mut dockerd = Server::from_child(
         setup
             .as_user("/usr/share/docker.io/contrib/dockerd-rootless.sh")
-            .env("DOCKERD_ROOTLESS_ROOTLESSKIT_NET", "builtin")
+            .env("DOCKERD_ROOTLESS_ROOTLESSKIT_NET", net)
+            .env("DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER", port_driver)
             .env(
                 "DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS",
                 "--disable-host-loopback=false",
@@ -355,7 +368,9 @@ pub fn dockerd_rootless_runs_on_usernet_as_rootlesskit() -> Result<(), Unmet> {
     // What runs as rootlesskit is usernet, with its own stack (no helper program).
     let text = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(
-        text.contains("[rootlesskit:parent] --net=builtin: served by usernet's own network stack"),
+        text.contains(&format!(
+            "[rootlesskit:parent] --net={net}: served by usernet's own network stack"
+        )),
         "{text}"
     );
 
@@ -387,6 +402,27 @@ pub fn dockerd_rootless_runs_on_usernet_as_rootlesskit() -> Result<(), Unmet> {
         wrong.stdout.is_empty(),
         "published on 127.0.0.2 only: {wrong:#?}"
     );
+    // Which driver carried the pages: the stack's forwards count their connections as
+    // inbound flows, the builtin driver's relay is not a flow of the stack's.
+    let stats = run(
+        setup
+            .as_user(usernet_bin())
+            .args(["stats", "--state-dir", state.to_str().unwrap()]),
+        LIMIT,
+    );
+    stats.assert_ok();
+    let inbound: u64 = stats
+        .stdout
+        .split("inbound ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no inbound count: {stats:#?}"));
+    if port_driver == "slirp4netns" {
+        assert!(inbound >= 2, "through the stack: {stats:#?}");
+    } else {
+        assert_eq!(inbound, 0, "through the relay: {stats:#?}");
+    }
 
     // Stopping dockerd (SIGTERM to usernet, as systemd does) leaves nothing behind.
     for name in ["web1", "web2"] {
@@ -406,7 +442,7 @@ pub fn dockerd_rootless_runs_on_usernet_as_rootlesskit() -> Result<(), Unmet> {
         state.display()
     );
     println!(
-        "docker on usernet: download {expected} by hash, ports on 127.0.0.1 and 127.0.0.2 served, state dir {} gone, no process left",
+        "docker on usernet (--net={net} --port-driver={port_driver}): download {expected} by hash, ports on 127.0.0.1 and 127.0.0.2 served ({inbound} inbound flows of the stack's), state dir {} gone, no process left",
         state.display()
     );
     Ok(())
