@@ -111,6 +111,20 @@ pub fn answer(stack: &mut Stack, query: Query) -> Answer {
     }
 }
 
+/// Undo what an answer no reader took reports done: a port added for a client that was told
+/// the stack was busy is removed again (a removal cannot be undone, and needs not be: the
+/// client finds the port gone when it retries).
+pub fn undo(stack: &mut Stack, undelivered: Answer) {
+    if let Answer::PortAdded(Ok(status)) = undelivered {
+        log::info!(
+            "port {} ({}) was published for an API client that stopped waiting: removed again",
+            status.id,
+            status.spec
+        );
+        let _ = StackForwards(stack).remove(status.id);
+    }
+}
+
 /// A port spec as a forward of the stack's: an empty host address is every address, an
 /// empty child address is `guest`, the namespace's own.
 fn forward_spec(spec: &PortSpec, guest: Ipv4Addr) -> Result<ForwardSpec, PortError> {

@@ -102,12 +102,18 @@ impl Observer for Probe {
 }
 
 impl ProbeEnd {
-    /// Answer every query waiting with `observe` (on the stack's thread). A reader that gave
-    /// up is skipped.
-    pub fn answer(&self, mut observe: impl FnMut(Query) -> Answer) {
+    /// Answer every query waiting with `observe` (on the stack's thread). Returns the answers
+    /// no reader took (it gave up waiting), so that what they report done can be undone: a
+    /// reader told "busy" must not find its port published after all.
+    pub fn answer(&self, mut observe: impl FnMut(Query) -> Answer) -> Vec<Answer> {
+        let mut undelivered = Vec::new();
         while let Ok((query, reply)) = self.requests.try_recv() {
-            let _ = reply.try_send(observe(query));
+            match reply.try_send(observe(query)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(a) | TrySendError::Disconnected(a)) => undelivered.push(a),
+            }
         }
+        undelivered
     }
 }
 
@@ -138,5 +144,23 @@ mod tests {
         stack.join().unwrap();
         // The stack is gone: the reader is told so rather than left waiting.
         assert_eq!(probe.stats(), Err(ObserveError::NoStack));
+    }
+
+    #[test]
+    fn an_answer_no_reader_took_is_handed_back() {
+        let poll = Poll::new().unwrap();
+        let (probe, end) = channel(poll.registry(), Token(5)).unwrap();
+        // A reader that queued its query and gave up before the stack answered.
+        let (reply, answer) = mpsc::sync_channel(1);
+        probe.requests.try_send((Query::ListPorts, reply)).unwrap();
+        drop(answer);
+        let (reply, answer) = mpsc::sync_channel(1);
+        probe.requests.try_send((Query::Stats, reply)).unwrap();
+        let undelivered = end.answer(|q| match q {
+            Query::ListPorts => Answer::Ports(Vec::new()),
+            _ => Answer::Stats(Box::default()),
+        });
+        assert!(matches!(undelivered.as_slice(), [Answer::Ports(_)]));
+        assert!(matches!(answer.try_recv(), Ok(Answer::Stats(_))));
     }
 }
