@@ -13,7 +13,8 @@
 # - TCP and UDP request/response round trips of 64 bytes (sockperf ping-pong, --full-rtt),
 #   and connect, one byte each way, close, BENCH_CONNECTS times in a row (bench/crr.py), in
 #   BENCH_ROUNDS rounds that take the tools in turn (slirp4netns, pasta, usernet, then
-#   again), each tool's result the median of its rounds: round trips on an idle VM drift by a
+#   pasta, usernet, slirp4netns...), each tool's result the median of its rounds (a failed
+#   round makes it "failed"): round trips on an idle VM drift by a
 #   third within minutes, more than the tools differ, and interleaving spreads the drift over
 #   all of them;
 # - 1000 idle TCP connections held open (to the echo server, which closes when they do),
@@ -119,7 +120,7 @@ tools=(slirp4netns pasta usernet)
 # Run $script in each tool's guest; results as "RES" lines say, appended (space-separated)
 # when `append` is set.
 measure() { # tool [append]
-    local tool=$1 append=${2:-}
+    local tool=$1 append=${2:-} seen=" "
     rm -f "$tmp/out"
     mkfifo "$tmp/out"
     "run_$tool" >"$tmp/out" &
@@ -129,6 +130,7 @@ measure() { # tool [append]
             "MEM "*) result[$tool,mem_${line#MEM }]=$(pss_under "$top") ;;
             "RES "*)
                 read -r _ name p50 p99 <<<"$line"
+                seen+="$name "
                 if [ -n "$append" ]; then
                     result[$tool,${name}_all]+="${p50:-failed} "
                     result[$tool,${name}_p99_all]+="${p99:-failed} "
@@ -140,16 +142,33 @@ measure() { # tool [append]
         esac
     done <"$tmp/out"
     wait "$top" || true
+    # A round the tool did not finish counts as failed, so rounds stay aligned across tools.
+    if [ -n "$append" ]; then
+        local name
+        for name in tcp_rr udp_rr tcp_crr; do
+            if [[ $seen != *" $name "* ]]; then
+                result[$tool,${name}_all]+="failed "
+                result[$tool,${name}_p99_all]+="failed "
+            fi
+        done
+    fi
 }
 # The median of space-separated numbers ("failed" if any failed).
 median() {
-    echo "$1" | tr ' ' '\n' | grep -v '^$' | sort -g | awk '
+    echo "$1" | tr ' ' '\n' | awk 'NF' | sort -g | awk '
         /failed/ { bad = 1 } { v[NR] = $1 }
-        END { if (bad || NR == 0) print "failed"; else print v[int((NR + 1) / 2)] }'
+        END {
+            if (bad || NR == 0) print "failed"
+            else if (NR % 2) print v[(NR + 1) / 2]
+            else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
 }
 script=$rr_script
 for round in $(seq "$rounds"); do
-    for tool in "${tools[@]}"; do
+    # Each round starts with the next tool, so none always follows the same one.
+    shift_by=$(((round - 1) % ${#tools[@]}))
+    order=("${tools[@]:shift_by}" "${tools[@]:0:shift_by}")
+    for tool in "${order[@]}"; do
         echo "measuring $tool, round trips, round $round of $rounds..." >&2
         measure "$tool" append
     done

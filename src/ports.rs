@@ -19,6 +19,11 @@ pub trait PortManager {
     fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError>;
     /// Every published port, oldest first.
     fn list(&self) -> Vec<PortStatus>;
+    /// [`PortManager::list`], or why this manager cannot say now (its stack did not answer,
+    /// for a manager on another thread than the stack's).
+    fn list_now(&self) -> Result<Vec<PortStatus>, crate::observe::ObserveError> {
+        Ok(self.list())
+    }
     /// Stop publishing port `id`.
     fn remove(&mut self, id: i64) -> Result<(), PortError>;
     /// The connections of published ports this manager relays itself (not through the

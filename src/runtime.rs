@@ -59,12 +59,9 @@ pub fn probe(stack: &Stack) -> Result<(Probe, ProbeEnd)> {
     probe::channel(stack.registry(), PROBE_TOKEN).context("cannot create the stack's waker")
 }
 
-/// Answer the queries waiting on `end` from `stack` (on the stack's thread), undoing what a
-/// reader that gave up was not told.
+/// Answer the queries waiting on `end` from `stack` (on the stack's thread).
 pub fn answer_probe(end: &ProbeEnd, stack: &mut Stack) {
-    for undelivered in end.answer(|query| crate::stack_ports::answer(stack, query)) {
-        crate::stack_ports::undo(stack, undelivered);
-    }
+    end.answer(|query| crate::stack_ports::answer(stack, query));
 }
 
 /// Step 3: the sandbox (keeping `keep` reachable), then the seccomp filter.

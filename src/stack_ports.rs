@@ -9,17 +9,20 @@
 //! [probe](crate::observe::probe) ([`ProbedForwards`], answered by [`answer`]).
 //!
 //! What a port spec may be here is what the stack can forward: IPv4, `tcp`/`tcp4`/`udp`/`udp4`,
-//! to an address on the namespace's side of the tap device (an empty child IP is the
-//! namespace's own address; loopback is refused, as rootlesskit's `disallowLoopbackChildIP`
-//! tells clients).
+//! to a unicast IPv4 address the guest answers ARP for (an empty child IP is the namespace's
+//! own address; loopback is refused, as rootlesskit's `disallowLoopbackChildIP` tells clients;
+//! an address nobody answers for resets each connection after a few seconds). The spec
+//! stored and listed is the one forwarded, its defaults filled in (`tcp`, `0.0.0.0`, the
+//! namespace's address).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use crate::observe::Observer;
 use crate::observe::probe::{Answer, Probe, Query};
+use crate::observe::{ObserveError, Observer};
+use crate::portdriver::parent::listen_error;
 use crate::ports::{PortError, PortManager, PortSpec, PortStatus};
 use crate::stack::Stack;
-use crate::stack::hostfwd::{ForwardSpec, Proto};
+use crate::stack::hostfwd::{AddError, ForwardSpec, Proto};
 
 /// The forwards of a stack this thread runs.
 pub struct StackForwards<'a>(pub &'a mut Stack);
@@ -27,14 +30,19 @@ pub struct StackForwards<'a>(pub &'a mut Stack);
 impl PortManager for StackForwards<'_> {
     fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
         let forward = forward_spec(&spec, self.0.policy().net.guest)?;
-        let id = self
-            .0
-            .add_forward(forward)
-            .map_err(|e| PortError(e.to_string()))?;
-        Ok(PortStatus {
-            id,
-            spec: port_spec(&forward),
-        })
+        let stored = port_spec(&forward);
+        // The same host port and protocol twice is rootlesskit's conflict, not a bind error.
+        stored.validate(&self.list())?;
+        let id = self.0.add_forward(forward).map_err(|e| match e {
+            AddError::Bind(e) => listen_error(
+                &stored,
+                forward.proto.as_str(),
+                SocketAddr::V4(forward.host),
+                e,
+            ),
+            other => PortError(other.to_string()),
+        })?;
+        Ok(PortStatus { id, spec: stored })
     }
 
     fn remove(&mut self, id: i64) -> Result<(), PortError> {
@@ -86,17 +94,14 @@ impl PortManager for ProbedForwards {
     }
 
     fn list(&self) -> Vec<PortStatus> {
-        match self.0.ask(Query::ListPorts) {
-            Ok(Answer::Ports(ports)) => ports,
-            other => {
-                log::warn!("listing the stack's forwards: {other:?}");
-                Vec::new()
-            }
-        }
+        self.list_now().unwrap_or_default()
     }
 
-    fn observer(&mut self) -> Option<&mut dyn Observer> {
-        Some(&mut self.0)
+    fn list_now(&self) -> Result<Vec<PortStatus>, ObserveError> {
+        match self.0.ask(Query::ListPorts)? {
+            Answer::Ports(ports) => Ok(ports),
+            _ => Err(ObserveError::Busy),
+        }
     }
 }
 
@@ -108,20 +113,6 @@ pub fn answer(stack: &mut Stack, query: Query) -> Answer {
         Query::AddPort(spec) => Answer::PortAdded(StackForwards(stack).add(spec)),
         Query::RemovePort(id) => Answer::PortRemoved(StackForwards(stack).remove(id)),
         Query::ListPorts => Answer::Ports(StackForwards(stack).list()),
-    }
-}
-
-/// Undo what an answer no reader took reports done: a port added for a client that was told
-/// the stack was busy is removed again (a removal cannot be undone, and needs not be: the
-/// client finds the port gone when it retries).
-pub fn undo(stack: &mut Stack, undelivered: Answer) {
-    if let Answer::PortAdded(Ok(status)) = undelivered {
-        log::info!(
-            "port {} ({}) was published for an API client that stopped waiting: removed again",
-            status.id,
-            status.spec
-        );
-        let _ = StackForwards(stack).remove(status.id);
     }
 }
 
@@ -210,7 +201,7 @@ mod tests {
         assert_eq!(
             port_spec(&f),
             spec("udp", "0.0.0.0", 53, "10.0.2.5", 5353),
-            "stored as given, the defaults filled in"
+            "stored as forwarded, the defaults filled in"
         );
     }
 

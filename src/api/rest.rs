@@ -283,7 +283,10 @@ fn handle(
         },
         "/v1/ports" => match (method, ports) {
             ("GET", Some(ports)) => {
-                let list = ports.list();
+                let list = match ports.list_now() {
+                    Ok(list) => list,
+                    Err(e) => return observe_error(&e),
+                };
                 if list.is_empty() {
                     Response::new(200, Some("application/json"), "null")
                 } else {

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -46,7 +47,16 @@ pub enum Answer {
     Ports(Vec<PortStatus>),
 }
 
-type Request = (Query, SyncSender<Answer>);
+/// Where a query stands between its reader and the stack. A reader that gives up marks it
+/// [`ABANDONED`]; the stack acts only on a query it could mark [`TAKEN`], and a reader that
+/// finds its query taken waits for the answer (made at once, on the stack's thread). So a
+/// query is either acted on and its answer read, or neither: a client told "busy" never finds
+/// its port published after all.
+const PENDING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+type Request = (Query, Arc<AtomicU8>, SyncSender<Answer>);
 
 /// The reader's end: cloneable, used from any thread.
 #[derive(Clone)]
@@ -71,15 +81,28 @@ impl Probe {
     /// Ask the stack, and wait for its answer.
     pub fn ask(&self, query: Query) -> Result<Answer, ObserveError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        match self.requests.try_send((query, reply)) {
+        let state = Arc::new(AtomicU8::new(PENDING));
+        match self.requests.try_send((query, Arc::clone(&state), reply)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ObserveError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(ObserveError::NoStack),
         }
-        self.waker.wake().map_err(|_| ObserveError::Busy)?;
-        match answer.recv_timeout(ANSWER_TIMEOUT) {
+        let waited = match self.waker.wake() {
+            Ok(()) => answer.recv_timeout(ANSWER_TIMEOUT),
+            Err(_) => Err(RecvTimeoutError::Timeout),
+        };
+        match waited {
             Ok(a) => Ok(a),
-            Err(RecvTimeoutError::Timeout) => Err(ObserveError::Busy),
+            Err(RecvTimeoutError::Timeout) => {
+                let abandoned = state
+                    .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                if abandoned {
+                    return Err(ObserveError::Busy);
+                }
+                // The stack took the query just now: its answer is being made.
+                answer.recv().map_err(|_| ObserveError::NoStack)
+            }
             Err(RecvTimeoutError::Disconnected) => Err(ObserveError::NoStack),
         }
     }
@@ -102,18 +125,17 @@ impl Observer for Probe {
 }
 
 impl ProbeEnd {
-    /// Answer every query waiting with `observe` (on the stack's thread). Returns the answers
-    /// no reader took (it gave up waiting), so that what they report done can be undone: a
-    /// reader told "busy" must not find its port published after all.
-    pub fn answer(&self, mut observe: impl FnMut(Query) -> Answer) -> Vec<Answer> {
-        let mut undelivered = Vec::new();
-        while let Ok((query, reply)) = self.requests.try_recv() {
-            match reply.try_send(observe(query)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(a) | TrySendError::Disconnected(a)) => undelivered.push(a),
+    /// Answer every query waiting with `observe` (on the stack's thread). A query whose
+    /// reader gave up is skipped, not acted on.
+    pub fn answer(&self, mut observe: impl FnMut(Query) -> Answer) {
+        while let Ok((query, state, reply)) = self.requests.try_recv() {
+            let taken = state
+                .compare_exchange(PENDING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if taken {
+                let _ = reply.try_send(observe(query));
             }
         }
-        undelivered
     }
 }
 
@@ -147,20 +169,30 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_no_reader_took_is_handed_back() {
+    fn a_query_its_reader_gave_up_on_is_not_acted_on() {
         let poll = Poll::new().unwrap();
         let (probe, end) = channel(poll.registry(), Token(5)).unwrap();
-        // A reader that queued its query and gave up before the stack answered.
+        // A reader that queued its query and gave up before the stack came to it.
+        let (reply, _gone) = mpsc::sync_channel(1);
+        let abandoned = Arc::new(AtomicU8::new(ABANDONED));
+        probe
+            .requests
+            .try_send((Query::RemovePort(1), abandoned, reply))
+            .unwrap();
+        // And one still waiting.
         let (reply, answer) = mpsc::sync_channel(1);
-        probe.requests.try_send((Query::ListPorts, reply)).unwrap();
-        drop(answer);
-        let (reply, answer) = mpsc::sync_channel(1);
-        probe.requests.try_send((Query::Stats, reply)).unwrap();
-        let undelivered = end.answer(|q| match q {
-            Query::ListPorts => Answer::Ports(Vec::new()),
-            _ => Answer::Stats(Box::default()),
+        let waiting = Arc::new(AtomicU8::new(PENDING));
+        probe
+            .requests
+            .try_send((Query::Stats, Arc::clone(&waiting), reply))
+            .unwrap();
+        let mut acted = Vec::new();
+        end.answer(|q| {
+            acted.push(q);
+            Answer::Stats(Box::default())
         });
-        assert!(matches!(undelivered.as_slice(), [Answer::Ports(_)]));
+        assert_eq!(acted, [Query::Stats]);
+        assert_eq!(waiting.load(Ordering::Acquire), TAKEN);
         assert!(matches!(answer.try_recv(), Ok(Answer::Stats(_))));
     }
 }

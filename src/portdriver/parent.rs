@@ -918,7 +918,12 @@ fn listen(spec: &PortSpec) -> Result<Listener, PortError> {
 }
 
 /// A bind error the way rootlesskit words it, with its advice for privileged ports.
-fn listen_error(spec: &PortSpec, net: &str, addr: SocketAddr, e: io::Error) -> PortError {
+pub(crate) fn listen_error(
+    spec: &PortSpec,
+    net: &str,
+    addr: SocketAddr,
+    e: io::Error,
+) -> PortError {
     let what = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))
         .desc()
         .to_lowercase();

@@ -360,8 +360,8 @@ fn hardening(value: Option<&str>, flag: &str) -> Result<Hardening, String> {
     }
 }
 
-/// The port driver: `None` for none, else what `GET /v1/info` reports for it (all are
-/// served by the builtin driver).
+/// The port driver: `None` for none, else what `GET /v1/info` reports for it (slirp4netns's
+/// is served by the stack's forwards, the others by the builtin driver).
 fn port_driver(
     name: &str,
     net: &str,

@@ -458,6 +458,7 @@ pub fn stack_port_driver_forwards_through_the_stack() {
     run(&mut world.tool(&["tcp-connect", "127.0.0.1:18024"]), LIMIT).assert_ok();
     assert!(usernet.next_line().starts_with("peer 10.0.2.2:"));
     for (spec, why) in [
+        ("18020:9999", "conflict with ID 1"),
         (
             "18025:127.0.0.1:8022",
             "child IP 127.0.0.1 cannot be reached",
@@ -476,6 +477,7 @@ pub fn stack_port_driver_forwards_through_the_stack() {
         assert!(out.stderr.contains(why), "{spec}: {out:#?}");
     }
     let out = cli(&["ports", "remove", "5"]);
+    out.assert_ok();
     assert_eq!(out.stdout, "5\n");
     let out = run(&mut world.tool(&["tcp-connect", "127.0.0.1:18024"]), LIMIT);
     assert!(
