@@ -26,10 +26,7 @@ const SWEEP: Duration = Duration::from_secs(5);
 pub struct Control {
     poll: Poll,
     api: Server<RestApi>,
-    /// The builtin port driver, if it serves the published ports.
-    forwarder: Option<Forwarder>,
-    /// The stack's forwards, if they serve the published ports instead.
-    stack_forwards: Option<ProbedForwards>,
+    inbound: Inbound,
 }
 
 /// What serves the ports the API publishes.
@@ -57,29 +54,19 @@ impl Control {
         let settings = protocol.settings();
         let mut api = Server::bind(api_sock, protocol, settings)?;
         api.register(poll.registry())?;
-        let (forwarder, stack_forwards) = match inbound {
-            Inbound::None => (None, None),
-            Inbound::Relay(f) => (Some(*f), None),
-            Inbound::Stack(s) => (None, Some(s)),
-        };
-        Ok(Control {
-            poll,
-            api,
-            forwarder,
-            stack_forwards,
-        })
+        Ok(Control { poll, api, inbound })
     }
 
     /// Publish a port through the builtin port driver now (used for `-p`, before the thread
     /// starts; the stack's forwards are published on the stack's thread).
     pub fn publish(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
-        match &mut self.forwarder {
-            Some(forwarder) => Ports {
+        match &mut self.inbound {
+            Inbound::Relay(forwarder) => Ports {
                 forwarder,
                 registry: self.poll.registry(),
             }
             .add(spec),
-            None => Err(PortError("no PortDriver is available".into())),
+            _ => Err(PortError("no PortDriver is available".into())),
         }
     }
 
@@ -95,10 +82,7 @@ impl Control {
         let mut last_sweep = Instant::now();
         loop {
             let sweep = self.api.has_connections()
-                || self
-                    .forwarder
-                    .as_ref()
-                    .is_some_and(|f| f.expiry_interval().is_some());
+                || matches!(&self.inbound, Inbound::Relay(f) if f.expiry_interval().is_some());
             let timeout = sweep.then_some(SWEEP);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -109,18 +93,12 @@ impl Control {
             }
             let registry = self.poll.registry();
             for event in events.iter() {
-                dispatch(
-                    &mut self.api,
-                    self.forwarder.as_mut(),
-                    self.stack_forwards.as_mut(),
-                    registry,
-                    event.token(),
-                );
+                dispatch(&mut self.api, &mut self.inbound, registry, event.token());
             }
             if last_sweep.elapsed() >= SWEEP {
                 last_sweep = Instant::now();
                 self.api.expire(registry);
-                if let Some(f) = &mut self.forwarder {
+                if let Inbound::Relay(f) = &mut self.inbound {
                     f.expire(registry);
                 }
             }
@@ -133,8 +111,7 @@ const _: () = assert!(rest::KIND_CONNECTION >= forwarder::FIRST_FREE_KIND);
 
 fn dispatch(
     api: &mut Server<RestApi>,
-    forwarder: Option<&mut Forwarder>,
-    stack_forwards: Option<&mut ProbedForwards>,
+    inbound: &mut Inbound,
     registry: &Registry,
     token: mio::Token,
 ) {
@@ -144,7 +121,7 @@ fn dispatch(
     }
     let (bits, id): (u8, Id) = Id::from_token(token);
     if let Some(kind) = forwarder::Kind::from_bits(bits) {
-        if let Some(f) = forwarder {
+        if let Inbound::Relay(f) = inbound {
             f.on_event(kind, id, registry);
         }
         return;
@@ -152,15 +129,15 @@ fn dispatch(
     if bits != rest::KIND_CONNECTION {
         return;
     }
-    match (forwarder, stack_forwards) {
-        (Some(forwarder), _) => {
+    match inbound {
+        Inbound::Relay(forwarder) => {
             let mut ports = Ports {
                 forwarder,
                 registry,
             };
             api.on_event(id, registry, Some(&mut ports));
         }
-        (None, Some(forwards)) => api.on_event(id, registry, Some(forwards)),
-        (None, None) => api.on_event(id, registry, None),
+        Inbound::Stack(forwards) => api.on_event(id, registry, Some(forwards)),
+        Inbound::None => api.on_event(id, registry, None),
     }
 }

@@ -243,9 +243,10 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         }
         None => (None, None),
     };
-    let inbound = match (forwarder, &stack, &probe) {
-        (Some(f), _, _) => Inbound::Relay(Box::new(f)),
-        (None, Some(_), Some(probe)) if cfg.port_driver == PortDriver::Stack => {
+    // The probe exists exactly when the stack does.
+    let inbound = match (forwarder, &probe) {
+        (Some(f), _) => Inbound::Relay(Box::new(f)),
+        (None, Some(probe)) if cfg.port_driver == PortDriver::Stack => {
             Inbound::Stack(ProbedForwards(probe.clone()))
         }
         _ => Inbound::None,
