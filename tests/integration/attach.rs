@@ -172,13 +172,16 @@ fn api(socket: &Path, request: &str) -> String {
 /// The first `add_hostfwd` on `socket` (id 1) takes a world client on port 1PORT
 /// (10000 + `port`) to a server on the guest's `port`.
 fn first_forward_reaches_the_guest(world: &World, guest: &Guest, socket: &Path, port: u16) {
-    let _inside = Server::from_child(
+    let mut inside = Server::from_child(
         guest
             .tool(world, &["tcp-peer", &format!("0.0.0.0:{port}")])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
+    // Listening before the forward is used: a forward to a port nothing listens on yet is
+    // answered with a reset, which is right, and not what this checks.
+    assert!(inside.next_line().starts_with("listening"));
     let request = format!(
         r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_port":{},"guest_port":{port}}}}}"#,
         10000 + port

@@ -226,6 +226,7 @@ impl Setup {
                 .spawn()
                 .unwrap(),
         );
+        run(&mut self.world.tool(&["tcp-wait", "127.0.0.1:8000"]), LIMIT).assert_ok();
         (web, expected)
     }
 
