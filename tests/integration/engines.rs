@@ -393,12 +393,12 @@ fn docker_on_usernet(net: &str, port_driver: &str) -> Result<(), Unmet> {
             .docker(&[&detached[..], &WEB_SERVER].concat())
             .assert_ok();
     }
-    let fetch = |url: &str| setup.fetch(url);
-    let page = setup.fetch_once_served("http://127.0.0.1:18280/");
-    assert_eq!(page.stdout, "served by busybox httpd\n", "{page:#?}");
-    let page = fetch("http://127.0.0.2:18281/");
-    assert_eq!(page.stdout, "served by busybox httpd\n", "{page:#?}");
-    let wrong = fetch("http://127.0.0.1:18281/");
+    // `docker run -d` returns before httpd inside listens: each is fetched until it serves.
+    for url in ["http://127.0.0.1:18280/", "http://127.0.0.2:18281/"] {
+        let page = setup.fetch_once_served(url);
+        assert_eq!(page.stdout, "served by busybox httpd\n", "{url}: {page:#?}");
+    }
+    let wrong = setup.fetch("http://127.0.0.1:18281/");
     assert!(
         wrong.stdout.is_empty(),
         "published on 127.0.0.2 only: {wrong:#?}"

@@ -593,12 +593,15 @@ pub fn dns_with_every_upstream_dead_fails_fast_without_piling_up() {
     );
     let getent_took = started.elapsed();
     assert!(!out.status.success(), "a lookup cannot succeed: {out:#?}");
+    // glibc would wait 5 s per try for an answer that never came; usernet answers at once
+    // (4 s covers starting getent on a loaded machine).
     assert!(
-        getent_took < Duration::from_secs(2),
+        getent_took < Duration::from_secs(4),
         "the failed lookup took {getent_took:?}"
     );
     let refused = dns_burst(&guest, 2000);
-    assert!(burst_field(&refused, "max_ms") < 1000, "{refused}");
+    // Waiting for a refusing upstream's timeouts would take 4 s (1 s, then 3 s).
+    assert!(burst_field(&refused, "max_ms") < 2500, "{refused}");
     let out = guest.run(&["tcp-connect", "10.0.2.3:53"]);
     assert!(
         out.stdout.starts_with("ConnectionRefused "),
@@ -663,8 +666,14 @@ pub fn tap_queue_full_for_seconds_then_tcp_completes() {
 
     // 5 s of datagrams as fast as the guest can send them; usernet stopped for 3 s of it,
     // so tap0's queue is full and drops for seconds, with TCP data pending both ways.
+    let sent_before = guest.tap_counter("tx_packets");
     let mut flood = guest.spawn(&["udp-flood", "198.18.0.1:7232", "5", "512"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // Stopped once the flood is under way (starting it may take a while on a loaded machine).
+    let start = Instant::now();
+    while guest.tap_counter("tx_packets") < sent_before + 1000 {
+        assert!(start.elapsed() < LIMIT, "the flood never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: plain kill(2) on our own usernet.
     unsafe { libc::kill(guest.pid() as i32, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_secs(3));
@@ -873,10 +882,10 @@ pub fn syn_flood_from_the_guest_stays_bounded_and_responsive() {
     );
 }
 
-/// Issue 11, item 2: a port scanner in the guest (4,200 non-blocking connects to an address
+/// Issue 11, item 2: a port scanner in the guest (5,000 non-blocking connects to an address
 /// that never answers, 10,000 a second, each socket closed after 0.5 s) must not block new
-/// connections. Its
-/// connects fill `--max-pending-connects` (4096), but the next connection, to 10.0.2.2, takes
+/// connections. Its connects fill `--max-pending-connects` (4096; the 904 more leave room for
+/// SYNs a loaded machine drops at the TAP's queue, which the scanner never sends again), but the next connection, to 10.0.2.2, takes
 /// the place of the least recently refreshed pending connect and succeeds at once; and since
 /// the scanner never retransmits its SYNs, usernet sees the connects abandoned and closes
 /// their host sockets within seconds, not when the host kernel gives up two minutes later.
@@ -892,7 +901,7 @@ pub fn port_scan_of_a_silent_address_leaves_new_connections_instant() {
     let guest = Guest::start(&world, &[]);
     let baseline = guest.baseline();
     let peak = FdPeak::watch(guest.pid());
-    let out = guest.run(&["tcp-scan", "198.18.5.2:80", "4200", "500", "10000"]);
+    let out = guest.run(&["tcp-scan", "198.18.5.2:80", "5000", "500", "10000"]);
     out.assert_ok();
     let scanned = Instant::now();
     let next = guest.run(&["tcp-connect", "10.0.2.2:7261"]);
@@ -902,7 +911,9 @@ pub fn port_scan_of_a_silent_address_leaves_new_connections_instant() {
         .strip_prefix("connected ")
         .and_then(|ms| ms.parse().ok())
         .unwrap_or_else(|| panic!("the next connection failed: {next}"));
-    assert!(ms < 500, "the next connection took {ms} ms");
+    // Waiting for a pending connect to end would take seconds; taking its place, at once
+    // (1.5 s is for a loaded machine).
+    assert!(ms < 1500, "the next connection took {ms} ms");
     let freed = guest.wait_fds(baseline, Duration::from_secs(15));
     let freed_after = scanned.elapsed();
     let peak_fds = peak.finish();

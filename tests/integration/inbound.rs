@@ -108,7 +108,8 @@ pub fn refused_target_inside_gives_an_immediate_reset() {
     out.assert_ok();
     assert_eq!(out.stdout.trim(), "reset 0", "{out:#?}");
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "the reset took {took:?}");
+    // Not a hang until some timeout (3 s is for a loaded machine).
+    assert!(took < Duration::from_secs(3), "the reset took {took:?}");
 }
 
 pub fn rootlessctl_manages_ports_and_reads_info() {
@@ -288,7 +289,7 @@ pub fn ps_lists_running_usernets_and_info_finds_the_only_one() {
         "{out:#?}"
     );
 
-    let script = "echo \"$USERNET_STATE_DIR\"; sleep 60";
+    let script = "echo \"$USERNET_STATE_DIR\"; sleep 600";
     let mut first = Server::from_child(
         usernet(&["run", "--", "sh", "-c", script])
             .stdout(Stdio::piped())
@@ -306,7 +307,7 @@ pub fn ps_lists_running_usernets_and_info_finds_the_only_one() {
             "--",
             "sh",
             "-c",
-            "echo up; sleep 60",
+            "echo up; sleep 600",
         ])
         .stdout(Stdio::piped())
         .spawn()

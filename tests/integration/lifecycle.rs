@@ -361,11 +361,15 @@ pub fn propagation_rslave_shows_mounts_made_later_on_the_host() {
     let tmp = TempDir::new();
     let dir = tmp.join("m");
     std::fs::create_dir(&dir).unwrap();
+    // `mounted` (a file beside the mount point, seen whatever the propagation) says when to
+    // look.
+    let mounted = tmp.join("mounted");
     for (propagation, expected) in [("rslave", "seen"), ("rprivate", "not seen")] {
         let script = format!(
-            "echo ready; for i in $(seq 100); do test -e {d}/marker && echo seen && exit; \
-             sleep 0.05; done; echo not seen",
-            d = dir.display()
+            "echo ready; i=0; until [ -e {m} ] || [ $i -ge 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+             if test -e {d}/marker; then echo seen; else echo not seen; fi",
+            d = dir.display(),
+            m = mounted.display()
         );
         let child = world
             .usernet(&[
@@ -383,12 +387,14 @@ pub fn propagation_rslave_shows_mounts_made_later_on_the_host() {
         let mut usernet = crate::world::Server::from_child(child);
         assert_eq!(usernet.next_line(), "ready");
         let mount = format!(
-            "mount -t tmpfs none {d} && touch {d}/marker",
-            d = dir.display()
+            "mount -t tmpfs none {d} && touch {d}/marker && touch {m}",
+            d = dir.display(),
+            m = mounted.display()
         );
         run(world.command("sh").args(["-c", &mount]), LIMIT).assert_ok();
         assert_eq!(usernet.next_line(), expected, "--propagation {propagation}");
         usernet.wait_exit(LIMIT);
+        std::fs::remove_file(&mounted).unwrap();
         run(world.command("umount").arg(&dir), LIMIT).assert_ok();
     }
 }
@@ -417,12 +423,12 @@ pub fn pidns_makes_usernet_init_and_nothing_outlives_it() {
         "/proc lists the namespace's processes only: {out:#?}"
     );
     // Killed with SIGKILL, usernet takes everything in the namespace with it: a process that
-    // would leave a mark after 2 s never does.
+    // would leave a mark after 5 s never does.
     let tmp = TempDir::new();
     let state = tmp.join("state");
     let marker = tmp.join("marker");
     let script = format!(
-        "(sleep 2; touch {m}) & echo started; wait",
+        "(sleep 5; touch {m}) & echo started; wait",
         m = marker.display()
     );
     let child = world
@@ -434,6 +440,7 @@ pub fn pidns_makes_usernet_init_and_nothing_outlives_it() {
         .unwrap();
     let mut usernet = crate::world::Server::from_child(child);
     assert_eq!(usernet.next_line(), "started");
+    let started = std::time::Instant::now();
     let init: i32 = std::fs::read_to_string(state.join("child_pid"))
         .unwrap()
         .parse()
@@ -450,12 +457,19 @@ pub fn pidns_makes_usernet_init_and_nothing_outlives_it() {
     )
     .unwrap();
     usernet.wait_exit(LIMIT);
-    std::thread::sleep(Duration::from_secs(3));
+    // The state dir goes once the namespace's init has cleaned up; then past the time the
+    // mark would have been made.
+    while state.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!state.exists(), "state dir left behind");
+    if let Some(rest) = Duration::from_secs(6).checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
     assert!(
         !marker.exists(),
         "a process in the namespace outlived usernet"
     );
-    assert!(!state.exists(), "state dir left behind");
 }
 
 pub fn state_dir_holds_child_pid_and_a_lock() {
@@ -711,6 +725,7 @@ pub fn stale_state_dir_of_a_killed_usernet_is_reused() {
         .unwrap();
     let mut usernet = crate::world::Server::from_child(child);
     assert_eq!(usernet.next_line(), "started");
+    let inside = std::fs::read_to_string(state.join("child_pid")).unwrap();
     // usernet, its process in the namespace and COMMAND, all at once.
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(usernet.pid() as i32),
@@ -718,6 +733,14 @@ pub fn stale_state_dir_of_a_killed_usernet_is_reused() {
     )
     .unwrap();
     usernet.wait_exit(LIMIT);
+    // The process inside holds the lock until it is gone (a zombie holds no files).
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(format!("/proc/{}/stat", inside.trim()))
+        .is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(start.elapsed() < LIMIT, "the process inside never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let names = |dir: &std::path::Path| -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()

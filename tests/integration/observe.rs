@@ -592,7 +592,7 @@ pub fn other_users_cannot_read_the_capture_the_flows_or_the_counters() -> Result
     // USERNET_PCAP, as a caller that cannot pass flags would set it.
     let mut usernet = Server::from_child(
         world
-            .usernet_sh(&state, "echo up; sleep 60")
+            .usernet_sh(&state, "echo up; sleep 600")
             .env("USERNET_PCAP", &file)
             .stdout(Stdio::piped())
             .spawn()

@@ -166,8 +166,9 @@ fn exchange(world: &World, mtu: &str, path: Path, target: &str, listen: &str) ->
         "MTU {mtu}, {path:?}, {target}: {to_host} to the host, {to_guest} to the guest past the rings"
     );
     if path.direct {
-        // Segments go to the host socket while it keeps up; the ring takes the rest.
-        assert!(to_host >= 16 * MIB, "{what}");
+        // Segments go to the host socket while it keeps up; the ring takes the rest. How
+        // much is which depends on how busy the machine is, so only that the path was taken.
+        assert!(to_host >= MIB, "{what}");
         if offload && kernel_peeks_at_an_offset_on_tcp() {
             assert!(to_guest >= 63 * MIB, "{what}");
         } else {

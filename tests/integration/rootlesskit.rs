@@ -231,15 +231,22 @@ pub fn rootlesskit_reuses_its_state_dir_after_sigkill() {
         }
         kill(outside, nix::sys::signal::Signal::SIGKILL);
         crate::world::wait_with_limit(&mut child, LIMIT);
+        // The process inside holds the state dir's lock until it has finished (cleaning up,
+        // or being killed): a next instance started before that is rightly told "in use".
+        let start = Instant::now();
+        while alive(pid) {
+            assert!(start.elapsed() < LIMIT);
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if kill_inside_too {
-            let start = Instant::now();
-            while alive(pid) {
-                assert!(start.elapsed() < LIMIT);
-                std::thread::sleep(Duration::from_millis(10));
-            }
             assert!(
                 state.join("api.sock").exists() && state.join("lock").exists(),
                 "nothing was left to take over"
+            );
+        } else {
+            assert!(
+                !state.join("api.sock").exists(),
+                "the process inside did not clean up"
             );
         }
         let out = run(
@@ -264,24 +271,31 @@ pub fn rootlesskit_killed_leaves_nothing_running() {
         let marker = tmp.join("outlived");
         let flags = in_state_dir(&state, args);
         let script = format!(
-            "(sleep 2; touch {}) & echo started; sleep 1000",
+            "(sleep 5; touch {}) & echo started; sleep 1000",
             marker.display()
         );
         let mut rk = links.server(&world, &flags, &script);
         assert_eq!(rk.next_line(), "started");
+        let started = Instant::now();
         let inside = child_pid(&state);
         kill(rk.pid() as i32, nix::sys::signal::Signal::SIGKILL);
         rk.wait_exit(LIMIT);
-        std::thread::sleep(Duration::from_secs(3));
+        // The process inside cleans up and ends; then past the time the mark would be made.
+        while (alive(inside) || state.exists()) && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
             !alive(inside),
             "{args:?}: child_pid {inside} outlived rootlesskit"
         );
+        assert!(!state.exists(), "{args:?}: state dir left behind");
+        if let Some(rest) = Duration::from_secs(6).checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
         assert!(
             !marker.exists(),
             "{args:?}: a process COMMAND started outlived it"
         );
-        assert!(!state.exists(), "{args:?}: state dir left behind");
     }
 }
 
@@ -358,20 +372,26 @@ pub fn rootlesskit_propagation_modes_show_host_mounts_as_rootlesskit_does() {
         ("rshared", "after"),
     ] {
         std::fs::write(dir.join("before_mount"), "").unwrap();
+        // `mounted` (a file beside the mount point, seen whatever the propagation) says when
+        // to look.
+        let mounted = tmp.join("mounted");
         let script = format!(
-            "echo ready; for i in $(seq 100); do test -e {d}/after_mount && echo after && exit; \
-             sleep 0.05; done; test -e {d}/before_mount && echo before",
-            d = dir.display()
+            "echo ready; i=0; until [ -e {m} ] || [ $i -ge 1200 ]; do sleep 0.05; i=$((i+1)); done; \
+             if test -e {d}/after_mount; then echo after; elif test -e {d}/before_mount; then echo before; fi",
+            d = dir.display(),
+            m = mounted.display()
         );
         let mut rk = links.server(&world, &[&format!("--propagation={mode}")], &script);
         assert_eq!(rk.next_line(), "ready");
         let mount = format!(
-            "mount -t tmpfs none {d} && touch {d}/after_mount",
-            d = dir.display()
+            "mount -t tmpfs none {d} && touch {d}/after_mount && touch {m}",
+            d = dir.display(),
+            m = mounted.display()
         );
         run(world.command("sh").args(["-c", &mount]), LIMIT).assert_ok();
         assert_eq!(rk.next_line(), expected, "--propagation={mode}");
         rk.wait_exit(LIMIT);
+        std::fs::remove_file(&mounted).unwrap();
         run(world.command("umount").arg(&dir), LIMIT).assert_ok();
 
         let out = run(

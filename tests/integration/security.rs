@@ -142,7 +142,7 @@ pub fn other_users_cannot_reach_the_state_dir_or_the_api() -> Result<(), Unmet> 
     let state = tmp.join("state");
     let mut usernet = Server::from_child(
         world
-            .usernet_sh(&state, "echo up; sleep 60")
+            .usernet_sh(&state, "echo up; sleep 600")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -287,7 +287,7 @@ pub fn after_setup_usernet_holds_no_capability_it_does_not_need() {
     let mut usernet = Server::from_child(
         world
             .usernet(&["run", "-p", "18201:80", "--"])
-            .args(["sh", "-c", "echo up; sleep 60"])
+            .args(["sh", "-c", "echo up; sleep 600"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),

@@ -17,8 +17,8 @@ fn dns_query(id: u16) -> Vec<u8> {
 
 /// `n` (at most 65536) distinct DNS queries to `addr` over UDP, in batches of 20 every
 /// 5 ms, then wait (up to 8 s after the last) for every answer. Prints "answered A
-/// servfail S other O missing M slow K max_ms X rcvbuf_drops D": slow ones took over a
-/// second; D answers arrived but found a full socket buffer (the guest's kernel counts them,
+/// servfail S other O missing M slow K max_ms X rcvbuf_drops D": slow ones took over two
+/// seconds (an answer that waited for an upstream's timeouts, not one a loaded machine delayed); D answers arrived but found a full socket buffer (the guest's kernel counts them,
 /// as UDP RcvbufErrors). Inside a namespace the buffer cannot be raised past rmem_max
 /// (SO_RCVBUFFORCE needs the initial namespace's CAP_NET_ADMIN), so the queries are spread
 /// over 16 sockets, each with its own buffer.
@@ -78,7 +78,7 @@ pub(super) fn dns_burst(addr: &str, n: u64) -> io::Result<()> {
     let drops = udp_rcvbuf_errors().saturating_sub(drops_before);
     let got: Vec<_> = answers.iter().flatten().collect();
     let servfail = got.iter().filter(|(_, rcode)| *rcode == 2).count();
-    let slow = got.iter().filter(|(t, _)| t.as_millis() > 1000).count();
+    let slow = got.iter().filter(|(t, _)| t.as_millis() > 2000).count();
     let max_ms = got.iter().map(|(t, _)| t.as_millis()).max().unwrap_or(0);
     println!(
         "answered {answered} servfail {servfail} other {} missing {} slow {slow} max_ms {max_ms} \

@@ -41,7 +41,7 @@ pub(super) fn tcp_hold(addr: &str, n: usize) -> io::Result<()> {
         .collect();
     println!("held {}", results.join(","));
     drop(held);
-    connect_again(addr, 2, 20);
+    connect_again(addr, 10, 20);
     Ok(())
 }
 
