@@ -215,6 +215,11 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<CommandExit, Failure> {
         }
         None => None,
     };
+    // From here the state dir holds what the parent writes (child_pid, api.sock), so the
+    // parent's death is no longer answered by dying with it: it shows as the setup channel
+    // hanging up, and is answered by ending COMMAND (once there is one) and cleaning up,
+    // which the parent, killed, cannot do. A death before this is still seen here.
+    let _ = nix::sys::prctl::set_pdeathsig(None);
     chan.send(&Msg::Configured)
         .map_err(|e| fail(format!("setup channel: {e}")))?;
     // The parent talks to the port driver (its handshake) before it says Go.
@@ -233,7 +238,7 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<CommandExit, Failure> {
         match chan.recv() {
             Ok((Msg::Go, _)) => break,
             Ok((other, _)) => return Err(fail(format!("unexpected setup message {other:?}"))),
-            Err(e) => return Err(fail(format!("setup channel: {e}"))),
+            Err(_) => return Ok(orphaned(None, cfg)),
         }
     }
     supervise(chan, cfg, port_driver.as_ref())
@@ -647,10 +652,8 @@ fn supervise(
     let pid = Pid::from_raw(child.id() as i32);
     let _ = chan.send(&Msg::Started);
     crate::footprint::shed_startup();
-    // From here the parent's death is seen on the setup channel (it sends nothing more), and
-    // answered by ending COMMAND's whole tree and cleaning up, which the parent, killed,
-    // cannot do. If it died just before this, the channel has already hung up.
-    let _ = nix::sys::prctl::set_pdeathsig(None);
+    // The parent's death is seen on the setup channel (it sends nothing more); if it died
+    // before COMMAND started, the channel has already hung up.
 
     loop {
         let mut fds = vec![std::os::fd::AsFd::as_fd(&signals)];
@@ -661,7 +664,7 @@ fn supervise(
         let parent_index = fds.len() - 1;
         let ready = wait_readable(&fds).map_err(|e| fail(format!("waiting for signals: {e}")))?;
         if ready == parent_index && chan.recv().is_err() {
-            return Ok(orphaned(pid, cfg));
+            return Ok(orphaned(Some(pid), cfg));
         }
         if ready == 1
             && let Some(server) = port_driver
@@ -689,10 +692,13 @@ fn supervise(
 }
 
 /// The parent died without waiting for us (killed with SIGKILL: a normal exit waits for
-/// COMMAND): end COMMAND and everything it started, remove the state dir, and exit as killed.
-fn orphaned(command: Pid, cfg: &ChildConfig) -> CommandExit {
-    let _ = kill(command, Signal::SIGKILL);
-    reap(command);
+/// COMMAND), before COMMAND started or after: end COMMAND and everything it started, remove
+/// the state dir, and exit as killed.
+fn orphaned(command: Option<Pid>, cfg: &ChildConfig) -> CommandExit {
+    if let Some(command) = command {
+        let _ = kill(command, Signal::SIGKILL);
+        reap(command);
+    }
     if !cfg.pidns {
         kill_leftovers();
     }

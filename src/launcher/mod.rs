@@ -602,9 +602,19 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if !self.reaped {
-            let _ = kill(self.pid, Signal::SIGKILL);
-            self.wait_blocking();
+        if self.reaped {
+            return;
         }
+        // The namespace's init first: it outlives its parent once set up (to clean up after
+        // a killed usernet), and this usernet cleans up itself. Its parent (our child) reaps
+        // it and then exits: while our child has not exited, the init's pid is the init's.
+        if self.signal_to != self.pid {
+            if self.try_reap().is_some() {
+                return;
+            }
+            let _ = kill(self.signal_to, Signal::SIGKILL);
+        }
+        let _ = kill(self.pid, Signal::SIGKILL);
+        self.wait_blocking();
     }
 }
