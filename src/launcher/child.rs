@@ -220,8 +220,12 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<CommandExit, Failure> {
     // hanging up, and is answered by ending COMMAND (once there is one) and cleaning up,
     // which the parent, killed, cannot do. A death before this is still seen here.
     let _ = nix::sys::prctl::set_pdeathsig(None);
-    chan.send(&Msg::Configured)
-        .map_err(|e| fail(format!("setup channel: {e}")))?;
+    if let Err(e) = chan.send(&Msg::Configured) {
+        return match e.raw_os_error() {
+            Some(libc::EPIPE | libc::ECONNRESET) => Ok(orphaned(None, cfg)),
+            _ => Err(fail(format!("setup channel: {e}"))),
+        };
+    }
     // The parent talks to the port driver (its handshake) before it says Go.
     loop {
         let mut fds = vec![std::os::fd::AsFd::as_fd(chan)];
@@ -238,6 +242,8 @@ fn run(chan: &Channel, cfg: &ChildConfig) -> Result<CommandExit, Failure> {
         match chan.recv() {
             Ok((Msg::Go, _)) => break,
             Ok((other, _)) => return Err(fail(format!("unexpected setup message {other:?}"))),
+            // The parent is gone: end of file, or ECONNRESET if it died with our message
+            // unread. (It closes its end only after killing us.)
             Err(_) => return Ok(orphaned(None, cfg)),
         }
     }

@@ -160,6 +160,7 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         pid,
         signal_to: pid,
         reaped: false,
+        reaper,
     };
     let mut signals = Signals::new().context("cannot create a signalfd")?;
     raise_fd_limit();
@@ -320,8 +321,8 @@ pub fn launch(mut cfg: RunConfig) -> Result<CommandExit> {
         _ => child_exit,
     };
     // Normally the child has ended COMMAND's tree itself; if it was killed, the rest of the
-    // tree is ours now.
-    reaper.kill_all();
+    // tree is ours now, and the guard ends it.
+    drop(guard);
     drop(state);
     Ok(exit)
 }
@@ -569,6 +570,8 @@ struct ChildGuard {
     /// Who gets the signals we forward: the child, or with `--pidns` the namespace's init.
     signal_to: Pid,
     reaped: bool,
+    /// Ends what is left of the child's tree once the child is gone.
+    reaper: Reaper,
 }
 
 impl ChildGuard {
@@ -602,19 +605,15 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if self.reaped {
-            return;
+        if !self.reaped {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            self.wait_blocking();
         }
-        // The namespace's init first: it outlives its parent once set up (to clean up after
-        // a killed usernet), and this usernet cleans up itself. Its parent (our child) reaps
-        // it and then exits: while our child has not exited, the init's pid is the init's.
-        if self.signal_to != self.pid {
-            if self.try_reap().is_some() {
-                return;
-            }
-            let _ = kill(self.signal_to, Signal::SIGKILL);
-        }
-        let _ = kill(self.pid, Signal::SIGKILL);
-        self.wait_blocking();
+        // Then whatever of it is left, now ours (we are a subreaper): with --pidns the
+        // namespace's init, which outlives its parent once set up, to clean up after a
+        // killed usernet. Killed here, before the setup channel closes, it never sees the
+        // hang-up, so it never cleans up after this usernet, which cleans up itself. Our
+        // unreaped children's pids cannot be reused.
+        self.reaper.kill_all();
     }
 }

@@ -205,17 +205,22 @@ pub fn rootlesskit_command_killed_by_a_signal_exits_255_and_names_it() {
 }
 
 /// integration-restart.sh: after `kill -9` of rootlesskit, the same `--state-dir` serves the
-/// next one (rootlessctl inside reaches its api.sock). Killed alone, usernet's process inside
-/// cleans up; killed together with it, the stale files are taken over.
+/// next one (rootlessctl inside reaches its api.sock). Killed alone as soon as `child_pid`
+/// is there (before COMMAND may have started), usernet's process inside cleans up, also as
+/// a PID namespace's init; killed together with it, the stale files are taken over.
 pub fn rootlesskit_reuses_its_state_dir_after_sigkill() {
     let world = World::new();
     let links = Links::new();
     let tmp = TempDir::new();
     let state = tmp.join("state");
-    let flags = in_state_dir(&state, &["--port-driver=builtin", "--net=builtin"]);
-    for kill_inside_too in [false, true] {
+    let plain = in_state_dir(&state, &["--port-driver=builtin", "--net=builtin"]);
+    let pidns = in_state_dir(
+        &state,
+        &["--port-driver=builtin", "--net=builtin", "--pidns"],
+    );
+    for (kill_inside_too, flags) in [(false, &plain), (false, &pidns), (true, &plain)] {
         let mut child = links
-            .command(&world, &flags)
+            .command(&world, flags)
             .args(["sleep", "infinity"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -251,7 +256,7 @@ pub fn rootlesskit_reuses_its_state_dir_after_sigkill() {
         }
         let out = run(
             links
-                .command(&world, &flags)
+                .command(&world, flags)
                 .args(["rootlessctl", "list-ports"]),
             LIMIT,
         );
