@@ -885,10 +885,11 @@ pub fn syn_flood_from_the_guest_stays_bounded_and_responsive() {
 /// Issue 11, item 2: a port scanner in the guest (5,000 non-blocking connects to an address
 /// that never answers, 10,000 a second, each socket closed after 0.5 s) must not block new
 /// connections. Its connects fill `--max-pending-connects` (4096; the 904 more leave room for
-/// SYNs a loaded machine drops at the TAP's queue, which the scanner never sends again), but the next connection, to 10.0.2.2, takes
-/// the place of the least recently refreshed pending connect and succeeds at once; and since
-/// the scanner never retransmits its SYNs, usernet sees the connects abandoned and closes
-/// their host sockets within seconds, not when the host kernel gives up two minutes later.
+/// SYNs a loaded machine drops at the TAP's queue, which the scanner never sends again), but
+/// the next connection, to 10.0.2.2, takes the place of the least recently refreshed pending
+/// connect and succeeds at once; and since the scanner never retransmits its SYNs, usernet
+/// sees the connects abandoned and closes their host sockets within seconds, not when the
+/// host kernel gives up two minutes later.
 pub fn port_scan_of_a_silent_address_leaves_new_connections_instant() {
     let world = World::new();
     // 198.18.5.2 never answers: its frames go to a veth whose peer is down. The world's
