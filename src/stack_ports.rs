@@ -72,24 +72,30 @@ impl PortManager for StackForwards<'_> {
 /// The forwards of a stack another thread runs, through its probe.
 pub struct ProbedForwards(pub Probe);
 
+impl ProbedForwards {
+    /// Ask the stack for a change; its answer, or why there is none as a port error.
+    fn change(&self, query: Query) -> Result<Answer, PortError> {
+        self.0.ask(query).map_err(|e| PortError(e.to_string()))
+    }
+}
+
+/// The answer to a change that was not the one asked for (never made by [`answer`]).
+fn no_answer() -> PortError {
+    PortError("the network stack gave no answer; try again".into())
+}
+
 impl PortManager for ProbedForwards {
     fn add(&mut self, spec: PortSpec) -> Result<PortStatus, PortError> {
-        match self.0.ask(Query::AddPort(spec)) {
-            Ok(Answer::PortAdded(result)) => result,
-            Ok(_) => Err(PortError(
-                "the network stack gave no answer; try again".into(),
-            )),
-            Err(e) => Err(PortError(e.to_string())),
+        match self.change(Query::AddPort(spec))? {
+            Answer::PortAdded(result) => result,
+            _ => Err(no_answer()),
         }
     }
 
     fn remove(&mut self, id: i64) -> Result<(), PortError> {
-        match self.0.ask(Query::RemovePort(id)) {
-            Ok(Answer::PortRemoved(result)) => result,
-            Ok(_) => Err(PortError(
-                "the network stack gave no answer; try again".into(),
-            )),
-            Err(e) => Err(PortError(e.to_string())),
+        match self.change(Query::RemovePort(id))? {
+            Answer::PortRemoved(result) => result,
+            _ => Err(no_answer()),
         }
     }
 

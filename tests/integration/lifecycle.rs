@@ -725,7 +725,10 @@ pub fn stale_state_dir_of_a_killed_usernet_is_reused() {
         .unwrap();
     let mut usernet = crate::world::Server::from_child(child);
     assert_eq!(usernet.next_line(), "started");
-    let inside = std::fs::read_to_string(state.join("child_pid")).unwrap();
+    let inside: i32 = std::fs::read_to_string(state.join("child_pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
     // usernet, its process in the namespace and COMMAND, all at once.
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(usernet.pid() as i32),
@@ -735,9 +738,7 @@ pub fn stale_state_dir_of_a_killed_usernet_is_reused() {
     usernet.wait_exit(LIMIT);
     // The process inside holds the lock until it is gone (a zombie holds no files).
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(format!("/proc/{}/stat", inside.trim()))
-        .is_ok_and(|s| !s.contains(") Z "))
-    {
+    while crate::world::alive(inside) {
         assert!(start.elapsed() < LIMIT, "the process inside never ended");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::needs::{Need, Unmet, needs};
 use crate::services::{dnsmasq_on, world_resolv_conf};
-use crate::world::{Outcome, Server, TempDir, World, run, self_exe, usernet_bin};
+use crate::world::{Outcome, Server, TempDir, World, alive, run, self_exe, usernet_bin};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const MIB: u64 = 1 << 20;
@@ -88,10 +88,6 @@ fn child_pid(state: &Path) -> i32 {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 fn kill(pid: i32, signal: nix::sys::signal::Signal) {

@@ -361,6 +361,11 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Outcome {
     }
 }
 
+/// Whether process `pid` is running (a zombie has ended: it holds no files or locks).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
 pub fn wait_with_limit(child: &mut Child, limit: Duration) -> ExitStatus {
     let start = Instant::now();
     loop {
